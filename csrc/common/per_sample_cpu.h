@@ -1,0 +1,40 @@
+// OpenMP loops over (sample, chunk) work units, shared by every per-sample elementwise op.
+// An Op provides:  State begin(int64_t n) const;  and either
+//                  void apply(State&, int64_t n, int64_t i) const            (elementwise), or
+//                  float term(State&, int64_t n, int64_t i) const            (reduction).
+#pragma once
+#include <algorithm>
+#include <cstdint>
+
+#include "common/macros.h"
+
+namespace gk {
+
+inline int64_t num_chunks(int64_t D) { return (D + kChunk - 1) / kChunk; }
+
+template <class Op>
+void per_sample_apply_cpu(const Op& op, int64_t N, int64_t D) {
+  const int64_t chunks = num_chunks(D), units = N * chunks;
+#pragma omp parallel for schedule(static) if (units > 1 && N * D > 32768)
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t n = u / chunks, begin = (u % chunks) * kChunk, end = std::min(D, begin + kChunk);
+    auto state = op.begin(n);
+    for (int64_t i = begin; i < end; ++i) op.apply(state, n, i);
+  }
+}
+
+// partials[u] = sum of op.term over unit u (double accumulation; same unit split as CUDA).
+template <class Op>
+void per_sample_reduce_cpu(const Op& op, int64_t N, int64_t D, float* partials) {
+  const int64_t chunks = num_chunks(D), units = N * chunks;
+#pragma omp parallel for schedule(static) if (units > 1 && N * D > 32768)
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t n = u / chunks, begin = (u % chunks) * kChunk, end = std::min(D, begin + kChunk);
+    auto state = op.begin(n);
+    double acc = 0.0;
+    for (int64_t i = begin; i < end; ++i) acc += op.term(state, n, i);
+    partials[u] = static_cast<float>(acc);
+  }
+}
+
+}  // namespace gk

@@ -1,0 +1,19 @@
+"""Model zoo. Each family lives in one file; REGISTRY maps the CLI name to "module:Class"."""
+from __future__ import annotations
+
+import importlib
+
+from genkernels.models.base import GenerativeModel
+
+# Families register here as they land (name -> "module:Class").
+REGISTRY: dict[str, str] = {}
+
+
+def get_model_class(name: str) -> type[GenerativeModel]:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(REGISTRY)) or 'none'}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+__all__ = ["GenerativeModel", "REGISTRY", "get_model_class"]

@@ -1,0 +1,30 @@
+"""Shared fixtures. `--triton-interpret` runs Triton kernels in the interpreter on CPU.
+
+TRITON_INTERPRET must be set before triton is first imported, so it is set here, in
+pytest_configure, before any test module (and so genkernels' lazy Triton imports) is loaded.
+"""
+import os
+
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--triton-interpret",
+        action="store_true",
+        help="run Triton kernels in the Triton interpreter on CPU tensors (small shapes)",
+    )
+
+
+def pytest_configure(config):
+    if config.getoption("--triton-interpret"):
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import torch
+
+    torch.manual_seed(0)
+    yield
+
