@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "diffusion/diffusion_launch.h"
+#include "vae/vae_launch.h"
 
 namespace py = pybind11;
 
@@ -18,4 +19,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("sampler_step_backward", &gk::sampler_step_backward_cpu);
   m.def("philox_normal", &gk::philox_normal_cpu);
   // --- further families append their m.def lines below this line ---
+  // vae
+  m.def("reparam_kl", &gk::reparam_kl_cpu);
+  m.def("reparam_kl_backward", &gk::reparam_kl_backward_cpu);
 }

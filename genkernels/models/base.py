@@ -14,14 +14,26 @@ class GenerativeModel(nn.Module):
     Subclasses set the class attributes and implement `loss` and `sample`; `log_prob` where the
     family has an exact likelihood or a bound; `evaluate` for family metrics on held-out data.
 
-    name          registry key used by the CLI, e.g. "vae"
-    config_class  the family's @dataclass config; `model.config` holds the instance
-    default_data  data name the CLI uses when --data is not given, e.g. "digits"
+    name            registry key used by the CLI, e.g. "vae"
+    config_class    the family's @dataclass config; `model.config` holds the instance
+    default_data    data name the CLI uses when --data is not given, e.g. "digits"
+    train_defaults  TrainConfig fields this family wants unless the user sets them, e.g.
+                    {"lr": 2e-4, "betas": (0.5, 0.999)} for a GAN (the CLI applies them)
+
+    Optimisation. `optimizer_groups()` names the parameter groups, each of which gets its own
+    AdamW (same learning-rate schedule). With one group (the default, "model") the trainer calls
+    `loss(batch)` once per step. With several groups, e.g. a GAN's {"discriminator": [...],
+    "generator": [...]}, the trainer calls `loss(batch, group=name)` once per group per step, in
+    the dict's order; after each call it zeroes every gradient, back-propagates the first entry
+    of the returned dict and steps only that group's optimizer. So a group's loss may reach other
+    groups' parameters (the generator loss flows through the discriminator): their gradients
+    are discarded.
     """
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = object
     default_data: ClassVar[str] = "digits"
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config):
         super().__init__()
@@ -29,8 +41,19 @@ class GenerativeModel(nn.Module):
 
     # -- training -------------------------------------------------------------------------
     def loss(self, batch) -> dict[str, torch.Tensor]:
-        """Losses for one collated batch; the first entry is the one optimised."""
+        """Losses for one collated batch; the first entry is the one optimised.
+
+        Multi-group models (see `optimizer_groups`) take `loss(batch, group=name)` instead.
+        """
         raise NotImplementedError
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameter groups, each optimised by its own AdamW, stepped in this order.
+
+        The groups must be disjoint and cover the trainable parameters. Override it (with
+        `loss(batch, group=name)`) for alternating objectives such as a GAN's.
+        """
+        return {"model": [p for p in self.parameters() if p.requires_grad]}
 
     # -- generation / evaluation ----------------------------------------------------------
     @torch.no_grad()

@@ -1,0 +1,277 @@
+// Diffusion noise-schedule math (Ho et al. 2020, DDPM; Song et al. 2021, DDIM; Salimans & Ho
+// 2022, v-prediction), written once for the C++ CPU kernels and the CUDA kernels.
+//
+// Notation: alpha_bar_t = prod_{s<=t} (1 - beta_s); a = sqrt(alpha_bar_t), s = sqrt(1 - alpha_bar_t).
+//   q_sample:        x_t = a x0 + s eps,  velocity v = a eps - s x0
+//   predictions:     epsilon: x0 = (x_t - s m) / a        sample: x0 = m        v: x0 = a x_t - s m
+// Every sampler step has the form  x_prev = c_x0 clip(x0) + c_eps eps + c_x x_t + sigma z,
+// with per-sample coefficients from the schedule (computed in double from a float64 table that
+// stores alpha_bar and 1 - alpha_bar separately, so 1 - alpha_bar keeps full precision near t=0).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "common/dtype.h"
+#include "common/macros.h"
+#include "common/philox.h"
+
+namespace gk {
+
+enum Prediction : int { kEpsilon = 0, kSample = 1, kVelocity = 2 };
+enum SamplerKind : int { kDDPM = 0, kDDIM = 1 };
+
+// Per-sample timestep: a pointer to int64 timesteps, or (pointer null) one scalar for the batch.
+struct StepIndex {
+  const int64_t* ptr;
+  int64_t scalar;
+  GK_HD int64_t at(int64_t n) const { return ptr ? ptr[n] : scalar; }
+};
+
+// table[2t] = alpha_bar_t, table[2t+1] = 1 - alpha_bar_t (float64), t in [0, T).
+struct Schedule {
+  const double* table;
+  int64_t T;
+  // Out-of-range timesteps give NaN (the host validates CPU timesteps; GPU ones are not synced).
+  GK_HD void at(int64_t t, double& ac, double& om) const {
+    if (t < 0 || t >= T) { ac = om = std::numeric_limits<double>::quiet_NaN(); return; }
+    ac = table[2 * t];
+    om = table[2 * t + 1];
+  }
+  // The step a sampler lands on: t_prev = -1 is "past the last step", alpha_bar = 1.
+  GK_HD void at_prev(int64_t t, double& ac, double& om) const {
+    if (t == -1) { ac = 1.0; om = 0.0; return; }
+    at(t, ac, om);
+  }
+};
+
+// x0 = p m + q x_t and eps = pe m + qe x_t for model output m under each parameterisation.
+struct PredictionCoef { float p, q, pe, qe; };
+
+GK_HD PredictionCoef prediction_coefficients(int prediction, double ac, double om) {
+  const double a = sqrt(ac), s = sqrt(om);
+  switch (prediction) {
+    case kSample: return {1.f, 0.f, float(-a / s), float(1.0 / s)};
+    case kVelocity: return {float(-s), float(a), float(a), float(s)};
+    default: return {float(-s / a), float(1.0 / a), 1.f, 0.f};  // epsilon
+  }
+}
+
+// The regression target of the training loss: eps, x0 or v.
+GK_HD float training_target(int prediction, float a, float s, float x0, float eps) {
+  return prediction == kEpsilon ? eps : prediction == kSample ? x0 : a * eps - s * x0;
+}
+
+struct StepCoef {
+  PredictionCoef pred;
+  float c_x0, c_eps, c_x, sigma;
+};
+
+// DDPM ancestral step t -> t-1: posterior q(x_{t-1} | x_t, x0) mean and variance (Ho et al. eq. 7).
+// large_variance picks sigma^2 = beta_t instead of the posterior beta~_t. No noise at t = 0.
+GK_HD StepCoef ddpm_coefficients(int prediction, int64_t t, double ac, double om, double ac_prev,
+                                  double om_prev, bool large_variance) {
+  const double beta = (om - om_prev) / ac_prev;  // 1 - alpha_bar_t / alpha_bar_{t-1}, no cancellation
+  const double var = large_variance ? beta : beta * om_prev / om;
+  StepCoef c;
+  c.pred = prediction_coefficients(prediction, ac, om);
+  c.c_x0 = float(sqrt(ac_prev) * beta / om);
+  c.c_eps = 0.f;
+  c.c_x = float(sqrt(1.0 - beta) * om_prev / om);
+  c.sigma = t > 0 ? float(sqrt(var)) : 0.f;
+  return c;
+}
+
+// DDIM step t -> t_prev (Song et al. eq. 12): eta = 0 deterministic, eta = 1 DDPM-like noise.
+GK_HD StepCoef ddim_coefficients(int prediction, double ac, double om, double ac_prev, double om_prev,
+                                  double eta) {
+  const double sigma = eta * sqrt(om_prev / om * (om - om_prev) / ac_prev);
+  const double dir = om_prev - sigma * sigma;
+  StepCoef c;
+  c.pred = prediction_coefficients(prediction, ac, om);
+  c.c_x0 = float(sqrt(ac_prev));
+  c.c_eps = float(sqrt(dir > 0.0 ? dir : 0.0));
+  c.c_x = 0.f;
+  c.sigma = float(sigma);
+  return c;
+}
+
+// Clamp that lets NaN through (as torch.clamp does); clip = +inf disables it.
+GK_HD float clip_value(float x, float clip) { return x > clip ? clip : (x < -clip ? -clip : x); }
+
+// ---------------------------------------------------------------------------------------------
+// Functors for the per-sample loops (common/per_sample_cpu.h, common/per_sample_cuda.cuh).
+// Element k = n * D + i of every (N, D) tensor; outputs that may be absent are null pointers.
+
+struct ScaleShift { float a, s; };
+
+GK_HD ScaleShift alpha_scales(const Schedule& sched, int64_t t) {
+  double ac, om;
+  sched.at(t, ac, om);
+  return {float(sqrt(ac)), float(sqrt(om))};
+}
+
+template <typename T>
+struct QSampleForward {
+  const T *x0, *noise;
+  T *x_t, *velocity;
+  StepIndex t;
+  Schedule sched;
+  int64_t D;
+  GK_HD ScaleShift begin(int64_t n) const { return alpha_scales(sched, t.at(n)); }
+  GK_HD void apply(const ScaleShift& c, int64_t n, int64_t i) const {
+    const int64_t k = n * D + i;
+    const float x = load(x0, k), e = load(noise, k);
+    store(x_t, k, c.a * x + c.s * e);
+    if (velocity) store(velocity, k, c.a * e - c.s * x);
+  }
+};
+
+template <typename T>
+struct QSampleBackward {
+  const T *grad_x_t, *grad_velocity;  // either may be null (no gradient flowed)
+  T *grad_x0, *grad_noise;            // either may be null (not needed)
+  StepIndex t;
+  Schedule sched;
+  int64_t D;
+  GK_HD ScaleShift begin(int64_t n) const { return alpha_scales(sched, t.at(n)); }
+  GK_HD void apply(const ScaleShift& c, int64_t n, int64_t i) const {
+    const int64_t k = n * D + i;
+    const float gx = grad_x_t ? load(grad_x_t, k) : 0.f, gv = grad_velocity ? load(grad_velocity, k) : 0.f;
+    if (grad_x0) store(grad_x0, k, c.a * gx - c.s * gv);
+    if (grad_noise) store(grad_noise, k, c.s * gx + c.a * gv);
+  }
+};
+
+// Per-sample sum of squared errors between the model output and the training target.
+template <typename T>
+struct DiffusionSSE {
+  const T *model_output, *x0, *noise;
+  StepIndex t;
+  Schedule sched;
+  int prediction;
+  int64_t D;
+  GK_HD ScaleShift begin(int64_t n) const { return alpha_scales(sched, t.at(n)); }
+  GK_HD float term(const ScaleShift& c, int64_t n, int64_t i) const {
+    const int64_t k = n * D + i;
+    const float d = load(model_output, k) - training_target(prediction, c.a, c.s, load(x0, k), load(noise, k));
+    return d * d;
+  }
+};
+
+struct ScaledScales { float a, s, scale; };
+
+template <typename T>
+struct DiffusionSSEBackward {
+  const float* grad_sse;  // (N,) upstream gradient of each sample's SSE
+  const T *model_output, *x0, *noise;
+  T *grad_output, *grad_x0, *grad_noise;
+  StepIndex t;
+  Schedule sched;
+  int prediction;
+  int64_t D;
+  GK_HD ScaledScales begin(int64_t n) const {
+    const ScaleShift c = alpha_scales(sched, t.at(n));
+    return {c.a, c.s, 2.f * grad_sse[n]};
+  }
+  GK_HD void apply(const ScaledScales& c, int64_t n, int64_t i) const {
+    const int64_t k = n * D + i;
+    const float x = load(x0, k), e = load(noise, k);
+    const float g = c.scale * (load(model_output, k) - training_target(prediction, c.a, c.s, x, e));
+    if (grad_output) store(grad_output, k, g);
+    // d target / d x0 and d target / d eps per parameterisation
+    if (grad_x0) store(grad_x0, k, prediction == kEpsilon ? 0.f : prediction == kSample ? -g : c.s * g);
+    if (grad_noise) store(grad_noise, k, prediction == kEpsilon ? -g : prediction == kSample ? 0.f : -c.a * g);
+  }
+};
+
+struct SamplerParams {
+  int kind, prediction;
+  StepIndex t, t_prev;  // t_prev used by DDIM only
+  Schedule sched;
+  float guidance;       // classifier-free guidance scale w (used when an unconditional output is given)
+  float clip;           // |x0| clip, +inf for none
+  float eta;            // DDIM noise scale
+  bool large_variance;  // DDPM sigma^2 = beta_t
+  uint64_t seed, offset;
+};
+
+GK_HD StepCoef step_coefficients(const SamplerParams& p, int64_t n) {
+  const int64_t t = p.t.at(n);
+  double ac, om, ac_prev, om_prev;
+  p.sched.at(t, ac, om);
+  if (p.kind == kDDPM) {
+    p.sched.at_prev(t - 1, ac_prev, om_prev);
+    return ddpm_coefficients(p.prediction, t, ac, om, ac_prev, om_prev, p.large_variance);
+  }
+  p.sched.at_prev(p.t_prev.at(n), ac_prev, om_prev);
+  return ddim_coefficients(p.prediction, ac, om, ac_prev, om_prev, p.eta);
+}
+
+// m = u + w (c - u) when an unconditional output u is given (classifier-free guidance).
+template <typename T>
+GK_HD float guided_output(const T* cond, const T* uncond, float w, int64_t k) {
+  const float c = load(cond, k);
+  if (!uncond) return c;
+  const float u = load(uncond, k);
+  return u + w * (c - u);
+}
+
+struct StepState {
+  StepCoef c;
+  NormalStream rng;
+};
+
+template <typename T>
+struct SamplerStepForward {
+  const T *model_output, *model_output_uncond, *x_t;
+  T* out;
+  SamplerParams p;
+  int64_t D;
+  GK_HD StepState begin(int64_t n) const { return {step_coefficients(p, n), NormalStream(p.seed, p.offset, n)}; }
+  GK_HD void apply(StepState& st, int64_t n, int64_t i) const {
+    const int64_t k = n * D + i;
+    const StepCoef& c = st.c;
+    const float m = guided_output(model_output, model_output_uncond, p.guidance, k), x = load(x_t, k);
+    float y = c.c_x0 * clip_value(c.pred.p * m + c.pred.q * x, p.clip) + c.c_x * x;
+    if (c.c_eps != 0.f) y += c.c_eps * (c.pred.pe * m + c.pred.qe * x);
+    if (c.sigma != 0.f) y += c.sigma * st.rng.at(static_cast<uint64_t>(i));
+    store(out, k, y);
+  }
+};
+
+template <typename T>
+struct SamplerStepBackward {
+  const T *grad, *model_output, *model_output_uncond, *x_t;
+  T *grad_output, *grad_output_uncond, *grad_x_t;  // grad_output_uncond / grad_x_t may be null
+  SamplerParams p;
+  int64_t D;
+  GK_HD StepCoef begin(int64_t n) const { return step_coefficients(p, n); }
+  GK_HD void apply(const StepCoef& c, int64_t n, int64_t i) const {
+    const int64_t k = n * D + i;
+    const float g = load(grad, k), m = guided_output(model_output, model_output_uncond, p.guidance, k);
+    const float x = load(x_t, k), x0 = c.pred.p * m + c.pred.q * x;
+    const bool inside = p.clip == std::numeric_limits<float>::infinity() || (x0 >= -p.clip && x0 <= p.clip);  // torch.clamp's rule
+    const float g_x0 = inside ? c.c_x0 * g : 0.f, g_eps = c.c_eps * g;
+    const float g_m = c.pred.p * g_x0 + c.pred.pe * g_eps;
+    if (grad_x_t) store(grad_x_t, k, c.c_x * g + c.pred.q * g_x0 + c.pred.qe * g_eps);
+    if (model_output_uncond) {
+      store(grad_output, k, p.guidance * g_m);
+      if (grad_output_uncond) store(grad_output_uncond, k, (1.f - p.guidance) * g_m);
+    } else {
+      store(grad_output, k, g_m);
+    }
+  }
+};
+
+// out[n, i] = standard normal at (seed, offset, n, i): the noise the sampler steps add.
+template <typename T>
+struct PhiloxNormalFill {
+  T* out;
+  uint64_t seed, offset;
+  int64_t D;
+  GK_HD NormalStream begin(int64_t n) const { return NormalStream(seed, offset, n); }
+  GK_HD void apply(NormalStream& rng, int64_t n, int64_t i) const { store(out, n * D + i, rng.at(i)); }
+};
+
+}  // namespace gk

@@ -1,0 +1,152 @@
+"""Noise schedules for diffusion models: linear, scaled-linear, cosine and sigmoid.
+
+A schedule is its betas; everything else is derived in float64. `alphas_cumprod` is alpha-bar_t
+= prod_{s<=t} (1 - beta_s), and `one_minus_alphas_cumprod` is computed as -expm1(sum log1p(-beta))
+rather than 1 - alpha-bar, so it keeps full relative precision at small t where alpha-bar ~ 1.
+The fused ops read a per-device (T, 2) float64 table [alpha-bar, 1 - alpha-bar] (`table(device)`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid")
+
+
+class NoiseSchedule:
+    """Derived tables of a beta schedule with T = len(betas) steps, t in [0, T).
+
+    Attributes (float64 tensors of shape (T,)): betas, alphas, alphas_cumprod,
+    one_minus_alphas_cumprod, alphas_cumprod_prev (alpha-bar_{t-1}, 1 at t=0), sqrt_alphas_cumprod,
+    sqrt_one_minus_alphas_cumprod, snr (alpha-bar / (1 - alpha-bar)), log_snr, posterior_variance
+    (beta~_t = beta_t (1 - alpha-bar_{t-1}) / (1 - alpha-bar_t)), posterior_log_variance_clipped,
+    posterior_mean_coef1 and posterior_mean_coef2 (mu~ = coef1 x0 + coef2 x_t).
+    """
+
+    def __init__(self, betas: torch.Tensor, name: str = "custom"):
+        betas = torch.as_tensor(betas, dtype=torch.float64).flatten().cpu()
+        if betas.numel() == 0:
+            raise ValueError("betas must have at least one step, got an empty tensor")
+        if not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError("betas must lie in (0, 1)")
+        self.name = name
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        log_cumprod = torch.cumsum(torch.log1p(-betas), 0)
+        self.alphas_cumprod = torch.exp(log_cumprod)
+        self.one_minus_alphas_cumprod = -torch.expm1(log_cumprod)
+        self.alphas_cumprod_prev = torch.cat([betas.new_ones(1), self.alphas_cumprod[:-1]])
+        one_minus_prev = torch.cat([betas.new_zeros(1), self.one_minus_alphas_cumprod[:-1]])
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = self.one_minus_alphas_cumprod.sqrt()
+        self.snr = self.alphas_cumprod / self.one_minus_alphas_cumprod
+        self.log_snr = torch.log(self.snr)
+        self.posterior_variance = betas * one_minus_prev / self.one_minus_alphas_cumprod
+        # beta~_0 = 0: clip the log as Ho et al. do, using beta~_1 at t = 0
+        self.posterior_log_variance_clipped = torch.log(
+            torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]])
+            if len(betas) > 1 else betas.clone()
+        )
+        self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / self.one_minus_alphas_cumprod
+        self.posterior_mean_coef2 = one_minus_prev * self.alphas.sqrt() / self.one_minus_alphas_cumprod
+        self._tables: dict[torch.device, torch.Tensor] = {}
+
+    @property
+    def num_steps(self) -> int:
+        return self.betas.numel()
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def __repr__(self) -> str:
+        return f"NoiseSchedule({self.name!r}, num_steps={self.num_steps})"
+
+    def table(self, device) -> torch.Tensor:
+        """(T, 2) float64 [alpha-bar, 1 - alpha-bar] on `device`, cached (the fused ops read it)."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        cached = self._tables.get(device)
+        if cached is None:
+            cached = torch.stack([self.alphas_cumprod, self.one_minus_alphas_cumprod], 1).contiguous().to(device)
+            self._tables[device] = cached
+        return cached
+
+
+def linear_schedule(num_steps: int = 1000, beta_start: float | None = None, beta_end: float | None = None):
+    """Ho et al. (2020): betas linear from 1e-4 to 0.02 at T=1000, scaled by 1000/T for other T
+    (Nichol & Dhariwal 2021) so the total noise stays comparable."""
+    _check_steps(num_steps)
+    scale = 1000.0 / num_steps
+    start = beta_start if beta_start is not None else scale * 1e-4
+    end = beta_end if beta_end is not None else min(scale * 0.02, 0.999)
+    return NoiseSchedule(torch.linspace(start, end, num_steps, dtype=torch.float64), "linear")
+
+
+def scaled_linear_schedule(num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012):
+    """Latent diffusion / Stable Diffusion: sqrt(beta) linear, betas = linspace(sqrt b0, sqrt b1)^2."""
+    _check_steps(num_steps)
+    betas = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), num_steps, dtype=torch.float64) ** 2
+    return NoiseSchedule(betas, "scaled_linear")
+
+
+def _betas_from_alpha_bar(alpha_bar, num_steps: int, max_beta: float) -> torch.Tensor:
+    t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    ab = alpha_bar(t)
+    return torch.clamp(1.0 - ab[1:] / ab[:-1], min=1e-12, max=max_beta)
+
+
+def cosine_schedule(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999):
+    """Nichol & Dhariwal (2021): alpha-bar(t) = cos^2(((t/T + s) / (1 + s)) pi/2), betas <= 0.999."""
+    _check_steps(num_steps)
+    alpha_bar = lambda t: torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    return NoiseSchedule(_betas_from_alpha_bar(alpha_bar, num_steps, max_beta), "cosine")
+
+
+def sigmoid_schedule(num_steps: int = 1000, start: float = -3.0, end: float = 3.0, tau: float = 1.0,
+                     max_beta: float = 0.999):
+    """Chen (2023), "On the importance of noise scheduling": alpha-bar(t) follows a sigmoid over
+    [start, end] with temperature tau, normalised to 1 at t=0 and 0 at t=1."""
+    _check_steps(num_steps)
+    v_start, v_end = torch.sigmoid(torch.tensor(start / tau)), torch.sigmoid(torch.tensor(end / tau))
+
+    def alpha_bar(t):
+        v = torch.sigmoid((t * (end - start) + start) / tau)
+        return torch.clamp((v_end - v) / (v_end - v_start), min=1e-9, max=1.0).double()
+
+    return NoiseSchedule(_betas_from_alpha_bar(alpha_bar, num_steps, max_beta), "sigmoid")
+
+
+def make_schedule(kind: str = "linear", num_steps: int = 1000, **kwargs) -> NoiseSchedule:
+    """A schedule by name: one of SCHEDULES, with that schedule's keyword arguments."""
+    builders = {"linear": linear_schedule, "scaled_linear": scaled_linear_schedule,
+                "cosine": cosine_schedule, "sigmoid": sigmoid_schedule}
+    if kind not in builders:
+        raise ValueError(f"kind must be one of {SCHEDULES}, got {kind!r}")
+    return builders[kind](num_steps, **kwargs)
+
+
+def min_snr_weights(schedule: NoiseSchedule, t: torch.Tensor, gamma: float = 5.0,
+                    prediction: str = "epsilon") -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) for timesteps t, as float32 on t's device.
+
+    The weight min(SNR, gamma) is expressed for the chosen target: divided by SNR for epsilon, by
+    SNR + 1 for v, as is for x0 ("sample").
+    """
+    snr = schedule.snr.to(t.device)[t.long()]
+    clipped = torch.clamp(snr, max=gamma)
+    if prediction == "epsilon":
+        w = clipped / snr
+    elif prediction == "v":
+        w = clipped / (snr + 1)
+    elif prediction == "sample":
+        w = clipped
+    else:
+        raise ValueError(f"prediction must be 'epsilon', 'sample' or 'v', got {prediction!r}")
+    return w.float()
+
+
+def _check_steps(num_steps):
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")

@@ -1,0 +1,782 @@
+"""Triton kernels for fused (flash) attention: forward, backward and split-KV decode.
+
+Math (FlashAttention-2, Dao 2023, https://arxiv.org/abs/2307.08691): for one query row q_i,
+    s_ij = scale * q_i . k_j,   lse_i = log sum_j exp(s_ij),   o_i = sum_j exp(s_ij - lse_i) v_j.
+The forward streams key blocks through an online softmax (running max m_i and sum l_i), so the
+(Sq x Sk) score matrix never reaches memory; it saves lse_i for the backward, which recomputes
+p_ij = exp(s_ij - lse_i) block by block:
+    dv_j = sum_i p_ij do_i,   dp_ij = do_i . v_j,   ds_ij = p_ij (dp_ij - delta_i),
+    delta_i = do_i . o_i - dlse_i,   dq_i = scale sum_j ds_ij k_j,   dk_j = scale sum_i ds_ij q_i.
+Decode (flash-decoding, Dao et al. 2023) splits the key axis over programs, each writing a partial
+output and its lse, and a second kernel combines the splits with the lse weights.
+
+Conventions shared by every kernel here:
+  * tensors are addressed as (batch, seq, heads, dim) through strides, so (b, h, s, d) inputs are
+    read in place; the last dimension must be contiguous (stride 1).
+  * varlen (IS_VARLEN): sequences are packed along the seq axis; CU_SEQLENS_* give the offsets and
+    the batch stride is ignored.
+  * exponentials are exp2 with the scale pre-multiplied by log2(e) (one FMUL per score instead of
+    a multiply and a natural exp); lse is stored in natural-log units.
+  * causal masking is bottom-right aligned (query i sees keys j <= i + Sk - Sq), which is what a
+    KV cache needs; for Sq == Sk it is the usual lower triangle.
+  * the head dim is padded to BLOCK_D = next_power_of_2(D) with masked loads, so D in 16..256 works.
+  * masks are applied only in the MASKED stage (causal diagonal and the last key block); interior
+    blocks run without predicates.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from genkernels._backend import triton_interpret
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+# ----------------------------------------------------------------------------------------------
+# Configurations
+# ----------------------------------------------------------------------------------------------
+def _capability() -> tuple[int, int]:
+    if triton_interpret() or not torch.cuda.is_available():
+        return (0, 0)
+    return torch.cuda.get_device_capability()
+
+
+def _forward_configs(block_d: int) -> list[triton.Config]:
+    """A short list per GPU generation and head-dim class: tuning takes seconds, not minutes."""
+    if triton_interpret():
+        # The interpreter runs numpy per op: small tiles keep tests fast and exercise many blocks.
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    major, _ = _capability()
+    if major >= 9:  # Hopper: big tiles, deep pipelines (228 KB shared memory per SM)
+        if block_d <= 64:
+            return [
+                triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),  # long seqs
+                triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=4),
+                triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),  # short seqs
+            ]
+        if block_d <= 128:
+            return [
+                triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
+                triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+                triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+            ]
+        return [  # D up to 256: the Q tile and accumulator dominate registers
+            triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+            triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+            triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+        ]
+    if major == 8:  # Ampere/Ada: 164/100 KB shared memory
+        if block_d <= 128:
+            return [
+                triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+                triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=3),
+                triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+            ]
+        return [
+            triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+            triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8, num_stages=1),
+        ]
+    # Older or unknown GPUs: conservative tiles that fit 48 KB of shared memory.
+    return [
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=1),
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1),
+    ]
+
+
+def backward_config(block_d: int) -> dict:
+    """Fixed backward tiles (no tuning: an autotuned atomic dQ would need a zeroing pass per trial).
+
+    dK/dV programs own a key block and stream query blocks (BLOCK_M small, BLOCK_N large);
+    dQ programs own a query block and stream key blocks (the transpose), as in the Triton tutorial.
+    """
+    if triton_interpret():
+        return dict(DKDV_M=16, DKDV_N=16, DQ_M=16, DQ_N=16, num_warps=1, num_stages=1)
+    major, _ = _capability()
+    if block_d <= 64:
+        cfg = dict(DKDV_M=32, DKDV_N=128, DQ_M=128, DQ_N=32, num_warps=4, num_stages=4)
+    elif block_d <= 128:
+        cfg = dict(DKDV_M=32, DKDV_N=128, DQ_M=128, DQ_N=32, num_warps=8, num_stages=3)
+    else:
+        cfg = dict(DKDV_M=32, DKDV_N=64, DQ_M=64, DQ_N=32, num_warps=8, num_stages=2)
+    if major < 9:
+        cfg["num_stages"] = min(cfg["num_stages"], 2)
+        if block_d > 64:
+            cfg.update(DKDV_N=64, DQ_M=64)
+    return cfg
+
+
+def decode_config(block_d: int) -> dict:
+    if triton_interpret():
+        return dict(BLOCK_N=16, num_warps=1, num_stages=1)
+    return dict(BLOCK_N=64 if block_d <= 128 else 32, num_warps=4, num_stages=3 if block_d <= 128 else 2)
+
+
+@functools.lru_cache(maxsize=None)
+def forward_kernel(block_d: int):
+    """The forward kernel autotuned over the configs for this head-dim class (built on first use)."""
+    return triton.autotune(
+        configs=_forward_configs(block_d),
+        key=["BLOCK_D", "IS_CAUSAL", "HAS_KEY_MASK", "IS_VARLEN"],
+    )(_attn_fwd_kernel)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared helpers
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _dot(a, b, acc, ALLOW_TF32: tl.constexpr):
+    # fp32 inputs use IEEE products unless the caller allows TF32 (fp16/bf16 ignore the flag).
+    if ALLOW_TF32:
+        return tl.dot(a, b, acc, input_precision="tf32")
+    else:
+        return tl.dot(a, b, acc, input_precision="ieee")
+
+
+@triton.jit
+def _load_2d(ptrs, n_ok, d_ok, MASK_N: tl.constexpr, MASK_D: tl.constexpr):
+    # Predicates only where needed: interior key blocks with a power-of-two head dim load unmasked.
+    if MASK_N and MASK_D:
+        return tl.load(ptrs, mask=n_ok & d_ok, other=0.0)
+    elif MASK_N:
+        return tl.load(ptrs, mask=n_ok, other=0.0)
+    elif MASK_D:
+        return tl.load(ptrs, mask=d_ok, other=0.0)
+    else:
+        return tl.load(ptrs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _attn_fwd_inner(
+    acc, l_i, m_i, q,
+    k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
+    lo, hi, seqlen_k, causal_offset, qk_scale_log2,
+    offs_m, offs_n, offs_d, head_dim,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+    EVEN_D: tl.constexpr, ALLOW_TF32: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    d_ok = offs_d < head_dim
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        col_ok = cols < seqlen_k
+        k_t = _load_2d(k_base + cols[None, :] * stride_ks + offs_d[:, None],  # (D, N)
+                       col_ok[None, :], d_ok[:, None], MASKED, not EVEN_D)
+        s = _dot(q, k_t, tl.zeros((q.shape[0], BLOCK_N), tl.float32), ALLOW_TF32) * qk_scale_log2
+        if MASKED:
+            keep = col_ok[None, :]
+            if IS_CAUSAL:
+                keep = keep & (cols[None, :] <= offs_m[:, None] + causal_offset)
+            s = tl.where(keep, s, float("-inf"))
+        if HAS_KEY_MASK:
+            padded = tl.load(mask_base + cols * stride_mn, mask=col_ok, other=1)
+            s = tl.where(padded[None, :] != 0, float("-inf"), s)
+        # Online softmax in base 2. A row with every key masked so far keeps m = -inf; shifting by
+        # 0 instead keeps exp2 finite (p = 0, alpha = 0) rather than producing inf - inf = NaN.
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_shift[:, None])
+        alpha = tl.math.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = _load_2d(v_base + cols[:, None] * stride_vs + offs_d[None, :],  # (N, D)
+                     col_ok[:, None], d_ok[None, :], MASKED, not EVEN_D)
+        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], ALLOW_TF32)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    # pointers
+    Q, K, V, Out, LSE, KEY_MASK, CU_SEQLENS_Q, CU_SEQLENS_K,
+    # sizes
+    seqlen_q, seqlen_k, num_heads, kv_group_size, head_dim, qk_scale_log2,
+    # strides
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh, stride_ls,
+    stride_mb, stride_mn,
+    # meta-parameters
+    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, IS_VARLEN: tl.constexpr,
+    EVEN_D: tl.constexpr, ALLOW_TF32: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program: BLOCK_M query rows of one (batch, head); grid (cdiv(max Sq, BLOCK_M), B * H)."""
+    start_m = tl.program_id(0) * BLOCK_M
+    off_bh = tl.program_id(1)
+    b = off_bh // num_heads
+    h = off_bh % num_heads
+    h_kv = h // kv_group_size
+    q_start = tl.full((), 0, tl.int32)
+    k_start = tl.full((), 0, tl.int32)
+    if IS_VARLEN:
+        q_start = tl.load(CU_SEQLENS_Q + b)
+        seqlen_q = tl.load(CU_SEQLENS_Q + b + 1) - q_start
+        k_start = tl.load(CU_SEQLENS_K + b)
+        seqlen_k = tl.load(CU_SEQLENS_K + b + 1) - k_start
+    if start_m >= seqlen_q:
+        return
+    b64 = b.to(tl.int64)
+    q_base = Q + b64 * stride_qb + q_start.to(tl.int64) * stride_qs + h * stride_qh
+    k_base = K + b64 * stride_kb + k_start.to(tl.int64) * stride_ks + h_kv * stride_kh
+    v_base = V + b64 * stride_vb + k_start.to(tl.int64) * stride_vs + h_kv * stride_vh
+    o_base = Out + b64 * stride_ob + q_start.to(tl.int64) * stride_os + h * stride_oh
+    mask_base = KEY_MASK + b64 * stride_mb
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < seqlen_q
+    d_ok = offs_d < head_dim
+    q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+
+    # Key range: [0, full_hi) needs no mask; [full_hi, hi) holds the causal diagonal and the
+    # ragged last block; keys at or beyond hi are invisible to every row (causal block skipping).
+    causal_offset = seqlen_k - seqlen_q
+    if IS_CAUSAL:
+        hi = tl.maximum(tl.minimum(seqlen_k, start_m + BLOCK_M + causal_offset), 0)
+        first_row_limit = tl.maximum(start_m + causal_offset + 1, 0)
+        full_hi = tl.minimum(first_row_limit // BLOCK_N, seqlen_k // BLOCK_N) * BLOCK_N
+    else:
+        hi = seqlen_k
+        full_hi = seqlen_k // BLOCK_N * BLOCK_N
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
+        0, full_hi, seqlen_k, causal_offset, qk_scale_log2, offs_m, offs_n, offs_d, head_dim,
+        False, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, ALLOW_TF32, BLOCK_N,
+    )
+    acc, l_i, m_i = _attn_fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
+        full_hi, hi, seqlen_k, causal_offset, qk_scale_log2, offs_m, offs_n, offs_d, head_dim,
+        True, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, ALLOW_TF32, BLOCK_N,
+    )
+
+    # Rows that saw no key (all masked) return zeros and lse = -inf, as SDPA does.
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(o_base + offs_m[:, None] * stride_os + offs_d[None, :], out.to(Out.dtype.element_ty),
+             mask=row_ok[:, None] & d_ok[None, :])
+    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
+    tl.store(LSE + b64 * stride_lb + h * stride_lh + (q_start + offs_m) * stride_ls, lse, mask=row_ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _attn_bwd_preprocess_kernel(
+    Out, DOut, DLSE, Delta, CU_SEQLENS_Q,
+    seqlen_q, num_heads, head_dim,
+    stride_ob, stride_os, stride_oh,
+    stride_dob, stride_dos, stride_doh,
+    stride_lb, stride_lh, stride_ls,
+    HAS_DLSE: tl.constexpr, IS_VARLEN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """delta_i = do_i . o_i - dlse_i (the row term of the softmax gradient), in lse's layout."""
+    start_m = tl.program_id(0) * BLOCK_M
+    off_bh = tl.program_id(1)
+    b = off_bh // num_heads
+    h = off_bh % num_heads
+    q_start = tl.full((), 0, tl.int32)
+    if IS_VARLEN:
+        q_start = tl.load(CU_SEQLENS_Q + b)
+        seqlen_q = tl.load(CU_SEQLENS_Q + b + 1) - q_start
+    if start_m >= seqlen_q:
+        return
+    b64 = b.to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_m[:, None] < seqlen_q) & (offs_d[None, :] < head_dim)
+    rows = (q_start + offs_m).to(tl.int64)
+    o = tl.load(Out + b64 * stride_ob + rows[:, None] * stride_os + h * stride_oh + offs_d[None, :],
+                mask=ok, other=0.0).to(tl.float32)
+    do = tl.load(DOut + b64 * stride_dob + rows[:, None] * stride_dos + h * stride_doh + offs_d[None, :],
+                 mask=ok, other=0.0).to(tl.float32)
+    delta = tl.sum(o * do, 1)
+    lse_ptrs = b64 * stride_lb + h * stride_lh + rows * stride_ls
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + lse_ptrs, mask=offs_m < seqlen_q, other=0.0)
+    tl.store(Delta + lse_ptrs, delta, mask=offs_m < seqlen_q)
+
+
+@triton.jit
+def _load_lse_log2(lse_ptrs, ok):
+    # Fully masked rows have lse = -inf; +inf makes their p = exp2(s - inf) = 0 without a NaN.
+    lse = tl.load(lse_ptrs, mask=ok, other=float("inf"))
+    return tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+
+
+@triton.jit
+def _attn_bwd_dkdv_inner(
+    dk, dv, k, v, key_padded,
+    q_base, do_base, lse_base, delta_base, dq_base,
+    stride_qs, stride_dos, stride_ls, stride_dqs,
+    lo, hi, seqlen_q, seqlen_k, causal_offset, qk_scale_log2, scale,
+    offs_n, offs_d, head_dim,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    ALLOW_TF32: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    d_ok = offs_d < head_dim
+    for start_m in range(lo, hi, BLOCK_M):
+        rows = start_m + tl.arange(0, BLOCK_M)
+        row_ok = rows < seqlen_q
+        # Rows past the end load q = do = 0 and lse = +inf, so they contribute p = 0: no mask needed.
+        q_t = tl.load(q_base + rows[None, :] * stride_qs + offs_d[:, None],  # (D, M)
+                      mask=row_ok[None, :] & d_ok[:, None], other=0.0)
+        lse2 = _load_lse_log2(lse_base + rows * stride_ls, row_ok)
+        s_t = _dot(k, q_t, tl.zeros((k.shape[0], BLOCK_M), tl.float32), ALLOW_TF32) * qk_scale_log2
+        p_t = tl.math.exp2(s_t - lse2[None, :])  # (N, M)
+        if MASKED:
+            keep = offs_n[:, None] < seqlen_k
+            if IS_CAUSAL:
+                keep = keep & (offs_n[:, None] <= rows[None, :] + causal_offset)
+            p_t = tl.where(keep, p_t, 0.0)
+        if HAS_KEY_MASK:
+            p_t = tl.where(key_padded[:, None], 0.0, p_t)
+        do = tl.load(do_base + rows[:, None] * stride_dos + offs_d[None, :],
+                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        dv = _dot(p_t.to(do.dtype), do, dv, ALLOW_TF32)
+        delta = tl.load(delta_base + rows * stride_ls, mask=row_ok, other=0.0)
+        dp_t = _dot(v, tl.trans(do), tl.zeros((k.shape[0], BLOCK_M), tl.float32), ALLOW_TF32)
+        ds_t = (p_t * (dp_t - delta[None, :])).to(k.dtype)
+        dk = _dot(ds_t, tl.trans(q_t), dk, ALLOW_TF32)
+        if ATOMIC_DQ:
+            dq = _dot(tl.trans(ds_t), k, tl.zeros((BLOCK_M, k.shape[1]), tl.float32), ALLOW_TF32) * scale
+            tl.atomic_add(dq_base + rows[:, None] * stride_dqs + offs_d[None, :], dq,
+                          mask=row_ok[:, None] & d_ok[None, :])
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    # pointers
+    Q, K, V, DOut, LSE, Delta, DQ, DK, DV, KEY_MASK, CU_SEQLENS_Q, CU_SEQLENS_K,
+    # sizes
+    seqlen_q, seqlen_k, num_kv_heads, kv_group_size, head_dim, qk_scale_log2, scale,
+    # strides (dK/dV share K's strides; dQ accumulates in Q's layout)
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_dob, stride_dos, stride_doh,
+    stride_dqb, stride_dqs, stride_dqh,
+    stride_dkb, stride_dks, stride_dkh,
+    stride_dvb, stride_dvs, stride_dvh,
+    stride_lb, stride_lh, stride_ls,
+    stride_mb, stride_mn,
+    # meta-parameters
+    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, IS_VARLEN: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    ALLOW_TF32: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program: dK, dV of BLOCK_N keys of one KV head, summed over its query-head group.
+
+    Each key block is owned by one program, so dK/dV need no atomics. With ATOMIC_DQ the same
+    program also adds its dQ share into an fp32 buffer (fast, order-nondeterministic); otherwise a
+    separate dQ kernel recomputes it in a fixed order (deterministic).
+    """
+    start_n = tl.program_id(0) * BLOCK_N
+    off_bh = tl.program_id(1)
+    b = off_bh // num_kv_heads
+    h_kv = off_bh % num_kv_heads
+    q_start = tl.full((), 0, tl.int32)
+    k_start = tl.full((), 0, tl.int32)
+    if IS_VARLEN:
+        q_start = tl.load(CU_SEQLENS_Q + b)
+        seqlen_q = tl.load(CU_SEQLENS_Q + b + 1) - q_start
+        k_start = tl.load(CU_SEQLENS_K + b)
+        seqlen_k = tl.load(CU_SEQLENS_K + b + 1) - k_start
+    if start_n >= seqlen_k:
+        return
+    b64 = b.to(tl.int64)
+    q_row0 = q_start.to(tl.int64)
+    k_row0 = k_start.to(tl.int64)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kd_ok = (offs_n[:, None] < seqlen_k) & (offs_d[None, :] < head_dim)
+    k = tl.load(K + b64 * stride_kb + (k_row0 + offs_n[:, None]) * stride_ks + h_kv * stride_kh + offs_d[None, :],
+                mask=kd_ok, other=0.0)
+    v = tl.load(V + b64 * stride_vb + (k_row0 + offs_n[:, None]) * stride_vs + h_kv * stride_vh + offs_d[None, :],
+                mask=kd_ok, other=0.0)
+    key_padded = offs_n < 0  # all False; replaced below when a padding mask is given
+    if HAS_KEY_MASK:
+        key_padded = tl.load(KEY_MASK + b64 * stride_mb + offs_n * stride_mn, mask=offs_n < seqlen_k, other=1) != 0
+    dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+
+    # Query blocks [m_lo, m_full) cross the causal diagonal (masked); [m_full, m_hi) see the whole
+    # key block; a ragged last key block masks everything.
+    causal_offset = seqlen_k - seqlen_q
+    m_hi = seqlen_q
+    if IS_CAUSAL:
+        m_lo = tl.maximum(start_n - causal_offset, 0) // BLOCK_M * BLOCK_M
+        m_full = tl.maximum(start_n + BLOCK_N - 1 - causal_offset, 0)
+        m_full = tl.minimum(tl.cdiv(m_full, BLOCK_M) * BLOCK_M, m_hi)
+        m_lo = tl.minimum(m_lo, m_hi)
+    else:
+        m_lo = 0
+        m_full = 0
+    if start_n + BLOCK_N > seqlen_k:
+        m_full = m_hi
+
+    for g in range(0, kv_group_size):
+        h = h_kv * kv_group_size + g
+        q_base = Q + b64 * stride_qb + q_row0 * stride_qs + h * stride_qh
+        do_base = DOut + b64 * stride_dob + q_row0 * stride_dos + h * stride_doh
+        dq_base = DQ + b64 * stride_dqb + q_row0 * stride_dqs + h * stride_dqh
+        lse_base = LSE + b64 * stride_lb + h * stride_lh + q_row0 * stride_ls
+        delta_base = Delta + b64 * stride_lb + h * stride_lh + q_row0 * stride_ls
+        dk, dv = _attn_bwd_dkdv_inner(
+            dk, dv, k, v, key_padded, q_base, do_base, lse_base, delta_base, dq_base,
+            stride_qs, stride_dos, stride_ls, stride_dqs,
+            m_lo, m_full, seqlen_q, seqlen_k, causal_offset, qk_scale_log2, scale, offs_n, offs_d, head_dim,
+            True, IS_CAUSAL, HAS_KEY_MASK, ATOMIC_DQ, ALLOW_TF32, BLOCK_M,
+        )
+        dk, dv = _attn_bwd_dkdv_inner(
+            dk, dv, k, v, key_padded, q_base, do_base, lse_base, delta_base, dq_base,
+            stride_qs, stride_dos, stride_ls, stride_dqs,
+            m_full, m_hi, seqlen_q, seqlen_k, causal_offset, qk_scale_log2, scale, offs_n, offs_d, head_dim,
+            False, IS_CAUSAL, HAS_KEY_MASK, ATOMIC_DQ, ALLOW_TF32, BLOCK_M,
+        )
+    dk = dk * scale
+    tl.store(DK + b64 * stride_dkb + (k_row0 + offs_n[:, None]) * stride_dks + h_kv * stride_dkh + offs_d[None, :],
+             dk.to(DK.dtype.element_ty), mask=kd_ok)
+    tl.store(DV + b64 * stride_dvb + (k_row0 + offs_n[:, None]) * stride_dvs + h_kv * stride_dvh + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=kd_ok)
+
+
+@triton.jit
+def _attn_bwd_dq_inner(
+    dq, q, do, lse2, delta,
+    k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
+    lo, hi, seqlen_k, causal_offset, qk_scale_log2,
+    offs_m, offs_d, head_dim,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
+    EVEN_D: tl.constexpr, ALLOW_TF32: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    d_ok = offs_d < head_dim
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + tl.arange(0, BLOCK_N)
+        col_ok = cols < seqlen_k
+        k_t = _load_2d(k_base + cols[None, :] * stride_ks + offs_d[:, None],  # (D, N)
+                       col_ok[None, :], d_ok[:, None], MASKED, not EVEN_D)
+        v_t = _load_2d(v_base + cols[None, :] * stride_vs + offs_d[:, None],
+                       col_ok[None, :], d_ok[:, None], MASKED, not EVEN_D)
+        s = _dot(q, k_t, tl.zeros((q.shape[0], BLOCK_N), tl.float32), ALLOW_TF32) * qk_scale_log2
+        p = tl.math.exp2(s - lse2[:, None])
+        if MASKED:
+            keep = col_ok[None, :]
+            if IS_CAUSAL:
+                keep = keep & (cols[None, :] <= offs_m[:, None] + causal_offset)
+            p = tl.where(keep, p, 0.0)
+        if HAS_KEY_MASK:
+            padded = tl.load(mask_base + cols * stride_mn, mask=col_ok, other=1)
+            p = tl.where(padded[None, :] != 0, 0.0, p)
+        dp = _dot(do, v_t, tl.zeros((q.shape[0], BLOCK_N), tl.float32), ALLOW_TF32)
+        ds = (p * (dp - delta[:, None])).to(k_t.dtype)
+        dq = _dot(ds, tl.trans(k_t), dq, ALLOW_TF32)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    # pointers
+    Q, K, V, DOut, LSE, Delta, DQ, KEY_MASK, CU_SEQLENS_Q, CU_SEQLENS_K,
+    # sizes
+    seqlen_q, seqlen_k, num_heads, kv_group_size, head_dim, qk_scale_log2, scale,
+    # strides
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_dob, stride_dos, stride_doh,
+    stride_dqb, stride_dqs, stride_dqh,
+    stride_lb, stride_lh, stride_ls,
+    stride_mb, stride_mn,
+    # meta-parameters
+    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, IS_VARLEN: tl.constexpr,
+    EVEN_D: tl.constexpr, ALLOW_TF32: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program: dQ of BLOCK_M query rows of one head, keys streamed in order (deterministic)."""
+    start_m = tl.program_id(0) * BLOCK_M
+    off_bh = tl.program_id(1)
+    b = off_bh // num_heads
+    h = off_bh % num_heads
+    h_kv = h // kv_group_size
+    q_start = tl.full((), 0, tl.int32)
+    k_start = tl.full((), 0, tl.int32)
+    if IS_VARLEN:
+        q_start = tl.load(CU_SEQLENS_Q + b)
+        seqlen_q = tl.load(CU_SEQLENS_Q + b + 1) - q_start
+        k_start = tl.load(CU_SEQLENS_K + b)
+        seqlen_k = tl.load(CU_SEQLENS_K + b + 1) - k_start
+    if start_m >= seqlen_q:
+        return
+    b64 = b.to(tl.int64)
+    q_row0 = q_start.to(tl.int64)
+    k_row0 = k_start.to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < seqlen_q
+    md_ok = row_ok[:, None] & (offs_d[None, :] < head_dim)
+    q = tl.load(Q + b64 * stride_qb + (q_row0 + offs_m[:, None]) * stride_qs + h * stride_qh + offs_d[None, :],
+                mask=md_ok, other=0.0)
+    do = tl.load(DOut + b64 * stride_dob + (q_row0 + offs_m[:, None]) * stride_dos + h * stride_doh
+                 + offs_d[None, :], mask=md_ok, other=0.0)
+    lse2 = _load_lse_log2(LSE + b64 * stride_lb + h * stride_lh + (q_row0 + offs_m) * stride_ls, row_ok)
+    delta = tl.load(Delta + b64 * stride_lb + h * stride_lh + (q_row0 + offs_m) * stride_ls, mask=row_ok, other=0.0)
+    k_base = K + b64 * stride_kb + k_row0 * stride_ks + h_kv * stride_kh
+    v_base = V + b64 * stride_vb + k_row0 * stride_vs + h_kv * stride_vh
+    mask_base = KEY_MASK + b64 * stride_mb
+    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+
+    causal_offset = seqlen_k - seqlen_q
+    if IS_CAUSAL:
+        hi = tl.maximum(tl.minimum(seqlen_k, start_m + BLOCK_M + causal_offset), 0)
+        first_row_limit = tl.maximum(start_m + causal_offset + 1, 0)
+        full_hi = tl.minimum(first_row_limit // BLOCK_N, seqlen_k // BLOCK_N) * BLOCK_N
+    else:
+        hi = seqlen_k
+        full_hi = seqlen_k // BLOCK_N * BLOCK_N
+    dq = _attn_bwd_dq_inner(
+        dq, q, do, lse2, delta, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
+        0, full_hi, seqlen_k, causal_offset, qk_scale_log2, offs_m, offs_d, head_dim,
+        False, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, ALLOW_TF32, BLOCK_N,
+    )
+    dq = _attn_bwd_dq_inner(
+        dq, q, do, lse2, delta, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
+        full_hi, hi, seqlen_k, causal_offset, qk_scale_log2, offs_m, offs_d, head_dim,
+        True, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, ALLOW_TF32, BLOCK_N,
+    )
+    dq = dq * scale
+    tl.store(DQ + b64 * stride_dqb + (q_row0 + offs_m[:, None]) * stride_dqs + h * stride_dqh + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=md_ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Decode (flash-decoding)
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _attn_decode_split_kernel(
+    # pointers
+    Q, K, V, CACHE_SEQLENS, OutPartial, LSEPartial,
+    # sizes
+    seqlen_q, num_kv_heads, kv_group_size, head_dim, split_size, qk_scale_log2,
+    # strides
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_pb, stride_ph, stride_ps, stride_psplit,  # OutPartial (B, Hq, Sq, splits, D), D contiguous
+    stride_lb, stride_lh, stride_ls,                  # LSEPartial (B, Hq, Sq, splits), splits contiguous
+    # meta-parameters
+    IS_CAUSAL: tl.constexpr, ALLOW_TF32: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program: one key split of one (batch, KV head) for all its query heads and new tokens.
+
+    The G query heads sharing a KV head and the Sq new tokens are stacked into the M dimension
+    (row r -> head h_kv * G + r // Sq, token r % Sq), so each cached key is read once per group and
+    tl.dot gets a tile of at least 16 rows even for a single token.
+    """
+    split = tl.program_id(0)
+    off_bh = tl.program_id(1)
+    b = off_bh // num_kv_heads
+    h_kv = off_bh % num_kv_heads
+    b64 = b.to(tl.int64)
+    seqlen_k = tl.load(CACHE_SEQLENS + b).to(tl.int32)
+    rows = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < kv_group_size * seqlen_q
+    token = rows % seqlen_q
+    h = h_kv * kv_group_size + rows // seqlen_q
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < head_dim
+    q = tl.load(Q + b64 * stride_qb + token[:, None] * stride_qs + h[:, None] * stride_qh + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    k_base = K + b64 * stride_kb + h_kv * stride_kh
+    v_base = V + b64 * stride_vb + h_kv * stride_vh
+    # New token t sits at cache position seqlen_k - Sq + t (the cache already holds it).
+    row_limit = seqlen_k - seqlen_q + token
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    lo = split * split_size
+    hi = tl.minimum(lo + split_size, seqlen_k)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + tl.arange(0, BLOCK_N)
+        col_ok = cols < hi
+        k_t = tl.load(k_base + cols[None, :].to(tl.int64) * stride_ks + offs_d[:, None],
+                      mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+        s = _dot(q, k_t, tl.zeros((BLOCK_M, BLOCK_N), tl.float32), ALLOW_TF32) * qk_scale_log2
+        keep = col_ok[None, :]
+        if IS_CAUSAL:
+            keep = keep & (cols[None, :] <= row_limit[:, None])
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_shift[:, None])
+        alpha = tl.math.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + cols[:, None].to(tl.int64) * stride_vs + offs_d[None, :],
+                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], ALLOW_TF32)
+        m_i = m_new
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    lse2 = m_i + tl.math.log2(l_i)  # base 2 here; the combine kernel converts
+    tl.store(OutPartial + b64 * stride_pb + h[:, None] * stride_ph + token[:, None] * stride_ps
+             + split * stride_psplit + offs_d[None, :], out, mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(LSEPartial + b64 * stride_lb + h * stride_lh + token * stride_ls + split, lse2, mask=row_ok)
+
+
+@triton.jit
+def _attn_decode_combine_kernel(
+    OutPartial, LSEPartial, Out, LSE,
+    num_heads, seqlen_q, num_splits, head_dim,
+    stride_pb, stride_ph, stride_ps, stride_psplit,
+    stride_lpb, stride_lph, stride_lps,
+    stride_ob, stride_os, stride_oh,
+    stride_lb, stride_lh, stride_ls,
+    BLOCK_D: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
+):
+    """One program: one (batch, head, token); o = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - max)."""
+    pid = tl.program_id(0)
+    t = pid % seqlen_q
+    h = (pid // seqlen_q) % num_heads
+    b = (pid // (seqlen_q * num_heads)).to(tl.int64)
+    splits = tl.arange(0, BLOCK_SPLITS)
+    offs_d = tl.arange(0, BLOCK_D)
+    split_ok = splits < num_splits
+    lse2 = tl.load(LSEPartial + b * stride_lpb + h * stride_lph + t * stride_lps + splits,
+                   mask=split_ok, other=float("-inf"))
+    m = tl.max(lse2, 0)
+    m_shift = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.math.exp2(lse2 - m_shift)
+    total = tl.sum(w, 0)
+    o = tl.load(OutPartial + b * stride_pb + h * stride_ph + t * stride_ps + splits[:, None] * stride_psplit
+                + offs_d[None, :], mask=split_ok[:, None] & (offs_d[None, :] < head_dim), other=0.0)
+    out = tl.sum(o * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)
+    tl.store(Out + b * stride_ob + t * stride_os + h * stride_oh + offs_d, out.to(Out.dtype.element_ty),
+             mask=offs_d < head_dim)
+    tl.store(LSE + b * stride_lb + h * stride_lh + t * stride_ls, (m + tl.math.log2(total)) * 0.6931471805599453)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers (called from genkernels.ops.attention inside torch.library.triton_op; tensors are
+# already validated and viewed as (B, S, H, D) -- or (1, total, H, D) for varlen)
+# ----------------------------------------------------------------------------------------------
+def _bsh(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _mask_args(key_padding_mask):
+    if key_padding_mask is None:
+        return None, (0, 0)
+    return key_padding_mask, (key_padding_mask.stride(0), key_padding_mask.stride(1))
+
+
+def attention_forward(wrap, q, k, v, out, lse, key_padding_mask, cu_seqlens_q, cu_seqlens_k,
+                      batch, max_seqlen_q, max_seqlen_k, scale, causal, allow_tf32):
+    """Launch the forward. lse is (B, Hq, Sq) or, for varlen, (Hq, total_q) viewed as (1, Hq, total_q)."""
+    num_heads, head_dim = q.shape[2], q.shape[3]
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    mask, (stride_mb, stride_mn) = _mask_args(key_padding_mask)
+    varlen = cu_seqlens_q is not None
+    kernel = forward_kernel(block_d)
+    grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), batch * num_heads)  # noqa: E731
+    wrap(kernel)[grid](
+        q, k, v, out, lse, mask, cu_seqlens_q, cu_seqlens_k,
+        max_seqlen_q, max_seqlen_k, num_heads, num_heads // k.shape[2], head_dim, scale * LOG2E,
+        *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(out), *_bsh(lse), stride_mb, stride_mn,
+        IS_CAUSAL=causal, HAS_KEY_MASK=mask is not None, IS_VARLEN=varlen,
+        EVEN_D=head_dim == block_d, ALLOW_TF32=allow_tf32, BLOCK_D=block_d,
+    )
+
+
+def attention_backward(wrap, dout, q, k, v, out, lse, dlse, delta, dq, dk, dv, dq_accum,
+                       key_padding_mask, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q, max_seqlen_k,
+                       scale, causal, allow_tf32):
+    """Launch preprocess, dK/dV and (deterministic) dQ. dq_accum: fp32 zeros for atomic dQ, or None."""
+    num_heads, head_dim = q.shape[2], q.shape[3]
+    num_kv_heads = k.shape[2]
+    group = num_heads // num_kv_heads
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    cfg = backward_config(block_d)
+    launch = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    mask, (stride_mb, stride_mn) = _mask_args(key_padding_mask)
+    varlen = cu_seqlens_q is not None
+    pre_m = 16 if triton_interpret() else 64
+    wrap(_attn_bwd_preprocess_kernel)[(triton.cdiv(max_seqlen_q, pre_m), batch * num_heads)](
+        out, dout, dlse, delta, cu_seqlens_q, max_seqlen_q, num_heads, head_dim,
+        *_bsh(out), *_bsh(dout), *_bsh(lse),
+        HAS_DLSE=dlse is not None, IS_VARLEN=varlen, BLOCK_D=block_d, BLOCK_M=pre_m,
+        num_warps=1 if triton_interpret() else 4,
+    )
+    atomic = dq_accum is not None
+    dq_target = dq_accum if atomic else dq
+    wrap(_attn_bwd_dkdv_kernel)[(triton.cdiv(max_seqlen_k, cfg["DKDV_N"]), batch * num_kv_heads)](
+        q, k, v, dout, lse, delta, dq_target, dk, dv, mask, cu_seqlens_q, cu_seqlens_k,
+        max_seqlen_q, max_seqlen_k, num_kv_heads, group, head_dim, scale * LOG2E, scale,
+        *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dq_target), *_bsh(dk), *_bsh(dv), *_bsh(lse),
+        stride_mb, stride_mn,
+        IS_CAUSAL=causal, HAS_KEY_MASK=mask is not None, IS_VARLEN=varlen, ATOMIC_DQ=atomic,
+        ALLOW_TF32=allow_tf32, BLOCK_D=block_d, BLOCK_M=cfg["DKDV_M"], BLOCK_N=cfg["DKDV_N"], **launch,
+    )
+    if not atomic:
+        wrap(_attn_bwd_dq_kernel)[(triton.cdiv(max_seqlen_q, cfg["DQ_M"]), batch * num_heads)](
+            q, k, v, dout, lse, delta, dq, mask, cu_seqlens_q, cu_seqlens_k,
+            max_seqlen_q, max_seqlen_k, num_heads, group, head_dim, scale * LOG2E, scale,
+            *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dq), *_bsh(lse), stride_mb, stride_mn,
+            IS_CAUSAL=causal, HAS_KEY_MASK=mask is not None, IS_VARLEN=varlen,
+            EVEN_D=head_dim == block_d, ALLOW_TF32=allow_tf32, BLOCK_D=block_d,
+            BLOCK_M=cfg["DQ_M"], BLOCK_N=cfg["DQ_N"], **launch,
+        )
+
+
+def decode_num_splits(batch: int, num_kv_heads: int, max_seqlen_k: int, block_n: int) -> int:
+    """Enough splits to give every SM about two programs, but never splits shorter than a block."""
+    if triton_interpret():
+        return max(1, min(4, triton.cdiv(max_seqlen_k, block_n)))
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    want = triton.cdiv(2 * sms, max(1, batch * num_kv_heads))
+    return max(1, min(want, triton.cdiv(max_seqlen_k, block_n), 128))
+
+
+def attention_decode(wrap, q, k_cache, v_cache, cache_seqlens, out, lse, out_partial, lse_partial,
+                     scale, causal, allow_tf32):
+    """Launch split + combine. out_partial (B, Hq, Sq, splits, D) fp32, lse_partial (B, Hq, Sq, splits)."""
+    batch, seqlen_q, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    num_splits = out_partial.shape[3]
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    cfg = decode_config(block_d)
+    block_m = max(16, triton.next_power_of_2(group * seqlen_q)) if group * seqlen_q <= 64 else 64
+    split_size = triton.cdiv(triton.cdiv(k_cache.shape[1], num_splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
+    grid = (num_splits, batch * num_kv_heads, triton.cdiv(group * seqlen_q, block_m))
+    wrap(_attn_decode_split_kernel)[grid](
+        q, k_cache, v_cache, cache_seqlens, out_partial, lse_partial,
+        seqlen_q, num_kv_heads, group, head_dim, split_size, scale * LOG2E,
+        *_bsh(q), *_bsh(k_cache), *_bsh(v_cache),
+        *out_partial.stride()[:4], *lse_partial.stride()[:3],
+        IS_CAUSAL=causal, ALLOW_TF32=allow_tf32, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    wrap(_attn_decode_combine_kernel)[(batch * num_heads * seqlen_q,)](
+        out_partial, lse_partial, out, lse, num_heads, seqlen_q, num_splits, head_dim,
+        *out_partial.stride()[:4], *lse_partial.stride()[:3], *_bsh(out), *lse.stride(),
+        BLOCK_D=block_d, BLOCK_SPLITS=max(2, triton.next_power_of_2(num_splits)),
+        num_warps=1 if triton_interpret() else 4,
+    )
+
+
+__all__ = ["attention_forward", "attention_backward", "attention_decode", "decode_num_splits", "LOG2E", "LN2"]

@@ -1,0 +1,146 @@
+"""Weighted diffusion training loss in one pass: per-sample sum of squared errors between the model
+output and its target (eps, x0 or v, built on the fly from x0, noise and the step), reduced by a
+fused kernel; per-sample weights (e.g. min-SNR-gamma) and the mean are then applied to the (N,)
+sums. The backward is one fused pass too. Kernels: csrc/diffusion/diffusion.h (DiffusionSSE*).
+"""
+from __future__ import annotations
+
+import torch
+
+from genkernels.ops import _diffusion_args as args
+from genkernels.ops._library import define, lib
+
+CHUNK = 4096  # elements per reduction unit; must match gk::kChunk (csrc/common/macros.h)
+
+
+# ---- reference ---------------------------------------------------------------------------------
+def diffusion_target_reference(x0, noise, table, t, t_scalar, prediction_code):
+    if prediction_code == 0:
+        return noise
+    if prediction_code == 1:
+        return x0
+    ac, om = args.gather_steps(table, t, t_scalar, x0.shape[0])
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    return ac.sqrt().to(x0.dtype).view(shape) * noise - om.sqrt().to(x0.dtype).view(shape) * x0
+
+
+def diffusion_sse_reference(model_output, x0, noise, table, t, t_scalar, prediction_code):
+    """(N,) sum over each sample of (model_output - target)^2, accumulated in float32 or wider."""
+    diff = model_output - diffusion_target_reference(x0, noise, table, t, t_scalar, prediction_code)
+    acc = torch.float64 if diff.dtype == torch.float64 else torch.float32
+    return diff.reshape(diff.shape[0], -1).to(acc).pow(2).sum(1).to(acc)
+
+
+def diffusion_sse_backward_reference(grad_sse, model_output, x0, noise, table, t, t_scalar, prediction_code):
+    diff = model_output - diffusion_target_reference(x0, noise, table, t, t_scalar, prediction_code)
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    g = (2 * grad_sse).to(diff.dtype).view(shape) * diff
+    if prediction_code == 0:
+        return g, torch.zeros_like(x0), -g
+    if prediction_code == 1:
+        return g, -g, torch.zeros_like(noise)
+    ac, om = args.gather_steps(table, t, t_scalar, x0.shape[0])
+    a, s = ac.sqrt().to(x0.dtype).view(shape), om.sqrt().to(x0.dtype).view(shape)
+    return g, s * g, -a * g
+
+
+# ---- launchers ---------------------------------------------------------------------------------
+def _common(model_output, x0, noise, t):
+    return (args.as_2d(model_output), args.as_2d(x0), args.as_2d(noise), 0 if t is None else t.data_ptr())
+
+
+def _sse_kernel(model_output, x0, noise, t, t_scalar, table, prediction):
+    backend = args.choose_backend("diffusion_loss", x0)
+    if backend == "torch":
+        return diffusion_sse_reference(model_output, x0, noise, table, t, t_scalar, prediction)
+    m, x, e, t_ptr = _common(model_output, x0, noise, t)
+    n, d = m.shape
+    chunks = (d + CHUNK - 1) // CHUNK
+    partials = torch.empty((n, chunks), dtype=torch.float32, device=x0.device)
+    if n * d == 0:
+        return torch.zeros(n, dtype=torch.float32, device=x0.device)
+    args.launch(backend, "diffusion_sse", m.data_ptr(), x.data_ptr(), e.data_ptr(), t_ptr, t_scalar,
+                table.data_ptr(), table.shape[0], prediction, partials.data_ptr(), n, d,
+                args._ext.dtype_code(x0), like=x0)
+    return partials.sum(1) if chunks > 1 else partials.view(n)
+
+
+def _sse_fake(model_output, x0, noise, t, t_scalar, table, prediction):
+    acc = torch.float64 if x0.dtype == torch.float64 else torch.float32
+    return x0.new_empty(x0.shape[0], dtype=acc)
+
+
+def _sse_backward_kernel(grad_sse, model_output, x0, noise, t, t_scalar, table, prediction):
+    backend = args.choose_backend("diffusion_loss", x0)
+    if backend == "torch":
+        return diffusion_sse_backward_reference(grad_sse, model_output, x0, noise, table, t, t_scalar, prediction)
+    m, x, e, t_ptr = _common(model_output, x0, noise, t)
+    grads = [torch.empty(x0.shape, dtype=x0.dtype, device=x0.device) for _ in range(3)]
+    n, d = m.shape
+    if n * d:
+        g = grad_sse.to(torch.float32).contiguous()
+        args.launch(backend, "diffusion_sse_backward", g.data_ptr(), m.data_ptr(), x.data_ptr(), e.data_ptr(),
+                    t_ptr, t_scalar, table.data_ptr(), table.shape[0], prediction, grads[0].data_ptr(),
+                    grads[1].data_ptr(), grads[2].data_ptr(), n, d, args._ext.dtype_code(x0), like=x0)
+    return tuple(grads)
+
+
+def _sse_backward_fake(grad_sse, model_output, x0, noise, t, t_scalar, table, prediction):
+    return tuple(torch.empty_like(x0, memory_format=torch.contiguous_format) for _ in range(3))
+
+
+# ---- registration and autograd -----------------------------------------------------------------
+define("diffusion_sse(Tensor model_output, Tensor x0, Tensor noise, Tensor? t, int t_scalar, Tensor table,"
+       " int prediction) -> Tensor", cpu=_sse_kernel, fake=_sse_fake)
+define("diffusion_sse_backward(Tensor grad_sse, Tensor model_output, Tensor x0, Tensor noise, Tensor? t,"
+       " int t_scalar, Tensor table, int prediction) -> (Tensor, Tensor, Tensor)",
+       cpu=_sse_backward_kernel, fake=_sse_backward_fake)
+
+
+def _setup_context(ctx, inputs, output):
+    model_output, x0, noise, t, t_scalar, table, prediction = inputs
+    ctx.save_for_backward(model_output, x0, noise, t, table)
+    ctx.t_scalar, ctx.prediction = t_scalar, prediction
+
+
+def _backward(ctx, grad_sse):
+    model_output, x0, noise, t, table = ctx.saved_tensors
+    g_out, g_x0, g_noise = torch.ops.genkernels.diffusion_sse_backward(
+        grad_sse, model_output, x0, noise, t, ctx.t_scalar, table, ctx.prediction)
+    return g_out, g_x0, g_noise, None, None, None, None
+
+
+torch.library.register_autograd("genkernels::diffusion_sse", _backward, setup_context=_setup_context, lib=lib)
+
+
+# ---- public function -----------------------------------------------------------------------------
+def diffusion_loss(model_output, x0, noise, t, schedule, prediction: str = "epsilon", weights=None,
+                   reduction: str = "mean"):
+    """Weighted MSE between a denoiser's output and its target, fused into one pass.
+
+    loss_n = w_n * mean_i (model_output[n, i] - target[n, i])^2, target = eps | x0 | v at step t_n.
+    model_output, x0, noise: (N, ...) of one shape, dtype and device. t: int or (N,) int tensor.
+    weights: None or (N,) per-sample weights (e.g. genkernels.diffusion.min_snr_weights).
+    reduction: "mean" -> 0-dim float32 mean over the batch; "none" -> (N,) float32 per-sample loss.
+    Differentiable in model_output, x0, noise and weights.
+    """
+    code = args.prediction_code(prediction)
+    args.check_tensor("model_output", model_output)
+    args.check_tensor("x0", x0, like=model_output, like_name="model_output")
+    args.check_tensor("noise", noise, like=model_output, like_name="model_output")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    batch = model_output.shape[0]
+    t_tensor, t_scalar = args.timesteps("t", t, batch, model_output.device, schedule.num_steps)
+    sse = torch.ops.genkernels.diffusion_sse(model_output, x0, noise, t_tensor, t_scalar,
+                                             schedule.table(model_output.device), code)
+    per_sample = sse / max(model_output[0].numel(), 1) if batch else sse
+    if weights is not None:
+        if not isinstance(weights, torch.Tensor):
+            raise TypeError(f"weights must be a tensor of shape ({batch},), got {type(weights).__name__}")
+        if weights.shape != (batch,):
+            raise ValueError(f"weights must have shape ({batch},), got {tuple(weights.shape)}")
+        if weights.device != model_output.device:
+            raise ValueError(f"weights must be on {model_output.device}, got {weights.device}")
+        per_sample = per_sample * weights.to(per_sample.dtype)
+    return per_sample.mean() if reduction == "mean" else per_sample

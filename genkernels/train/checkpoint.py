@@ -1,0 +1,348 @@
+"""Checkpoints: safetensors for every tensor, JSON for everything else; no pickle anywhere.
+
+A checkpoint is a directory:
+
+    trainer.json          format marker, model name + config, train config, step, history,
+                          optimizer index, GradScaler and EMA scalars, non-tensor RNG fields,
+                          and the byte size of every file below (written last: a checkpoint
+                          without it was never completed)
+    model.safetensors     the live weights (model.state_dict(), tied tensors stored once)
+    ema.safetensors       the EMA weights (when EMA is on)
+    optimizer.safetensors every optimizer state tensor, keyed "<group>.<param index>.<name>";
+                          trainer.json["optimizers"] maps them back into state_dict() form
+    rng.safetensors       RNG byte tensors: "rank<r>.torch_cpu", "rank<r>.cuda<i>",
+                          "rank<r>.numpy_keys", "rank<r>.python_state", "data.generator",
+                          "data.order"
+
+It is written to "<path>.tmp" and then swapped in, so a crash never leaves a half-written
+checkpoint under the real name. Loading checks the marker, the file list and sizes, and turns any
+safetensors parse failure into a ValueError that names the file.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, save_model
+from torch import nn
+
+from genkernels.train import distributed
+
+FORMAT = "genkernels-checkpoint"
+VERSION = 1
+META_FILE = "trainer.json"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: `meta` is trainer.json; tensors are on the requested device."""
+
+    path: Path
+    meta: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    ema_state: Optional[dict[str, torch.Tensor]] = None
+    optimizer_states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rng_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+    @property
+    def model_name(self) -> str:
+        return self.meta["model"]["name"]
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        return self.meta["model"]["config"]
+
+    @property
+    def train_config(self) -> dict[str, Any]:
+        return self.meta["train_config"]
+
+
+# -- RNG states ----------------------------------------------------------------------------
+def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This process's RNG states as (byte/int tensors, JSON-able scalars)."""
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if device.type == "cuda" and torch.cuda.is_initialized():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{index}"] = state.cpu()
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    tensors["numpy_keys"] = torch.from_numpy(keys.astype(np.int64))
+    version, python_state, gauss_next = random.getstate()
+    tensors["python_state"] = torch.tensor(python_state, dtype=torch.int64)
+    scalars = {
+        "numpy": {"position": int(position), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached_gaussian)},
+        "python": {"version": version, "gauss_next": gauss_next},
+    }
+    return tensors, scalars
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"].to(torch.uint8))
+    cuda_count = sum(1 for key in tensors if key.startswith("cuda"))
+    cuda_states = [tensors[f"cuda{i}"] for i in range(cuda_count)]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in cuda_states])
+    numpy = scalars["numpy"]
+    np.random.set_state(("MT19937", tensors["numpy_keys"].numpy().astype(np.uint32),
+                         numpy["position"], numpy["has_gauss"], numpy["cached_gaussian"]))
+    python = scalars["python"]
+    random.setstate((python["version"], tuple(tensors["python_state"].tolist()), python["gauss_next"]))
+
+
+# -- optimizer state <-> flat tensors + JSON index -----------------------------------------
+def _flatten_optimizer(group: str, state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    index: dict[str, Any] = {"param_groups": state["param_groups"], "tensors": {}, "values": {}}
+    for param_id, param_state in state["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                name = f"{group}.{param_id}.{key}"
+                tensors[name] = value.detach().contiguous()
+                index["tensors"].setdefault(str(param_id), {})[key] = name
+            else:
+                index["values"].setdefault(str(param_id), {})[key] = value
+    return tensors, index
+
+
+def _unflatten_optimizer(index: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for param_id, names in index["tensors"].items():
+        state.setdefault(int(param_id), {}).update({key: tensors[name] for key, name in names.items()})
+    for param_id, values in index["values"].items():
+        state.setdefault(int(param_id), {}).update(values)
+    # JSON turned tuples (betas) into lists; "params" is the one list that stays a list
+    param_groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
+                    for g in index["param_groups"]]
+    return {"state": state, "param_groups": param_groups}
+
+
+# -- saving --------------------------------------------------------------------------------
+def _is_checkpoint_dir(path: Path) -> bool:
+    try:
+        return json.loads((path / META_FILE).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def save_checkpoint(path: str | Path, trainer) -> Path:
+    """Save everything needed to resume `trainer` exactly. Call on every rank; rank 0 writes.
+
+    Refuses to overwrite a directory that is neither empty nor a genkernels checkpoint.
+    """
+    path = Path(path)
+    rng = distributed.gather_objects(_rng_state(trainer.device), trainer.dist)
+    if trainer.is_main:
+        if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or _is_checkpoint_dir(path))):
+            raise ValueError(f"refusing to overwrite {path}: it exists and is not a genkernels checkpoint")
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _write_checkpoint(tmp, trainer, rng)
+        old = path.with_name(path.name + ".old")
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier(trainer.dist)
+    return path
+
+
+def _write_checkpoint(directory: Path, trainer, rng_per_rank: list) -> None:
+    save_model(trainer.model, str(directory / "model.safetensors"), force_contiguous=True)
+    if trainer.ema is not None:
+        save_file({k: v.contiguous() for k, v in trainer.ema.shadow.items()}, str(directory / "ema.safetensors"))
+
+    optimizer_tensors, optimizer_index = {}, {}
+    for group, optimizer in trainer.optimizers.items():
+        tensors, optimizer_index[group] = _flatten_optimizer(group, optimizer.state_dict())
+        optimizer_tensors.update(tensors)
+    save_file(optimizer_tensors, str(directory / "optimizer.safetensors"))
+
+    data_state = trainer.batches.state_dict()
+    rng_tensors = {"data.generator": data_state["generator"], "data.order": data_state["order"]}
+    rng_scalars = {"data": {"position": data_state["position"], "epoch": data_state["epoch"]}}
+    for rank, (tensors, scalars) in enumerate(rng_per_rank):
+        rng_tensors.update({f"rank{rank}.{k}": v.contiguous() for k, v in tensors.items()})
+        rng_scalars[f"rank{rank}"] = scalars
+    save_file(rng_tensors, str(directory / "rng.safetensors"))
+
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {"name": trainer.model.name, "config": trainer.model.config_dict()},
+        "train_config": trainer.config.to_dict(),
+        "step": trainer.step,
+        "world_size": trainer.dist.world_size,
+        "metadata": trainer.metadata,
+        "history": trainer.history,
+        "optimizers": optimizer_index,
+        "scaler": trainer.scaler.state_dict() if trainer.scaler.is_enabled() else None,
+        "ema": None if trainer.ema is None else {"decay": trainer.ema.decay,
+                                                 "num_updates": trainer.ema.num_updates},
+        "rng": rng_scalars,
+        "files": {f.name: f.stat().st_size for f in sorted(directory.iterdir())},
+    }
+    (directory / META_FILE).write_text(json.dumps(meta, indent=1))
+
+
+# -- loading -------------------------------------------------------------------------------
+def _resolve(path: str | Path) -> Path:
+    """Accept the checkpoint directory itself or a run directory holding checkpoint/."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.is_dir() and not (path / META_FILE).exists() and (path / "checkpoint" / META_FILE).exists():
+        return path / "checkpoint"
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file, not a genkernels checkpoint (a directory holding {META_FILE})")
+    if not (path / META_FILE).exists():
+        raise ValueError(f"{path} holds no {META_FILE}: not a genkernels checkpoint, or one whose saving "
+                         "never completed")
+    return path
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    meta_file = path / META_FILE
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{meta_file} is not valid JSON (truncated or corrupt): {error}") from error
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_file} is not a genkernels checkpoint (no \"format\": \"{FORMAT}\")")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"{meta_file}: checkpoint format version {meta.get('version')!r}; "
+                         f"this genkernels reads version {VERSION}")
+    missing = [k for k in ("model", "train_config", "step", "files") if k not in meta]
+    if missing:
+        raise ValueError(f"{meta_file} lacks the fields {missing} (corrupt checkpoint)")
+    for name, size in meta["files"].items():
+        file = path / name
+        if not file.exists():
+            raise ValueError(f"{file} is missing from the checkpoint")
+        if file.stat().st_size != size:
+            raise ValueError(f"{file} has {file.stat().st_size} bytes, expected {size} (truncated or "
+                             "overwritten)")
+    return meta
+
+
+def _load_tensors(file: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file), device=str(device))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupt): {error}") from error
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    weights_only: bool = False) -> Checkpoint:
+    """Read a checkpoint directory (or a run directory holding checkpoint/).
+
+    Raises FileNotFoundError when `path` does not exist and ValueError naming the file when the
+    checkpoint is foreign, incomplete, truncated or corrupt. `weights_only` skips optimizer and
+    RNG state.
+    """
+    path = _resolve(path)
+    meta = _read_meta(path)
+    checkpoint = Checkpoint(path, meta, _load_tensors(path / "model.safetensors", map_location))
+    if meta.get("ema") is not None:
+        checkpoint.ema_state = _load_tensors(path / "ema.safetensors", map_location)
+    if not weights_only:
+        tensors = _load_tensors(path / "optimizer.safetensors", map_location)
+        try:
+            checkpoint.optimizer_states = {group: _unflatten_optimizer(index, tensors)
+                                           for group, index in meta["optimizers"].items()}
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path / META_FILE}: optimizer index does not match "
+                             f"optimizer.safetensors ({error!r})") from error
+        checkpoint.rng_tensors = _load_tensors(path / "rng.safetensors", "cpu")
+    return checkpoint
+
+
+def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict that allows only tied aliases to be absent and names `source` on error."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing:
+        full = module.state_dict()
+        loaded_storage = {full[k].untyped_storage().data_ptr() for k in state if k in full}
+        missing = [k for k in missing if full[k].untyped_storage().data_ptr() not in loaded_storage]
+    if missing or unexpected:
+        raise ValueError(f"{source} does not match the {type(module).__name__} it is loaded into: "
+                         f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}")
+
+
+def restore_trainer(trainer, checkpoint: Checkpoint) -> None:
+    """Put a full checkpoint's state into `trainer` (built with the same model and config)."""
+    meta, where = checkpoint.meta, checkpoint.path
+    if meta["model"]["name"] != trainer.model.name:
+        raise ValueError(f"{where} holds a {meta['model']['name']!r} model, not {trainer.model.name!r}")
+    if meta["model"]["config"] != json.loads(json.dumps(trainer.model.config_dict())):
+        raise ValueError(f"{where}: the model config differs from the checkpoint's "
+                         f"{meta['model']['config']}")
+    load_module_state(trainer.model, checkpoint.model_state, str(where / "model.safetensors"))
+    if trainer.ema is not None:
+        if checkpoint.ema_state is None:
+            warnings.warn(f"{where} has no EMA weights; the EMA restarts from the loaded weights")
+            trainer.ema.shadow = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        else:
+            trainer.ema.load_state_dict({**meta["ema"], "shadow": checkpoint.ema_state})
+    if set(checkpoint.optimizer_states) != set(trainer.optimizers):
+        raise ValueError(f"{where}: optimizer groups {sorted(checkpoint.optimizer_states)} do not match "
+                         f"the model's {sorted(trainer.optimizers)}")
+    for group, optimizer in trainer.optimizers.items():
+        optimizer.load_state_dict(checkpoint.optimizer_states[group])
+    if meta.get("scaler") and trainer.scaler.is_enabled():
+        trainer.scaler.load_state_dict(meta["scaler"])
+    trainer.step = checkpoint.step
+    trainer.history = list(meta.get("history", []))
+
+    rng = checkpoint.rng_tensors
+    trainer.batches.load_state_dict({"generator": rng["data.generator"], "order": rng["data.order"],
+                                     **meta["rng"]["data"]})
+    prefix = f"rank{trainer.dist.rank}."
+    if f"rank{trainer.dist.rank}" in meta["rng"]:
+        tensors = {k[len(prefix):]: v for k, v in rng.items() if k.startswith(prefix)}
+        _set_rng_state(tensors, meta["rng"][f"rank{trainer.dist.rank}"])
+    else:
+        warnings.warn(f"{where} was saved by {meta.get('world_size')} ranks; rank {trainer.dist.rank} "
+                      "has no saved RNG state and is reseeded")
+        torch.manual_seed(trainer.config.seed + trainer.dist.rank + trainer.step)
+
+
+def load_model(path: str | Path, *, ema: bool = True, map_location: str | torch.device = "cpu"):
+    """Rebuild the model of a checkpoint via genkernels.models.REGISTRY, in eval mode.
+
+    ema=True loads the EMA weights when the checkpoint has them (the default for sampling and
+    evaluation); ema=False the live weights.
+    """
+    from genkernels.models import get_model_class
+
+    checkpoint = load_checkpoint(path, map_location, weights_only=True)
+    model_class = get_model_class(checkpoint.model_name)
+    try:
+        model = model_class.from_config_dict(checkpoint.model_config)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{checkpoint.path / META_FILE}: cannot rebuild {checkpoint.model_name!r} from "
+                         f"its config: {error}") from error
+    model.to(map_location)
+    load_module_state(model, checkpoint.model_state, str(checkpoint.path / "model.safetensors"))
+    if ema and checkpoint.ema_state is not None:
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            if set(params) != set(checkpoint.ema_state):
+                raise ValueError(f"{checkpoint.path / 'ema.safetensors'} does not match the model's parameters")
+            for name, value in checkpoint.ema_state.items():
+                params[name].copy_(value)
+    model.eval()
+    return model

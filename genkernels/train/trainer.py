@@ -1,0 +1,439 @@
+"""Trainer: AdamW + warm-up/cosine schedule, mixed precision, EMA, evaluation, checkpoints.
+
+One step = one global batch: for each optimizer group of the model (see
+`GenerativeModel.optimizer_groups`) compute `loss(batch[, group=name])`, back-propagate its
+first entry, unscale/clip the group's gradients and step its AdamW; then update the EMA.
+
+Reproducibility: the trainer seeds torch, numpy and `random` with `config.seed + rank`, draws
+the data order from its own generator, and runs evaluation and sampling under a separately
+seeded, restored RNG state, so evaluating or sampling never changes what training does next.
+Same seed, same losses (bitwise on CPU); checkpoints carry every RNG state so a resumed run
+continues exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from genkernels.models.base import GenerativeModel
+from genkernels.train import distributed
+from genkernels.train.batches import SeededBatches
+from genkernels.train.config import TrainConfig
+from genkernels.train.ema import EMA
+
+# Evaluation and sampling draw from their own streams, offset from the training seed.
+_EVAL_SEED_OFFSET = 1_000_003
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate of 0-based `step`: linear warm-up, then cosine decay to lr * min_lr_ratio.
+
+    warm-up  lr * (step + 1) / warmup_steps                 for step < warmup_steps
+    decay    lr * (r + (1 - r) * (1 + cos(pi * p)) / 2),    p = (step - warmup) / (steps - warmup)
+    where r = min_lr_ratio; p is clamped to 1 past the last step.
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    decay_steps = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / decay_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; anything else as torch.device parses it."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available; use --device cpu")
+    return resolved
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+@contextlib.contextmanager
+def isolated_rng(seed: int, device: torch.device):
+    """Run a block with torch/numpy/random seeded to `seed`, then restore the previous states."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        seed_everything(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """Move every tensor of a collated batch (tensor, tuple, list or dict) to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: move_to(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(value, device) for value in batch)
+    return batch
+
+
+def autocast(device: torch.device, precision: str):
+    """torch.autocast for "bf16"/"fp16"; a no-op context for "fp32"."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32,
+                          enabled=dtype is not None)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision 'bf16' is not supported on {torch.cuda.get_device_name(device)}; "
+                         "use --precision fp16 or fp32")
+    if precision != "fp32":
+        try:
+            with autocast(device, precision):
+                pass
+        except RuntimeError as error:
+            raise ValueError(f"precision {precision!r} (autocast) is not supported on device "
+                             f"{device.type!r} by this torch build: {error}") from error
+
+
+class _LossModule(nn.Module):
+    """The loss as a forward(), so DistributedDataParallel and torch.compile can wrap it."""
+
+    def __init__(self, model: GenerativeModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, group: Optional[str] = None):
+        if group is None:
+            return self.model.loss(batch)
+        return self.model.loss(batch, group=group)
+
+
+def _check_losses(losses: Any, model: GenerativeModel) -> dict[str, torch.Tensor]:
+    if not isinstance(losses, dict) or not losses:
+        raise TypeError(f"{type(model).__name__}.loss must return a non-empty dict of tensors, "
+                        f"got {type(losses).__name__}")
+    objective = next(iter(losses.values()))
+    if not isinstance(objective, torch.Tensor) or objective.numel() != 1:
+        raise TypeError(f"{type(model).__name__}.loss: the first entry must be a scalar tensor, "
+                        f"got {objective!r:.80}")
+    return losses
+
+
+def _adamw(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW where only matrices/kernels decay (biases, norm scales and embeddings-as-vectors do not)."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas)
+
+
+class Trainer:
+    """Train a GenerativeModel on a torch Dataset.
+
+    model      a GenerativeModel (built and seeded by the caller)
+    train_set  Dataset of items `default_collate` can batch (e.g. (image, label) tuples)
+    val_set    optional held-out Dataset for the val loss and `model.evaluate`
+    config     TrainConfig
+    metadata   JSON-able facts stored with checkpoints (the CLI records the data name)
+
+    `fit()` trains to `config.steps` and returns the history: one dict per log line
+    ({"kind": "train", "step", "lr", "train/<loss>", "grad_norm/<group>", "items_per_s", ...})
+    and per evaluation ({"kind": "eval", "step", "val/<loss>", "eval/<metric>"}), also appended
+    to out_dir/metrics.jsonl. `resume(path)` restores a checkpoint before `fit()`.
+    """
+
+    def __init__(self, model: GenerativeModel, train_set: Dataset, val_set: Optional[Dataset] = None,
+                 config: Optional[TrainConfig] = None, *, metadata: Optional[dict[str, Any]] = None):
+        if not isinstance(model, GenerativeModel):
+            raise TypeError(f"model must be a genkernels GenerativeModel, got {type(model).__name__}")
+        self.config = config = config if config is not None else TrainConfig()
+        config.validate()
+        self.model, self.train_set, self.val_set = model, train_set, val_set
+        self.metadata = dict(metadata or {})
+        self.dist, self.device = distributed.setup(resolve_device(config.device))
+        if config.batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of "
+                             f"ranks ({self.dist.world_size})")
+        check_precision(config.precision, self.device)
+        seed_everything(config.seed + self.dist.rank)
+
+        self.model.to(self.device)
+        self.groups = self._validated_groups()
+        self.optimizers = {name: _adamw(params, config) for name, params in self.groups.items()}
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        # Several groups: each group's loss leaves the other groups' parameters unused.
+        self._loss_module = distributed.wrap(_LossModule(model), self.dist, self.device,
+                                             find_unused_parameters=len(self.groups) > 1)
+        self._loss_fn = torch.compile(self._loss_module) if config.compile else self._loss_module
+        # After wrapping: DDP has broadcast rank 0's weights, so every rank averages the same start.
+        self.ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
+        self.batches = SeededBatches(len(train_set), config.batch_size, config.seed)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.out_dir = Path(config.out_dir) if config.out_dir else None
+        self._stream: Optional[Iterator] = None
+        self._reset_log_window()
+
+    # -- setup helpers ---------------------------------------------------------------------
+    def _validated_groups(self) -> dict[str, list[nn.Parameter]]:
+        groups = self.model.optimizer_groups()
+        if not isinstance(groups, dict) or not groups:
+            raise TypeError(f"{type(self.model).__name__}.optimizer_groups must return a non-empty "
+                            f"dict of parameter lists, got {groups!r:.80}")
+        seen: set[int] = set()
+        for name, params in groups.items():
+            params = list(params)
+            if not params:
+                raise ValueError(f"optimizer group {name!r} of {type(self.model).__name__} has no parameters")
+            for p in params:
+                if id(p) in seen:
+                    raise ValueError(f"a parameter appears in two optimizer groups (second: {name!r})")
+                seen.add(id(p))
+            groups[name] = params
+        return groups
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def lr_at(self, step: int) -> float:
+        return lr_at(step, self.config)
+
+    # -- data ------------------------------------------------------------------------------
+    def _index_stream(self, order: SeededBatches) -> Iterator[list[int]]:
+        while True:
+            yield distributed.shard(order.next_indices(), self.dist).tolist()
+
+    def _next_batch(self):
+        """This rank's share of the next global batch, collated and on the device.
+
+        `self.batches` always reflects the batches consumed (it is what checkpoints save); with
+        workers, the DataLoader reads ahead from a copy of it.
+        """
+        if self.config.num_workers == 0:
+            indices = distributed.shard(self.batches.next_indices(), self.dist).tolist()
+            batch = default_collate([self.train_set[i] for i in indices])
+        else:
+            if self._stream is None:
+                ahead = SeededBatches(self.batches.num_items, self.batches.batch_size, 0)
+                ahead.load_state_dict(self.batches.state_dict())
+                loader = DataLoader(self.train_set, batch_sampler=self._index_stream(ahead),
+                                    num_workers=self.config.num_workers,
+                                    pin_memory=self.device.type == "cuda",
+                                    # its own generator: creating the loader must not draw from
+                                    # the global RNG, or resumed and fresh runs would diverge
+                                    generator=torch.Generator().manual_seed(self.config.seed))
+                self._stream = iter(loader)
+            batch = next(self._stream)
+            self.batches.next_indices()
+        return move_to(batch, self.device)
+
+    # -- one optimisation step -------------------------------------------------------------
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """Take one step on the next batch; return detached losses and gradient norms."""
+        lr = self.lr_at(self.step)
+        batch = self._next_batch()
+        self.model.train()
+        record: dict[str, torch.Tensor] = {}
+        for name, optimizer in self.optimizers.items():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            self.model.zero_grad(set_to_none=True)
+            with autocast(self.device, self.config.precision):
+                losses = self._loss_fn(batch) if len(self.optimizers) == 1 else self._loss_fn(batch, group=name)
+            losses = _check_losses(losses, self.model)
+            self.scaler.scale(next(iter(losses.values())).float()).backward()
+            self.scaler.unscale_(optimizer)
+            # max_norm=inf measures the norm without scaling (the coefficient clamps to 1)
+            norm = torch.nn.utils.clip_grad_norm_(self.groups[name], self.config.grad_clip or math.inf)
+            self.scaler.step(optimizer)
+            for key, value in losses.items():
+                record[f"{name}_{key}" if key in record else key] = value.detach().float()
+            record[f"grad_norm/{name}"] = norm.detach().float()
+        self.scaler.update()
+        self.model.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
+        self.step += 1
+        return record
+
+    # -- evaluation and sampling -----------------------------------------------------------
+    def averaged_weights(self):
+        """Context in which the model holds the EMA weights (the live ones when EMA is off)."""
+        return self.ema.averaged() if self.ema is not None else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Val losses (means over up to eval_max_items items) and model.evaluate, EMA weights."""
+        entry: dict[str, Any] = {"kind": "eval", "step": self.step}
+        if self.val_set is None:
+            return entry
+        with self.averaged_weights(), isolated_rng(self.config.seed + _EVAL_SEED_OFFSET, self.device):
+            self.model.eval()
+            try:
+                entry.update({f"val/{k}": v for k, v in self.validation_losses().items()})
+                metrics = self.model.evaluate(self.val_set, max_items=self.config.eval_max_items)
+                entry.update({f"eval/{k}": float(v) for k, v in metrics.items()})
+            finally:
+                self.model.train()
+        return entry
+
+    @torch.no_grad()
+    def validation_losses(self) -> dict[str, float]:
+        return validation_losses(self.model, self.val_set, batch_size=self.config.batch_size,
+                                 max_items=self.config.eval_max_items, device=self.device,
+                                 precision=self.config.precision,
+                                 groups=list(self.groups) if len(self.groups) > 1 else None)
+
+    @torch.no_grad()
+    def sample(self, n: int, **conditions) -> torch.Tensor:
+        """n samples from the EMA weights, under a seeded RNG that training never sees; on CPU."""
+        with self.averaged_weights(), isolated_rng(self.config.seed + _EVAL_SEED_OFFSET, self.device):
+            self.model.eval()
+            try:
+                return self.model.sample(n, **conditions).detach().float().cpu()
+            finally:
+                self.model.train()
+
+    def _save_periodic_samples(self) -> None:
+        from genkernels.train.figures import save_image_grid
+
+        if not self.is_main or self.out_dir is None:
+            return
+        samples = self.sample(self.config.num_samples)
+        if samples.ndim == 4:
+            save_image_grid(samples.clamp(0, 1), self.out_dir / "samples" / f"step_{self.step:06d}.png")
+
+    # -- logging ---------------------------------------------------------------------------
+    def _reset_log_window(self) -> None:
+        self._window_sums: dict[str, torch.Tensor] = {}
+        self._window_steps = 0
+        self._window_start = time.perf_counter()
+
+    def _accumulate(self, record: dict[str, torch.Tensor]) -> None:
+        for key, value in record.items():
+            self._window_sums[key] = self._window_sums.get(key, 0.0) + value
+        self._window_steps += 1
+
+    def _train_entry(self) -> dict[str, Any]:
+        elapsed = time.perf_counter() - self._window_start
+        entry: dict[str, Any] = {"kind": "train", "step": self.step, "lr": self.lr_at(self.step - 1)}
+        for key, total in self._window_sums.items():
+            name = key if key.startswith("grad_norm/") else f"train/{key}"
+            entry[name] = float(total) / self._window_steps
+        entry["items_per_s"] = self._window_steps * self.config.batch_size / max(elapsed, 1e-9)
+        self._reset_log_window()
+        return entry
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        self.history.append(entry)
+        if self.is_main and self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / "metrics.jsonl", "a") as log:
+                log.write(json.dumps(entry) + "\n")
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self, stop_at: Optional[int] = None) -> list[dict[str, Any]]:
+        """Train until `config.steps` (or pause at `stop_at`); return the history.
+
+        At the end (not at a pause) the trainer evaluates once more and, with out_dir, saves a
+        checkpoint to out_dir/checkpoint. The schedule always spans `config.steps`.
+        """
+        from tqdm.auto import tqdm
+
+        config = self.config
+        target = config.steps if stop_at is None else min(stop_at, config.steps)
+        finishing = target == config.steps and self.step < config.steps
+        progress = tqdm(total=config.steps, initial=self.step, desc=f"train {self.model.name}".strip(),
+                        disable=not (self.is_main and config.progress), dynamic_ncols=True)
+        self._reset_log_window()
+        try:
+            while self.step < target:
+                self._accumulate(self.train_step())
+                progress.update(1)
+                if self.step % config.log_every == 0 or self.step == config.steps:
+                    entry = self._train_entry()
+                    self._record(entry)
+                    progress.set_postfix(loss=f"{next(v for k, v in entry.items() if k.startswith('train/')):.4g}",
+                                         items_s=f"{entry['items_per_s']:.0f}")
+                last_step = self.step == config.steps
+                if config.eval_every and self.step % config.eval_every == 0 and not last_step:
+                    self._record_eval()
+                if config.sample_every and self.step % config.sample_every == 0:
+                    self._save_periodic_samples()
+                if config.checkpoint_every and self.step % config.checkpoint_every == 0 and not last_step:
+                    self.save_checkpoint()
+        finally:
+            progress.close()
+        if finishing:
+            self._record_eval()
+            self.save_checkpoint()
+        return self.history
+
+    def _record_eval(self) -> None:
+        if self.val_set is not None and self.is_main:
+            self._record(self.evaluate())
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def save_checkpoint(self, path: Optional[str | Path] = None) -> Optional[Path]:
+        """Save to `path` (default out_dir/checkpoint). Call on every rank; rank 0 writes."""
+        from genkernels.train.checkpoint import save_checkpoint
+
+        if path is None:
+            if self.out_dir is None:
+                return None
+            path = self.out_dir / "checkpoint"
+        return save_checkpoint(path, self)
+
+    def resume(self, path: str | Path) -> "Trainer":
+        """Restore weights, EMA, optimizers, scaler, step, history and every RNG state."""
+        from genkernels.train.checkpoint import load_checkpoint, restore_trainer
+
+        restore_trainer(self, load_checkpoint(path, map_location=self.device))
+        self._stream = None
+        return self
+
+
+@torch.no_grad()
+def validation_losses(model: GenerativeModel, dataset: Dataset, *, batch_size: int = 256,
+                      max_items: Optional[int] = None, device: torch.device | str = "cpu",
+                      precision: str = "fp32", groups: Optional[list[str]] = None) -> dict[str, float]:
+    """Item-weighted mean of every entry of model.loss over the first `max_items` items.
+
+    `groups`: for multi-group models, the loss of each group is computed and merged.
+    """
+    device = torch.device(device)
+    count = min(len(dataset), max_items or len(dataset))
+    totals: dict[str, float] = {}
+    for start in range(0, count, batch_size):
+        indices = range(start, min(start + batch_size, count))
+        batch = move_to(default_collate([dataset[i] for i in indices]), device)
+        with autocast(device, precision):
+            results = [model.loss(batch)] if groups is None else [model.loss(batch, group=g) for g in groups]
+        merged: dict[str, torch.Tensor] = {}
+        for group, losses in zip(groups or [None], results):
+            for key, value in losses.items():
+                merged[f"{group}_{key}" if key in merged else key] = value
+        for key, value in merged.items():
+            totals[key] = totals.get(key, 0.0) + float(value.float().mean()) * len(indices)
+    return {key: total / count for key, total in totals.items()}

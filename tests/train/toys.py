@@ -1,0 +1,103 @@
+"""Tiny models and data for the training tests (stand-ins for the real zoo)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from genkernels.models.base import GenerativeModel
+from genkernels.train.figures import save_image_grid
+
+
+class ToyImages(Dataset):
+    """`count` random (1, 4, 4) images in [0, 1] with int64 labels, like the digits items."""
+
+    def __init__(self, count: int = 40, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        self.images = torch.rand(count, 1, 4, 4, generator=generator)
+        self.labels = torch.randint(0, 3, (count,), generator=generator)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index], self.labels[index]
+
+
+@dataclass
+class ToyConfig:
+    hidden: int = 8
+    noise: float = 0.1  # 0 makes the loss a deterministic function of the weights
+
+
+class ToyAutoencoder(GenerativeModel):
+    """16 -> hidden -> 16 autoencoder on noisy inputs; samples decode Gaussian codes."""
+
+    name = "toy"
+    config_class = ToyConfig
+    default_data = "toy"
+
+    def __init__(self, config: ToyConfig):
+        super().__init__(config)
+        self.encoder = nn.Linear(16, config.hidden)
+        self.decoder = nn.Linear(config.hidden, 16)
+
+    def loss(self, batch):
+        images, _ = batch
+        x = images.flatten(1)  # (B, 16)
+        noisy = x + self.config.noise * torch.randn_like(x)
+        reconstruction = torch.sigmoid(self.decoder(torch.tanh(self.encoder(noisy))))
+        mse = F.mse_loss(reconstruction, x)
+        return {"loss": mse, "l1": (reconstruction - x).abs().mean()}
+
+    @torch.no_grad()
+    def sample(self, n, **conditions):
+        device = self.decoder.weight.device
+        codes = torch.randn(n, self.config.hidden, device=device)
+        return torch.sigmoid(self.decoder(codes)).view(n, 1, 4, 4)
+
+    @torch.no_grad()
+    def evaluate(self, dataset, *, max_items=None):
+        count = min(len(dataset), max_items or len(dataset))
+        images = torch.stack([dataset[i][0] for i in range(count)]).to(self.decoder.weight.device)
+        return {"mean_abs_code": self.encoder(images.flatten(1)).abs().mean().item()}
+
+    def save_figures(self, out_dir, samples):
+        from pathlib import Path
+
+        return [save_image_grid(samples, Path(out_dir) / "samples.png")]
+
+
+class ToyGAN(GenerativeModel):
+    """Two optimizer groups, discriminator then generator, as the GAN family uses them."""
+
+    name = "toygan"
+    config_class = ToyConfig
+    default_data = "toy"
+
+    def __init__(self, config: ToyConfig):
+        super().__init__(config)
+        self.generator = nn.Linear(config.hidden, 16)
+        self.discriminator = nn.Linear(16, 1)
+
+    def optimizer_groups(self):
+        return {"discriminator": list(self.discriminator.parameters()),
+                "generator": list(self.generator.parameters())}
+
+    def _fake(self, n):
+        return torch.sigmoid(self.generator(torch.randn(n, self.config.hidden, device=self.generator.weight.device)))
+
+    def loss(self, batch, group="generator"):
+        real = batch[0].flatten(1)
+        if group == "discriminator":
+            fake = self._fake(len(real)).detach()
+            d_loss = F.softplus(-self.discriminator(real)).mean() + F.softplus(self.discriminator(fake)).mean()
+            return {"d_loss": d_loss}
+        return {"g_loss": F.softplus(-self.discriminator(self._fake(len(real)))).mean()}
+
+    @torch.no_grad()
+    def sample(self, n, **conditions):
+        return self._fake(n).view(n, 1, 4, 4)
