@@ -128,11 +128,24 @@ def forward_kernel(block_d: int):
 # ----------------------------------------------------------------------------------------------
 # Shared helpers
 # ----------------------------------------------------------------------------------------------
+DOT_IEEE, DOT_TF32, DOT_UPCAST = 0, 1, 2
+
+
+def dot_mode(dtype: torch.dtype, allow_tf32: bool) -> int:
+    """How tl.dot runs: fp32 inputs use IEEE products unless the caller allows TF32 (fp16/bf16
+    ignore the choice). The interpreter's bf16 dot is wrong (triton 3.x), so there bf16 tiles are
+    upcast first; bf16 x bf16 products are exact in fp32, so this matches tensor cores."""
+    if triton_interpret():
+        return DOT_UPCAST if dtype == torch.bfloat16 else DOT_IEEE
+    return DOT_TF32 if allow_tf32 else DOT_IEEE
+
+
 @triton.jit
-def _dot(a, b, acc, ALLOW_TF32: tl.constexpr):
-    # fp32 inputs use IEEE products unless the caller allows TF32 (fp16/bf16 ignore the flag).
-    if ALLOW_TF32:
+def _dot(a, b, acc, DOT_MODE: tl.constexpr):
+    if DOT_MODE == 1:
         return tl.dot(a, b, acc, input_precision="tf32")
+    elif DOT_MODE == 2:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     else:
         return tl.dot(a, b, acc, input_precision="ieee")
 
@@ -160,7 +173,7 @@ def _attn_fwd_inner(
     lo, hi, seqlen_k, causal_offset, qk_scale_log2,
     offs_m, offs_n, offs_d, head_dim,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
-    EVEN_D: tl.constexpr, ALLOW_TF32: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_D: tl.constexpr, DOT_MODE: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     d_ok = offs_d < head_dim
     for start_n in range(lo, hi, BLOCK_N):
@@ -168,7 +181,7 @@ def _attn_fwd_inner(
         col_ok = cols < seqlen_k
         k_t = _load_2d(k_base + cols[None, :] * stride_ks + offs_d[:, None],  # (D, N)
                        col_ok[None, :], d_ok[:, None], MASKED, not EVEN_D)
-        s = _dot(q, k_t, tl.zeros((q.shape[0], BLOCK_N), tl.float32), ALLOW_TF32) * qk_scale_log2
+        s = _dot(q, k_t, tl.zeros((q.shape[0], BLOCK_N), tl.float32), DOT_MODE) * qk_scale_log2
         if MASKED:
             keep = col_ok[None, :]
             if IS_CAUSAL:
@@ -186,7 +199,7 @@ def _attn_fwd_inner(
         l_i = l_i * alpha + tl.sum(p, 1)
         v = _load_2d(v_base + cols[:, None] * stride_vs + offs_d[None, :],  # (N, D)
                      col_ok[:, None], d_ok[None, :], MASKED, not EVEN_D)
-        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], ALLOW_TF32)
+        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_MODE)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -206,7 +219,7 @@ def _attn_fwd_kernel(
     stride_mb, stride_mn,
     # meta-parameters
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    EVEN_D: tl.constexpr, ALLOW_TF32: tl.constexpr, BLOCK_D: tl.constexpr,
+    EVEN_D: tl.constexpr, DOT_MODE: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: BLOCK_M query rows of one (batch, head); grid (cdiv(max Sq, BLOCK_M), B * H)."""
@@ -256,19 +269,19 @@ def _attn_fwd_kernel(
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
         0, full_hi, seqlen_k, causal_offset, qk_scale_log2, offs_m, offs_n, offs_d, head_dim,
-        False, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, ALLOW_TF32, BLOCK_N,
+        False, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, DOT_MODE, BLOCK_N,
     )
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
         full_hi, hi, seqlen_k, causal_offset, qk_scale_log2, offs_m, offs_n, offs_d, head_dim,
-        True, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, ALLOW_TF32, BLOCK_N,
+        True, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, DOT_MODE, BLOCK_N,
     )
 
     # Rows that saw no key (all masked) return zeros and lse = -inf, as SDPA does.
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(o_base + offs_m[:, None] * stride_os + offs_d[None, :], out.to(Out.dtype.element_ty),
              mask=row_ok[:, None] & d_ok[None, :])
-    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
+    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i))) * 0.6931471805599453)
     tl.store(LSE + b64 * stride_lb + h * stride_lh + (q_start + offs_m) * stride_ls, lse, mask=row_ok)
 
 
@@ -326,7 +339,7 @@ def _attn_bwd_dkdv_inner(
     lo, hi, seqlen_q, seqlen_k, causal_offset, qk_scale_log2, scale,
     offs_n, offs_d, head_dim,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-    ALLOW_TF32: tl.constexpr, BLOCK_M: tl.constexpr,
+    DOT_MODE: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     d_ok = offs_d < head_dim
     for start_m in range(lo, hi, BLOCK_M):
@@ -336,7 +349,7 @@ def _attn_bwd_dkdv_inner(
         q_t = tl.load(q_base + rows[None, :] * stride_qs + offs_d[:, None],  # (D, M)
                       mask=row_ok[None, :] & d_ok[:, None], other=0.0)
         lse2 = _load_lse_log2(lse_base + rows * stride_ls, row_ok)
-        s_t = _dot(k, q_t, tl.zeros((k.shape[0], BLOCK_M), tl.float32), ALLOW_TF32) * qk_scale_log2
+        s_t = _dot(k, q_t, tl.zeros((k.shape[0], BLOCK_M), tl.float32), DOT_MODE) * qk_scale_log2
         p_t = tl.math.exp2(s_t - lse2[None, :])  # (N, M)
         if MASKED:
             keep = offs_n[:, None] < seqlen_k
@@ -347,13 +360,13 @@ def _attn_bwd_dkdv_inner(
             p_t = tl.where(key_padded[:, None], 0.0, p_t)
         do = tl.load(do_base + rows[:, None] * stride_dos + offs_d[None, :],
                      mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        dv = _dot(p_t.to(do.dtype), do, dv, ALLOW_TF32)
+        dv = _dot(p_t.to(do.dtype), do, dv, DOT_MODE)
         delta = tl.load(delta_base + rows * stride_ls, mask=row_ok, other=0.0)
-        dp_t = _dot(v, tl.trans(do), tl.zeros((k.shape[0], BLOCK_M), tl.float32), ALLOW_TF32)
+        dp_t = _dot(v, tl.trans(do), tl.zeros((k.shape[0], BLOCK_M), tl.float32), DOT_MODE)
         ds_t = (p_t * (dp_t - delta[None, :])).to(k.dtype)
-        dk = _dot(ds_t, tl.trans(q_t), dk, ALLOW_TF32)
+        dk = _dot(ds_t, tl.trans(q_t), dk, DOT_MODE)
         if ATOMIC_DQ:
-            dq = _dot(tl.trans(ds_t), k, tl.zeros((BLOCK_M, k.shape[1]), tl.float32), ALLOW_TF32) * scale
+            dq = _dot(tl.trans(ds_t), k, tl.zeros((BLOCK_M, k.shape[1]), tl.float32), DOT_MODE) * scale
             tl.atomic_add(dq_base + rows[:, None] * stride_dqs + offs_d[None, :], dq,
                           mask=row_ok[:, None] & d_ok[None, :])
     return dk, dv
@@ -377,7 +390,7 @@ def _attn_bwd_dkdv_kernel(
     stride_mb, stride_mn,
     # meta-parameters
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, IS_VARLEN: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-    ALLOW_TF32: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_MODE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: dK, dV of BLOCK_N keys of one KV head, summed over its query-head group.
 
@@ -440,13 +453,13 @@ def _attn_bwd_dkdv_kernel(
             dk, dv, k, v, key_padded, q_base, do_base, lse_base, delta_base, dq_base,
             stride_qs, stride_dos, stride_ls, stride_dqs,
             m_lo, m_full, seqlen_q, seqlen_k, causal_offset, qk_scale_log2, scale, offs_n, offs_d, head_dim,
-            True, IS_CAUSAL, HAS_KEY_MASK, ATOMIC_DQ, ALLOW_TF32, BLOCK_M,
+            True, IS_CAUSAL, HAS_KEY_MASK, ATOMIC_DQ, DOT_MODE, BLOCK_M,
         )
         dk, dv = _attn_bwd_dkdv_inner(
             dk, dv, k, v, key_padded, q_base, do_base, lse_base, delta_base, dq_base,
             stride_qs, stride_dos, stride_ls, stride_dqs,
             m_full, m_hi, seqlen_q, seqlen_k, causal_offset, qk_scale_log2, scale, offs_n, offs_d, head_dim,
-            False, IS_CAUSAL, HAS_KEY_MASK, ATOMIC_DQ, ALLOW_TF32, BLOCK_M,
+            False, IS_CAUSAL, HAS_KEY_MASK, ATOMIC_DQ, DOT_MODE, BLOCK_M,
         )
     dk = dk * scale
     tl.store(DK + b64 * stride_dkb + (k_row0 + offs_n[:, None]) * stride_dks + h_kv * stride_dkh + offs_d[None, :],
@@ -462,7 +475,7 @@ def _attn_bwd_dq_inner(
     lo, hi, seqlen_k, causal_offset, qk_scale_log2,
     offs_m, offs_d, head_dim,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
-    EVEN_D: tl.constexpr, ALLOW_TF32: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_D: tl.constexpr, DOT_MODE: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     d_ok = offs_d < head_dim
     for start_n in range(lo, hi, BLOCK_N):
@@ -472,7 +485,7 @@ def _attn_bwd_dq_inner(
                        col_ok[None, :], d_ok[:, None], MASKED, not EVEN_D)
         v_t = _load_2d(v_base + cols[None, :] * stride_vs + offs_d[:, None],
                        col_ok[None, :], d_ok[:, None], MASKED, not EVEN_D)
-        s = _dot(q, k_t, tl.zeros((q.shape[0], BLOCK_N), tl.float32), ALLOW_TF32) * qk_scale_log2
+        s = _dot(q, k_t, tl.zeros((q.shape[0], BLOCK_N), tl.float32), DOT_MODE) * qk_scale_log2
         p = tl.math.exp2(s - lse2[:, None])
         if MASKED:
             keep = col_ok[None, :]
@@ -482,9 +495,9 @@ def _attn_bwd_dq_inner(
         if HAS_KEY_MASK:
             padded = tl.load(mask_base + cols * stride_mn, mask=col_ok, other=1)
             p = tl.where(padded[None, :] != 0, 0.0, p)
-        dp = _dot(do, v_t, tl.zeros((q.shape[0], BLOCK_N), tl.float32), ALLOW_TF32)
+        dp = _dot(do, v_t, tl.zeros((q.shape[0], BLOCK_N), tl.float32), DOT_MODE)
         ds = (p * (dp - delta[:, None])).to(k_t.dtype)
-        dq = _dot(ds, tl.trans(k_t), dq, ALLOW_TF32)
+        dq = _dot(ds, tl.trans(k_t), dq, DOT_MODE)
     return dq
 
 
@@ -504,7 +517,7 @@ def _attn_bwd_dq_kernel(
     stride_mb, stride_mn,
     # meta-parameters
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    EVEN_D: tl.constexpr, ALLOW_TF32: tl.constexpr, BLOCK_D: tl.constexpr,
+    EVEN_D: tl.constexpr, DOT_MODE: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: dQ of BLOCK_M query rows of one head, keys streamed in order (deterministic)."""
@@ -551,12 +564,12 @@ def _attn_bwd_dq_kernel(
     dq = _attn_bwd_dq_inner(
         dq, q, do, lse2, delta, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
         0, full_hi, seqlen_k, causal_offset, qk_scale_log2, offs_m, offs_d, head_dim,
-        False, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, ALLOW_TF32, BLOCK_N,
+        False, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, DOT_MODE, BLOCK_N,
     )
     dq = _attn_bwd_dq_inner(
         dq, q, do, lse2, delta, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
         full_hi, hi, seqlen_k, causal_offset, qk_scale_log2, offs_m, offs_d, head_dim,
-        True, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, ALLOW_TF32, BLOCK_N,
+        True, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, DOT_MODE, BLOCK_N,
     )
     dq = dq * scale
     tl.store(DQ + b64 * stride_dqb + (q_row0 + offs_m[:, None]) * stride_dqs + h * stride_dqh + offs_d[None, :],
@@ -579,7 +592,7 @@ def _attn_decode_split_kernel(
     stride_pb, stride_ph, stride_ps, stride_psplit,  # OutPartial (B, Hq, Sq, splits, D), D contiguous
     stride_lb, stride_lh, stride_ls,                  # LSEPartial (B, Hq, Sq, splits), splits contiguous
     # meta-parameters
-    IS_CAUSAL: tl.constexpr, ALLOW_TF32: tl.constexpr, BLOCK_D: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, DOT_MODE: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: one key split of one (batch, KV head) for all its query heads and new tokens.
@@ -617,7 +630,7 @@ def _attn_decode_split_kernel(
         col_ok = cols < hi
         k_t = tl.load(k_base + cols[None, :].to(tl.int64) * stride_ks + offs_d[:, None],
                       mask=col_ok[None, :] & d_ok[:, None], other=0.0)
-        s = _dot(q, k_t, tl.zeros((BLOCK_M, BLOCK_N), tl.float32), ALLOW_TF32) * qk_scale_log2
+        s = _dot(q, k_t, tl.zeros((BLOCK_M, BLOCK_N), tl.float32), DOT_MODE) * qk_scale_log2
         keep = col_ok[None, :]
         if IS_CAUSAL:
             keep = keep & (cols[None, :] <= row_limit[:, None])
@@ -629,10 +642,11 @@ def _attn_decode_split_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + cols[:, None].to(tl.int64) * stride_vs + offs_d[None, :],
                     mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], ALLOW_TF32)
+        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_MODE)
         m_i = m_new
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    lse2 = m_i + tl.math.log2(l_i)  # base 2 here; the combine kernel converts
+    # base 2 here (the combine kernel converts); -inf for a row that saw no key in this split
+    lse2 = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i)))
     tl.store(OutPartial + b64 * stride_pb + h[:, None] * stride_ph + token[:, None] * stride_ps
              + split * stride_psplit + offs_d[None, :], out, mask=row_ok[:, None] & d_ok[None, :])
     tl.store(LSEPartial + b64 * stride_lb + h * stride_lh + token * stride_ls + split, lse2, mask=row_ok)
@@ -667,44 +681,52 @@ def _attn_decode_combine_kernel(
     out = tl.sum(o * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)
     tl.store(Out + b * stride_ob + t * stride_os + h * stride_oh + offs_d, out.to(Out.dtype.element_ty),
              mask=offs_d < head_dim)
-    tl.store(LSE + b * stride_lb + h * stride_lh + t * stride_ls, (m + tl.math.log2(total)) * 0.6931471805599453)
+    lse = tl.where(total == 0.0, float("-inf"), (m + tl.math.log2(tl.where(total == 0.0, 1.0, total))) * 0.6931471805599453)
+    tl.store(LSE + b * stride_lb + h * stride_lh + t * stride_ls, lse)
 
 
 # ----------------------------------------------------------------------------------------------
 # Launchers (called from genkernels.ops.attention inside torch.library.triton_op; tensors are
 # already validated and viewed as (B, S, H, D) -- or (1, total, H, D) for varlen)
 # ----------------------------------------------------------------------------------------------
-def _bsh(t: torch.Tensor) -> tuple[int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2)
+def _bsh(t: torch.Tensor, varlen: bool = False) -> tuple[int, int, int]:
+    """(batch, seq, head) strides; packed varlen tensors find sequences through cu_seqlens instead."""
+    return 0 if varlen else t.stride(0), t.stride(1), t.stride(2)
 
 
-def _mask_args(key_padding_mask):
+def _mask_args(key_padding_mask, placeholder):
+    # Absent optional tensors are passed as a placeholder the kernel never reads (its constexpr
+    # flag is off): the interpreter and wrap_triton both want a real tensor in every pointer slot.
     if key_padding_mask is None:
-        return None, (0, 0)
-    return key_padding_mask, (key_padding_mask.stride(0), key_padding_mask.stride(1))
+        return placeholder, (0, 0)
+    mask = key_padding_mask.view(torch.uint8)  # same bytes; Triton's i1 pointers are awkward
+    return mask, (mask.stride(0), mask.stride(1))
 
 
 def attention_forward(wrap, q, k, v, out, lse, key_padding_mask, cu_seqlens_q, cu_seqlens_k,
-                      batch, max_seqlen_q, max_seqlen_k, scale, causal, allow_tf32):
+                      batch, max_seqlen_q, max_seqlen_k, scale, causal, allow_tf32, varlen):
     """Launch the forward. lse is (B, Hq, Sq) or, for varlen, (Hq, total_q) viewed as (1, Hq, total_q)."""
     num_heads, head_dim = q.shape[2], q.shape[3]
     block_d = max(16, triton.next_power_of_2(head_dim))
-    mask, (stride_mb, stride_mn) = _mask_args(key_padding_mask)
-    varlen = cu_seqlens_q is not None
+    mask, (stride_mb, stride_mn) = _mask_args(key_padding_mask, q)
+    has_mask = key_padding_mask is not None
+    if not varlen:
+        cu_seqlens_q = cu_seqlens_k = q
     kernel = forward_kernel(block_d)
     grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), batch * num_heads)  # noqa: E731
     wrap(kernel)[grid](
         q, k, v, out, lse, mask, cu_seqlens_q, cu_seqlens_k,
         max_seqlen_q, max_seqlen_k, num_heads, num_heads // k.shape[2], head_dim, scale * LOG2E,
-        *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(out), *_bsh(lse), stride_mb, stride_mn,
-        IS_CAUSAL=causal, HAS_KEY_MASK=mask is not None, IS_VARLEN=varlen,
-        EVEN_D=head_dim == block_d, ALLOW_TF32=allow_tf32, BLOCK_D=block_d,
+        *_bsh(q, varlen), *_bsh(k, varlen), *_bsh(v, varlen), *_bsh(out, varlen), *_bsh(lse, varlen),
+        stride_mb, stride_mn,
+        IS_CAUSAL=causal, HAS_KEY_MASK=has_mask, IS_VARLEN=varlen,
+        EVEN_D=head_dim == block_d, DOT_MODE=dot_mode(q.dtype, allow_tf32), BLOCK_D=block_d,
     )
 
 
 def attention_backward(wrap, dout, q, k, v, out, lse, dlse, delta, dq, dk, dv, dq_accum,
                        key_padding_mask, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q, max_seqlen_k,
-                       scale, causal, allow_tf32):
+                       scale, causal, allow_tf32, varlen):
     """Launch preprocess, dK/dV and (deterministic) dQ. dq_accum: fp32 zeros for atomic dQ, or None."""
     num_heads, head_dim = q.shape[2], q.shape[3]
     num_kv_heads = k.shape[2]
@@ -712,12 +734,14 @@ def attention_backward(wrap, dout, q, k, v, out, lse, dlse, delta, dq, dk, dv, d
     block_d = max(16, triton.next_power_of_2(head_dim))
     cfg = backward_config(block_d)
     launch = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    mask, (stride_mb, stride_mn) = _mask_args(key_padding_mask)
-    varlen = cu_seqlens_q is not None
+    mask, (stride_mb, stride_mn) = _mask_args(key_padding_mask, q)
+    has_mask = key_padding_mask is not None
+    if not varlen:
+        cu_seqlens_q = cu_seqlens_k = q
     pre_m = 16 if triton_interpret() else 64
     wrap(_attn_bwd_preprocess_kernel)[(triton.cdiv(max_seqlen_q, pre_m), batch * num_heads)](
-        out, dout, dlse, delta, cu_seqlens_q, max_seqlen_q, num_heads, head_dim,
-        *_bsh(out), *_bsh(dout), *_bsh(lse),
+        out, dout, delta if dlse is None else dlse, delta, cu_seqlens_q, max_seqlen_q, num_heads, head_dim,
+        *_bsh(out, varlen), *_bsh(dout, varlen), *_bsh(lse, varlen),
         HAS_DLSE=dlse is not None, IS_VARLEN=varlen, BLOCK_D=block_d, BLOCK_M=pre_m,
         num_warps=1 if triton_interpret() else 4,
     )
@@ -726,18 +750,18 @@ def attention_backward(wrap, dout, q, k, v, out, lse, dlse, delta, dq, dk, dv, d
     wrap(_attn_bwd_dkdv_kernel)[(triton.cdiv(max_seqlen_k, cfg["DKDV_N"]), batch * num_kv_heads)](
         q, k, v, dout, lse, delta, dq_target, dk, dv, mask, cu_seqlens_q, cu_seqlens_k,
         max_seqlen_q, max_seqlen_k, num_kv_heads, group, head_dim, scale * LOG2E, scale,
-        *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dq_target), *_bsh(dk), *_bsh(dv), *_bsh(lse),
+        *[stride for t in (q, k, v, dout, dq_target, dk, dv, lse) for stride in _bsh(t, varlen)],
         stride_mb, stride_mn,
-        IS_CAUSAL=causal, HAS_KEY_MASK=mask is not None, IS_VARLEN=varlen, ATOMIC_DQ=atomic,
-        ALLOW_TF32=allow_tf32, BLOCK_D=block_d, BLOCK_M=cfg["DKDV_M"], BLOCK_N=cfg["DKDV_N"], **launch,
+        IS_CAUSAL=causal, HAS_KEY_MASK=has_mask, IS_VARLEN=varlen, ATOMIC_DQ=atomic,
+        DOT_MODE=dot_mode(q.dtype, allow_tf32), BLOCK_D=block_d, BLOCK_M=cfg["DKDV_M"], BLOCK_N=cfg["DKDV_N"], **launch,
     )
     if not atomic:
         wrap(_attn_bwd_dq_kernel)[(triton.cdiv(max_seqlen_q, cfg["DQ_M"]), batch * num_heads)](
             q, k, v, dout, lse, delta, dq, mask, cu_seqlens_q, cu_seqlens_k,
             max_seqlen_q, max_seqlen_k, num_heads, group, head_dim, scale * LOG2E, scale,
-            *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dq), *_bsh(lse), stride_mb, stride_mn,
-            IS_CAUSAL=causal, HAS_KEY_MASK=mask is not None, IS_VARLEN=varlen,
-            EVEN_D=head_dim == block_d, ALLOW_TF32=allow_tf32, BLOCK_D=block_d,
+            *[stride for t in (q, k, v, dout, dq, lse) for stride in _bsh(t, varlen)], stride_mb, stride_mn,
+            IS_CAUSAL=causal, HAS_KEY_MASK=has_mask, IS_VARLEN=varlen,
+            EVEN_D=head_dim == block_d, DOT_MODE=dot_mode(q.dtype, allow_tf32), BLOCK_D=block_d,
             BLOCK_M=cfg["DQ_M"], BLOCK_N=cfg["DQ_N"], **launch,
         )
 
@@ -768,7 +792,7 @@ def attention_decode(wrap, q, k_cache, v_cache, cache_seqlens, out, lse, out_par
         seqlen_q, num_kv_heads, group, head_dim, split_size, scale * LOG2E,
         *_bsh(q), *_bsh(k_cache), *_bsh(v_cache),
         *out_partial.stride()[:4], *lse_partial.stride()[:3],
-        IS_CAUSAL=causal, ALLOW_TF32=allow_tf32, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"],
+        IS_CAUSAL=causal, DOT_MODE=dot_mode(q.dtype, allow_tf32), BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     wrap(_attn_decode_combine_kernel)[(batch * num_heads * seqlen_q,)](

@@ -35,7 +35,7 @@ _loaded: dict[str, "DigitsClassifier"] = {}
 class ClassifierConfig:
     version: int = 1  # bump when the architecture or training recipe changes
     channels: int = 32
-    feature_dim: int = 64
+    feature_dim: int = 128
     epochs: int = 40
     batch_size: int = 64
     learning_rate: float = 2e-3
@@ -78,9 +78,13 @@ def cache_dir() -> Path:
 
 
 def _random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    padded = F.pad(images, (max_shift,) * 4)  # (N, 1, 8 + 2s, 8 + 2s)
-    dy, dx = torch.randint(0, 2 * max_shift + 1, (2,), generator=generator).tolist()
-    return padded[:, :, dy:dy + 8, dx:dx + 8]
+    """Translate each image by its own random offset of up to max_shift pixels (zero fill)."""
+    n = images.shape[0]
+    padded = F.pad(images[:, 0], (max_shift,) * 4)  # (N, 8 + 2s, 8 + 2s)
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, n, 1), generator=generator)
+    rows = offsets[0] + torch.arange(8)  # (N, 8)
+    cols = offsets[1] + torch.arange(8)  # (N, 8)
+    return padded[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]].unsqueeze(1)
 
 
 @torch.no_grad()
@@ -131,7 +135,8 @@ def _load_cached(folder: Path, config: ClassifierConfig) -> DigitsClassifier | N
         return None
     model.eval()
     test_images, test_labels = load_digits_tensors("test", "float")
-    if not math.isclose(_accuracy(model, test_images, test_labels), meta.get("test_accuracy", -1.0), abs_tol=1e-9):
+    # Corrupt weights score far off; a different thread count may flip at most an image or two.
+    if not math.isclose(_accuracy(model, test_images, test_labels), meta.get("test_accuracy", -1.0), abs_tol=0.005):
         return None
     return model
 
@@ -188,7 +193,7 @@ def _as_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
 
 @torch.no_grad()
 def digits_features(images: torch.Tensor) -> torch.Tensor:
-    """Penultimate-layer classifier features: images (N, 1, 8, 8) in [0, 1] -> float32 (N, 64)."""
+    """Penultimate-layer classifier features: images (N, 1, 8, 8) in [0, 1] -> float32 (N, 128)."""
     return digits_classifier().embed(_as_images(images))
 
 
@@ -222,7 +227,7 @@ def frechet_distance(images_a: torch.Tensor, images_b: torch.Tensor) -> float:
     images_a (N, 1, 8, 8), images_b (M, 1, 8, 8) in [0, 1], N, M >= 2. With feature means mu and
     unbiased covariances S,
         FD = |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))
-    (the FID formula, Heusel et al., 2017, in this classifier's 64-d feature space). The trace of
+    (the FID formula, Heusel et al., 2017, in this classifier's 128-d feature space). The trace of
     the matrix square root is computed as tr((S_a^(1/2) S_b S_a^(1/2))^(1/2)) by symmetric
     eigendecompositions: the matrices are PSD, so this is real and stable even when they are
     singular, which scipy.linalg.sqrtm handles poorly. FD is biased upwards for small sets:

@@ -52,15 +52,16 @@ def timesteps(name: str, t, batch: int, device: torch.device, num_steps: int, *,
         raise TypeError(f"{name} must be an int or an integer tensor, got {type(t).__name__}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must have an integer dtype, got {t.dtype}")
+    compiling = torch.compiler.is_compiling()
     if t.numel() == 1 and t.dim() <= 1 and (t.device.type == "cpu" or batch != 1):
-        if t.device.type == "cpu":
+        if t.device.type == "cpu" and not compiling:
             return timesteps(name, int(t.item()), batch, device, num_steps, allow_final=allow_final)
         t = t.reshape(1).expand(batch)
     if t.dim() != 1 or t.shape[0] != batch:
         raise ValueError(f"{name} must have shape ({batch},) (one step per sample) or be an int, got {tuple(t.shape)}")
     if t.device != device:
         raise ValueError(f"{name} must be on the inputs' device {device}, got {t.device}")
-    if t.device.type == "cpu" and t.numel() > 0:
+    if t.device.type == "cpu" and t.numel() > 0 and not compiling:  # data-dependent: eager only
         lo, hi = int(t.min()), int(t.max())
         if lo < low or hi >= num_steps:
             raise ValueError(f"{name} must be in [{low}, {num_steps}) for this schedule, got values in [{lo}, {hi}]")
@@ -104,4 +105,17 @@ def launch(backend: str, kernel: str, *args, like: torch.Tensor) -> None:
 
 def as_2d(x: torch.Tensor) -> torch.Tensor:
     """(N, ...) -> contiguous (N, D) view the kernels index as n * D + i."""
-    return x.contiguous().view(x.shape[0], -1) if x.numel() else x.reshape(x.shape[0], -1)
+    per_sample = 1
+    for size in x.shape[1:]:
+        per_sample *= size
+    return x.contiguous().view(x.shape[0], per_sample)
+
+
+def kernel_steps(t: torch.Tensor | None) -> int:
+    """Pointer the kernels read per-sample steps from (0: the scalar applies to every sample)."""
+    return 0 if t is None else t.data_ptr()
+
+
+def dense(t: torch.Tensor | None) -> torch.Tensor | None:
+    """int64 contiguous steps / tables as the kernels index them (no copy when already so)."""
+    return None if t is None else t.contiguous()

@@ -50,6 +50,8 @@ def _common(model_output, x0, noise, t):
 
 
 def _sse_kernel(model_output, x0, noise, t, t_scalar, table, prediction):
+    t = args.dense(t)
+    table = args.dense(table)
     backend = args.choose_backend("diffusion_loss", x0)
     if backend == "torch":
         return diffusion_sse_reference(model_output, x0, noise, table, t, t_scalar, prediction)
@@ -71,6 +73,8 @@ def _sse_fake(model_output, x0, noise, t, t_scalar, table, prediction):
 
 
 def _sse_backward_kernel(grad_sse, model_output, x0, noise, t, t_scalar, table, prediction):
+    t = args.dense(t)
+    table = args.dense(table)
     backend = args.choose_backend("diffusion_loss", x0)
     if backend == "torch":
         return diffusion_sse_backward_reference(grad_sse, model_output, x0, noise, table, t, t_scalar, prediction)

@@ -30,6 +30,8 @@ def q_sample_backward_reference(grad_x_t, grad_velocity, table, t, t_scalar):
 
 # ---- launchers ---------------------------------------------------------------------------------
 def _q_sample_kernel(x0, noise, t, t_scalar, table, velocity):
+    t = args.dense(t)
+    table = args.dense(table)
     backend = args.choose_backend("q_sample", x0)
     if backend == "torch":
         x_t, v = q_sample_reference(x0, noise, table, t, t_scalar, velocity)
@@ -51,6 +53,8 @@ def _q_sample_fake(x0, noise, t, t_scalar, table, velocity):
 
 
 def _q_sample_backward_kernel(grad_x_t, grad_velocity, t, t_scalar, table):
+    t = args.dense(t)
+    table = args.dense(table)
     backend = args.choose_backend("q_sample", grad_x_t)
     if backend == "torch":
         return q_sample_backward_reference(grad_x_t, grad_velocity, table, t, t_scalar)

@@ -99,6 +99,9 @@ def _ptr(t):
 
 def _step_kernel(model_output, model_output_uncond, x_t, t, t_scalar, t_prev, t_prev_scalar, table, kind, prediction,
                  guidance, clip, eta, large_variance, seed, offset):
+    t = args.dense(t)
+    t_prev = args.dense(t_prev)
+    table = args.dense(table)
     backend = args.choose_backend("ddpm_step" if kind == DDPM else "ddim_step", x_t)
     if backend == "torch":
         return sampler_step_reference(model_output, model_output_uncond, x_t, table, t, t_scalar, t_prev,
@@ -121,6 +124,9 @@ def _step_fake(model_output, model_output_uncond, x_t, *rest):
 
 def _step_backward_kernel(grad, model_output, model_output_uncond, x_t, t, t_scalar, t_prev, t_prev_scalar, table,
                           kind, prediction, guidance, clip, eta, large_variance):
+    t = args.dense(t)
+    t_prev = args.dense(t_prev)
+    table = args.dense(table)
     backend = args.choose_backend("ddpm_step" if kind == DDPM else "ddim_step", x_t)
     if backend == "torch":
         g_m, g_mu, g_xt = sampler_step_backward_reference(grad, model_output, model_output_uncond, x_t, table, t,

@@ -411,6 +411,11 @@ class Trainer:
 
         restore_trainer(self, load_checkpoint(path, map_location=self.device))
         self._stream = None
+        if self.is_main and self.out_dir is not None:
+            # the log restarts from the checkpoint: drop lines written after it was saved
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / "metrics.jsonl", "w") as log:
+                log.writelines(json.dumps(entry) + "\n" for entry in self.history)
         return self
 
 

@@ -29,12 +29,13 @@ class ToyImages(Dataset):
 
 @dataclass
 class ToyConfig:
+    side: int = 4  # images are (1, side, side); 8 fits the digits data
     hidden: int = 8
     noise: float = 0.1  # 0 makes the loss a deterministic function of the weights
 
 
 class ToyAutoencoder(GenerativeModel):
-    """16 -> hidden -> 16 autoencoder on noisy inputs; samples decode Gaussian codes."""
+    """side**2 -> hidden -> side**2 autoencoder on noisy inputs; samples decode Gaussian codes."""
 
     name = "toy"
     config_class = ToyConfig
@@ -42,12 +43,12 @@ class ToyAutoencoder(GenerativeModel):
 
     def __init__(self, config: ToyConfig):
         super().__init__(config)
-        self.encoder = nn.Linear(16, config.hidden)
-        self.decoder = nn.Linear(config.hidden, 16)
+        self.encoder = nn.Linear(config.side**2, config.hidden)
+        self.decoder = nn.Linear(config.hidden, config.side**2)
 
     def loss(self, batch):
         images, _ = batch
-        x = images.flatten(1)  # (B, 16)
+        x = images.flatten(1)  # (B, side**2)
         noisy = x + self.config.noise * torch.randn_like(x)
         reconstruction = torch.sigmoid(self.decoder(torch.tanh(self.encoder(noisy))))
         mse = F.mse_loss(reconstruction, x)
@@ -57,7 +58,8 @@ class ToyAutoencoder(GenerativeModel):
     def sample(self, n, **conditions):
         device = self.decoder.weight.device
         codes = torch.randn(n, self.config.hidden, device=device)
-        return torch.sigmoid(self.decoder(codes)).view(n, 1, 4, 4)
+        side = self.config.side
+        return torch.sigmoid(self.decoder(codes)).view(n, 1, side, side)
 
     @torch.no_grad()
     def evaluate(self, dataset, *, max_items=None):
@@ -80,8 +82,8 @@ class ToyGAN(GenerativeModel):
 
     def __init__(self, config: ToyConfig):
         super().__init__(config)
-        self.generator = nn.Linear(config.hidden, 16)
-        self.discriminator = nn.Linear(16, 1)
+        self.generator = nn.Linear(config.hidden, config.side**2)
+        self.discriminator = nn.Linear(config.side**2, 1)
 
     def optimizer_groups(self):
         return {"discriminator": list(self.discriminator.parameters()),
@@ -100,4 +102,4 @@ class ToyGAN(GenerativeModel):
 
     @torch.no_grad()
     def sample(self, n, **conditions):
-        return self._fake(n).view(n, 1, 4, 4)
+        return self._fake(n).view(n, 1, self.config.side, self.config.side)

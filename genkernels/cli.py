@@ -1,0 +1,360 @@
+"""The `genkernels` command: train, sample, eval, info, bench.
+
+    genkernels train vae                      # CPU-friendly defaults, writes runs/vae/
+    genkernels train gan --steps 500 --out runs/gan-short
+    genkernels train vae --resume             # continue runs/vae/checkpoint
+    genkernels sample runs/vae -n 64          # runs/vae/samples/samples.png
+    genkernels eval runs/vae --split test     # JSON metrics on stdout
+    torchrun --nproc_per_node 2 -m genkernels train vae   # data-parallel
+    genkernels info | genkernels bench ...    # environment report / kernel benchmarks
+
+Errors the user can fix (unknown model or data, bad flag, missing checkpoint) print one line on
+stderr and exit non-zero; set GENKERNELS_DEBUG=1 to see the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from genkernels import __version__
+
+# Subcommands implemented elsewhere: argv after the name goes to <module>.main(argv).
+_DELEGATED = {"info": "genkernels.info", "bench": "genkernels.bench"}
+
+# TrainConfig fields settable from `genkernels train` flags (flag = field with "-" for "_").
+_TRAIN_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "betas", "warmup_steps", "min_lr_ratio",
+                "grad_clip", "precision", "ema_decay", "eval_every", "eval_max_items", "log_every",
+                "sample_every", "checkpoint_every", "compile", "device", "seed", "num_workers",
+                "num_samples", "progress")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class UsageError(ValueError):
+    """A mistake in the command line found after parsing; reported in one line."""
+
+
+# -- parser ----------------------------------------------------------------------------------
+def _model_names() -> str:
+    from genkernels.models import REGISTRY
+
+    return ", ".join(sorted(REGISTRY)) or "none registered yet"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from genkernels.train.config import PRECISIONS, TrainConfig
+
+    defaults = TrainConfig()
+    parser = _Parser(prog="genkernels", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="Run `genkernels COMMAND --help` for the options of a command.")
+    parser.add_argument("--version", action="version", version=f"genkernels {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser(
+        "train", help="train a model, write samples.png, loss.png, metrics.json, checkpoint/",
+        description="Train MODEL and write, under --out: samples.png (sample grid, EMA weights), "
+                    "loss.png (train/val loss curves), metrics.json (final train and eval metrics), "
+                    "metrics.jsonl (every log line), checkpoint/ (safetensors + JSON, resumable) "
+                    "and the model's own figures. Options left unset take the model's preferred "
+                    "values (its train_defaults), then the TrainConfig defaults shown.")
+    train.add_argument("model", help=f"model family: {_model_names()}")
+    train.add_argument("--data", metavar="NAME|PATH",
+                       help="dataset name (genkernels.data.DATASETS) or path; default: the model's default_data")
+    train.add_argument("--out", metavar="DIR", help="output directory (default: runs/MODEL)")
+    train.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
+                       help="continue a run: from CHECKPOINT, or OUT/checkpoint when no path is given; "
+                            "the saved train config is reused and flags you pass override it")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="model_options",
+                       help="model config field (repeatable), e.g. --set latent_dim=16")
+    hyper = train.add_argument_group("optimisation")
+    hyper.add_argument("--steps", type=int, help=f"optimizer steps (default {defaults.steps})")
+    hyper.add_argument("--batch-size", type=int, help=f"global batch size (default {defaults.batch_size})")
+    hyper.add_argument("--lr", type=float, help=f"peak learning rate (default {defaults.lr})")
+    hyper.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {defaults.weight_decay})")
+    hyper.add_argument("--betas", type=float, nargs=2, metavar=("BETA1", "BETA2"),
+                       help=f"AdamW betas (default {defaults.betas[0]} {defaults.betas[1]})")
+    hyper.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps (default {defaults.warmup_steps})")
+    hyper.add_argument("--min-lr-ratio", type=float,
+                       help=f"final lr / peak lr of the cosine decay (default {defaults.min_lr_ratio})")
+    hyper.add_argument("--grad-clip", type=float, help=f"max gradient norm, 0 = off (default {defaults.grad_clip})")
+    hyper.add_argument("--ema-decay", type=float, help=f"weight EMA decay, 0 = off (default {defaults.ema_decay})")
+    hyper.add_argument("--precision", choices=PRECISIONS, help=f"autocast precision (default {defaults.precision})")
+    hyper.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the loss")
+    hyper.add_argument("--seed", type=int, help=f"seed of weights, data order and noise (default {defaults.seed})")
+    runtime = train.add_argument_group("runtime and logging")
+    runtime.add_argument("--device", help=f"auto, cpu, cuda or cuda:N (default {defaults.device})")
+    runtime.add_argument("--num-workers", type=int, help=f"DataLoader workers (default {defaults.num_workers})")
+    runtime.add_argument("--eval-every", type=int,
+                         help=f"steps between evaluations, 0 = only at the end (default {defaults.eval_every})")
+    runtime.add_argument("--eval-max-items", type=int,
+                         help=f"validation items per evaluation (default {defaults.eval_max_items})")
+    runtime.add_argument("--log-every", type=int, help=f"steps between log lines (default {defaults.log_every})")
+    runtime.add_argument("--sample-every", type=int,
+                         help=f"steps between sample grids in OUT/samples/, 0 = off (default {defaults.sample_every})")
+    runtime.add_argument("--checkpoint-every", type=int,
+                         help=f"steps between checkpoints, 0 = only at the end (default {defaults.checkpoint_every})")
+    runtime.add_argument("--num-samples", type=int, help=f"images in sample grids (default {defaults.num_samples})")
+    runtime.add_argument("--progress", action=argparse.BooleanOptionalAction, help="show a progress bar")
+    train.set_defaults(handler=_train)
+
+    sample = commands.add_parser(
+        "sample", help="draw samples from a checkpoint",
+        description="Draw samples from a trained model and write OUT/samples.png, the model's "
+                    "figures and OUT/samples.safetensors (the raw tensor).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sample.add_argument("checkpoint", help="checkpoint directory, or a run directory holding checkpoint/")
+    sample.add_argument("-n", "--num-samples", type=int, default=64, help="number of samples")
+    sample.add_argument("--out", metavar="DIR", help="output directory (default: RUN/samples)")
+    sample.add_argument("--seed", type=int, default=0, help="sampling seed")
+    sample.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    sample.add_argument("--nrow", type=int, help="images per grid row (default: square grid)")
+    sample.add_argument("--live-weights", action="store_true", help="use the live weights instead of the EMA")
+    sample.set_defaults(handler=_sample)
+
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a checkpoint on a dataset split",
+        description="Compute the mean losses and the model's metrics on a dataset split; print "
+                    "them as JSON (and write --out FILE).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    evaluate.add_argument("checkpoint", help="checkpoint directory, or a run directory holding checkpoint/")
+    evaluate.add_argument("--data", metavar="NAME|PATH", help="dataset (default: the one it was trained on)")
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"), help="dataset split")
+    evaluate.add_argument("--max-items", type=int, help="evaluate on at most this many items")
+    evaluate.add_argument("--batch-size", type=int, default=256, help="batch size of the loss pass")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of any sampling the metrics do")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--out", metavar="FILE", help="also write the JSON here")
+    evaluate.add_argument("--live-weights", action="store_true", help="use the live weights instead of the EMA")
+    evaluate.set_defaults(handler=_eval)
+
+    commands.add_parser("info", add_help=False, help="environment, backends and kernels report "
+                        "(`genkernels info --help`)")
+    commands.add_parser("bench", add_help=False, help="benchmark kernels against their references "
+                        "(`genkernels bench --help`)")
+    return parser
+
+
+# -- train -----------------------------------------------------------------------------------
+def _parse_value(text: str) -> Any:
+    """Python literal when it parses (16, 1e-3, (64, 64), True), else the raw string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _model_config(model_class, options: Sequence[str]):
+    fields = {f.name for f in dataclasses.fields(model_class.config_class)} \
+        if dataclasses.is_dataclass(model_class.config_class) else set()
+    values = {}
+    for option in options:
+        key, sep, text = option.partition("=")
+        if not sep:
+            raise UsageError(f"--set expects KEY=VALUE, got {option!r}")
+        if key not in fields:
+            raise UsageError(f"--set {key}: {model_class.name} config has no field {key!r}; "
+                             f"fields: {', '.join(sorted(fields))}")
+        values[key] = _parse_value(text)
+    try:
+        return model_class.from_config_dict(values)
+    except TypeError as error:
+        raise UsageError(f"invalid {model_class.name} config {values}: {error}") from error
+
+
+def _train_config(args, model_class, base: Optional[dict[str, Any]], out_dir: Path):
+    from genkernels.train.config import TrainConfig
+
+    values = dict(base) if base is not None else dict(model_class.train_defaults)
+    for name in _TRAIN_FLAGS:
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    values["out_dir"] = str(out_dir)
+    return TrainConfig.from_dict(values)
+
+
+def _load_data(name: str, split: str):
+    from genkernels.data import get_dataset
+
+    return get_dataset(name, split)
+
+
+def _train(args) -> int:
+    import torch
+
+    from genkernels.models import get_model_class
+    from genkernels.train import Trainer, distributed, load_checkpoint
+
+    model_class = get_model_class(args.model)
+    out_dir = Path(args.out or Path("runs") / args.model)
+    checkpoint = None
+    if args.resume:
+        resume_path = out_dir / "checkpoint" if args.resume == "auto" else Path(args.resume)
+        if args.resume == "auto" and not resume_path.exists():
+            raise UsageError(f"--resume: no checkpoint at {resume_path}; pass its path or the right --out")
+        checkpoint = load_checkpoint(resume_path, weights_only=True)
+        if checkpoint.model_name != args.model:
+            raise UsageError(f"--resume: {checkpoint.path} holds a {checkpoint.model_name!r} model, not {args.model!r}")
+        if args.model_options:
+            raise UsageError("--set cannot change the model config of a resumed run")
+    train_config = _train_config(args, model_class, checkpoint and checkpoint.train_config, out_dir)
+    data = args.data or (checkpoint and checkpoint.meta.get("metadata", {}).get("data")) or model_class.default_data
+    train_set, val_set = _load_data(data, "train"), _load_data(data, "val")
+
+    torch.manual_seed(train_config.seed)  # the initial weights
+    model = (model_class.from_config_dict(checkpoint.model_config) if checkpoint
+             else _model_config(model_class, args.model_options))
+    try:
+        trainer = Trainer(model, train_set, val_set, train_config, metadata={"data": str(data)})
+        if checkpoint is not None:
+            trainer.resume(checkpoint.path)
+        elif trainer.is_main and (out_dir / "metrics.jsonl").exists():
+            (out_dir / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+        trainer.fit()
+        if trainer.is_main:
+            written = _write_run_outputs(trainer, out_dir, data)
+            print(f"genkernels train: {args.model} on {data}, {trainer.step} steps -> {out_dir}/ "
+                  f"({', '.join(written)})")
+        return 0
+    finally:
+        distributed.cleanup()
+
+
+def _write_samples(model, samples, out_dir: Path, nrow: Optional[int] = None) -> list[str]:
+    """The model's figures, plus samples.png when the model wrote none and samples are images."""
+    from genkernels.train.figures import save_image_grid
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [Path(p).name for p in model.save_figures(out_dir, samples) or []]
+    grid = out_dir / "samples.png"
+    if not grid.exists() and samples.ndim == 4 and samples.shape[1] in (1, 3):
+        save_image_grid(samples.float().clamp(0, 1), grid, nrow)
+        written.append(grid.name)
+    return written
+
+
+def _write_run_outputs(trainer, out_dir: Path, data: str) -> list[str]:
+    from genkernels.train.figures import plot_loss_curve
+
+    written = _write_samples(trainer.model, trainer.sample(trainer.config.num_samples), out_dir)
+    plot_loss_curve(trainer.history, out_dir / "loss.png")
+    last = {kind: next((e for e in reversed(trainer.history) if e["kind"] == kind), {}) for kind in ("train", "eval")}
+    summary = {"model": trainer.model.name, "data": data, "step": trainer.step,
+               "train": last["train"], "eval": last["eval"]}
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return sorted(set(written)) + ["loss.png", "metrics.json", "metrics.jsonl", "checkpoint/"]
+
+
+# -- sample / eval ---------------------------------------------------------------------------
+def _run_dir(checkpoint_path: Path) -> Path:
+    return checkpoint_path.parent if checkpoint_path.name == "checkpoint" else checkpoint_path
+
+
+def _load_for_inference(args):
+    from genkernels.train.checkpoint import _resolve, load_model
+    from genkernels.train.trainer import resolve_device
+
+    device = resolve_device(args.device)
+    path = _resolve(args.checkpoint)
+    return path, device, load_model(path, ema=not args.live_weights, map_location=device)
+
+
+def _sample(args) -> int:
+    import torch
+    from safetensors.torch import save_file
+
+    from genkernels.train.trainer import seed_everything
+
+    if args.num_samples <= 0:
+        raise UsageError(f"-n must be > 0, got {args.num_samples}")
+    path, device, model = _load_for_inference(args)
+    seed_everything(args.seed)
+    with torch.no_grad():
+        samples = model.sample(args.num_samples).detach().float().cpu()
+    out_dir = Path(args.out) if args.out else _run_dir(path) / "samples"
+    written = _write_samples(model, samples, out_dir, args.nrow)
+    save_file({"samples": samples.contiguous()}, str(out_dir / "samples.safetensors"))
+    print(f"genkernels sample: {args.num_samples} samples of {model.name} -> {out_dir}/ "
+          f"({', '.join(sorted(set(written)) + ['samples.safetensors'])})")
+    return 0
+
+
+def _eval(args) -> int:
+    import torch
+
+    from genkernels.train.checkpoint import load_checkpoint
+    from genkernels.train.trainer import seed_everything, validation_losses
+
+    path, device, model = _load_for_inference(args)
+    meta = load_checkpoint(path, weights_only=True).meta
+    data = args.data or meta.get("metadata", {}).get("data") or model.default_data
+    dataset = _load_data(data, args.split)
+    seed_everything(args.seed)
+    groups = list(model.optimizer_groups())
+    with torch.no_grad():
+        losses = validation_losses(model, dataset, batch_size=args.batch_size, max_items=args.max_items,
+                                   device=device, groups=groups if len(groups) > 1 else None)
+        metrics = model.evaluate(dataset, max_items=args.max_items)
+    result = {"model": model.name, "checkpoint": str(path), "step": meta["step"], "data": str(data),
+              "split": args.split, "losses": losses, "metrics": {k: float(v) for k, v in metrics.items()}}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+# -- delegated subcommands -------------------------------------------------------------------
+def _delegate(command: str, argv: list[str]) -> int:
+    import importlib
+
+    module_name = _DELEGATED[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name:
+            raise
+        print(f"genkernels {command}: error: {module_name} is not available in this installation",
+              file=sys.stderr)
+        return 1
+    return int(module.main(argv) or 0)
+
+
+# -- entry point -----------------------------------------------------------------------------
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the genkernels command line; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in _DELEGATED:
+            return _delegate(argv[0], argv[1:])
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exit:  # --help, --version or a parse error (already reported)
+            return exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 2
+        return args.handler(args)
+    except (ValueError, OSError) as error:
+        if os.environ.get("GENKERNELS_DEBUG"):
+            raise
+        command = argv[0] if argv else ""
+        message = " ".join(str(error).split())
+        print(f"genkernels {command}: error: {message}".replace("  ", " "), file=sys.stderr)
+        return 2 if isinstance(error, UsageError) else 1
+    except KeyboardInterrupt:
+        print("genkernels: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
