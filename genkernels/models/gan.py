@@ -35,7 +35,7 @@ GROUPS = ("discriminator", "generator")
 class GANConfig:
     """image_shape     (C, H, W); H and W must be divisible by 2^num_upsamples
     latent_dim      size of the generator's input noise z ~ N(0, I)
-    channels        base width: the generator starts at 2^num_upsamples * channels / 2 ... see below
+    channels        base width (see "Widths" below)
     num_upsamples   stride-2 stages of each network (2 for 8x8: 2x2 -> 4x4 -> 8x8); larger
                     images take more, e.g. 3 for 16x16 from 2x2
     loss            "nonsaturating", "hinge" or "wgan-gp"
@@ -139,7 +139,7 @@ class GAN(GenerativeModel):
     config_class = GANConfig
     default_data = "digits"
     # Adam with beta1 = 0.5 (Radford et al.) and a constant-ish small rate; no weight decay on D.
-    train_defaults = {"lr": 2e-4, "betas": (0.5, 0.999), "weight_decay": 0.0, "warmup_steps": 0, "ema_decay": 0.0}
+    train_defaults = {"lr": 2e-4, "betas": (0.5, 0.999), "weight_decay": 0.0, "warmup_steps": 0}
 
     def __init__(self, config: GANConfig | None = None):
         super().__init__(config if config is not None else GANConfig())

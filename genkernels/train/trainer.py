@@ -114,6 +114,12 @@ def check_precision(precision: str, device: torch.device) -> None:
                              f"{device.type!r} by this torch build: {error}") from error
 
 
+def _sharded_batches(order: SeededBatches, context: distributed.DistributedContext) -> Iterator[list[int]]:
+    """Endless batch sampler: this rank's indices of each global batch of `order`."""
+    while True:
+        yield distributed.shard(order.next_indices(), context).tolist()
+
+
 class _LossModule(nn.Module):
     """The loss as a forward(), so DistributedDataParallel and torch.compile can wrap it."""
 
@@ -220,10 +226,6 @@ class Trainer:
         return lr_at(step, self.config)
 
     # -- data ------------------------------------------------------------------------------
-    def _index_stream(self, order: SeededBatches) -> Iterator[list[int]]:
-        while True:
-            yield distributed.shard(order.next_indices(), self.dist).tolist()
-
     def _next_batch(self):
         """This rank's share of the next global batch, collated and on the device.
 
@@ -237,7 +239,7 @@ class Trainer:
             if self._stream is None:
                 ahead = SeededBatches(self.batches.num_items, self.batches.batch_size, 0)
                 ahead.load_state_dict(self.batches.state_dict())
-                loader = DataLoader(self.train_set, batch_sampler=self._index_stream(ahead),
+                loader = DataLoader(self.train_set, batch_sampler=_sharded_batches(ahead, self.dist),
                                     num_workers=self.config.num_workers,
                                     pin_memory=self.device.type == "cuda",
                                     # its own generator: creating the loader must not draw from
@@ -385,6 +387,8 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             progress.close()
+            # stop the DataLoader workers now; the next fit() restarts them from self.batches
+            self._stream = None
         if finishing:
             self._record_eval()
             self.save_checkpoint()

@@ -1,0 +1,56 @@
+import math
+
+import pytest
+import torch
+
+from genkernels.diffusion import SCHEDULES, NoiseSchedule, make_schedule
+
+
+@pytest.mark.parametrize("kind", SCHEDULES)
+@pytest.mark.parametrize("steps", [1, 10, 1000, 4000])
+def test_tables_are_consistent(kind, steps):
+    s = make_schedule(kind, steps)
+    assert s.num_steps == steps and s.betas.dtype == torch.float64
+    assert bool(((s.betas > 0) & (s.betas < 1)).all())
+    torch.testing.assert_close(s.alphas_cumprod, torch.cumprod(1 - s.betas, 0))
+    torch.testing.assert_close(s.one_minus_alphas_cumprod, 1 - s.alphas_cumprod)
+    assert bool((s.alphas_cumprod[1:] < s.alphas_cumprod[:-1]).all())  # strictly more noise each step
+    table = s.table("cpu")
+    assert table.shape == (steps, 2) and table.dtype == torch.float64
+    assert s.table("cpu") is table  # cached per device
+
+
+def test_linear_matches_ho_et_al():
+    s = make_schedule("linear", 1000)
+    assert s.betas[0].item() == pytest.approx(1e-4) and s.betas[-1].item() == pytest.approx(0.02)
+    assert s.alphas_cumprod[-1].item() == pytest.approx(4.0358e-05, rel=1e-3)
+
+
+def test_cosine_matches_closed_form():
+    s = make_schedule("cosine", 1000)
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    assert s.alphas_cumprod[499].item() == pytest.approx(f(500) / f(0), rel=1e-9)
+
+
+def test_one_minus_alpha_bar_keeps_precision_near_zero():
+    s = make_schedule("linear", 1000, beta_start=1e-8, beta_end=1e-6)
+    # 1 - alpha_bar_0 = beta_0 exactly, which 1 - cumprod would lose to cancellation
+    assert s.one_minus_alphas_cumprod[0].item() == pytest.approx(1e-8, rel=1e-12)
+
+
+def test_posterior_coefficients():
+    s = make_schedule("cosine", 50)
+    t = 20
+    ab, ab_prev = s.alphas_cumprod[t], s.alphas_cumprod[t - 1]
+    assert s.posterior_variance[t].item() == pytest.approx((s.betas[t] * (1 - ab_prev) / (1 - ab)).item())
+    assert s.posterior_mean_coef1[t].item() == pytest.approx((s.betas[t] * ab_prev.sqrt() / (1 - ab)).item())
+    assert s.posterior_variance[0].item() == 0.0
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="kind"):
+        make_schedule("quadratic", 10)
+    with pytest.raises(ValueError, match="num_steps"):
+        make_schedule("linear", 0)
+    with pytest.raises(ValueError, match="betas"):
+        NoiseSchedule(torch.tensor([0.1, 1.5]))
