@@ -76,7 +76,9 @@ def backend_status(name: str, device_type: str) -> str | None:
         if _ext._cuda is None:
             return _ext.CUDA_ERROR
         count, err = _ext.cuda_device_count()
-        return err if count == 0 else None
+        if count == 0:
+            return err or "genkernels._cuda sees no CUDA device (no GPU or no driver)"
+        return None
     # triton
     reason = _triton_importable()
     if reason:
@@ -85,6 +87,8 @@ def backend_status(name: str, device_type: str) -> str | None:
         return "triton runs on CUDA tensors (on CPU only with TRITON_INTERPRET=1 set before import)"
     if device_type not in ("cpu", "cuda"):
         return f"triton does not run on {device_type} tensors"
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device is available to torch"
     return None
 
 

@@ -326,6 +326,8 @@ def _delegate(command: str, argv: list[str]) -> int:
     except ModuleNotFoundError as error:
         if error.name != module_name:
             raise
+        module = None
+    if not hasattr(module, "main"):
         print(f"genkernels {command}: error: {module_name} is not available in this installation",
               file=sys.stderr)
         return 1

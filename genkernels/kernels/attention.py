@@ -766,8 +766,9 @@ def attention_backward(wrap, dout, q, k, v, out, lse, dlse, delta, dq, dk, dv, d
         )
 
 
-def decode_num_splits(batch: int, num_kv_heads: int, max_seqlen_k: int, block_n: int) -> int:
+def decode_num_splits(batch: int, num_kv_heads: int, max_seqlen_k: int, head_dim: int) -> int:
     """Enough splits to give every SM about two programs, but never splits shorter than a block."""
+    block_n = decode_config(max(16, triton.next_power_of_2(head_dim)))["BLOCK_N"]
     if triton_interpret():
         return max(1, min(4, triton.cdiv(max_seqlen_k, block_n)))
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count

@@ -245,8 +245,7 @@ def _attention_decode_op(
         from genkernels.kernels import attention as kernels
 
         batch, seqlen_q, num_heads, head_dim = q.shape
-        block_n = kernels.decode_config(head_dim)["BLOCK_N"]
-        num_splits = kernels.decode_num_splits(batch, k_cache.shape[2], k_cache.shape[1], block_n)
+        num_splits = kernels.decode_num_splits(batch, k_cache.shape[2], k_cache.shape[1], head_dim)
         out_partial = q.new_empty((batch, num_heads, seqlen_q, num_splits, head_dim), dtype=torch.float32)
         lse_partial = q.new_empty((batch, num_heads, seqlen_q, num_splits), dtype=torch.float32)
         kernels.attention_decode(wrap_triton, q, k_cache, v_cache, cache_seqlens, out, lse,

@@ -1,0 +1,27 @@
+"""Per-call host overhead of the op registration route on a 16-element tensor.
+
+Run:  python -m pytest bench/bench_overhead.py
+"""
+import pytest
+import torch
+
+from genkernels.bench.overhead import _custom_op_twin
+from genkernels.diffusion import make_schedule, q_sample
+
+SCHED = make_schedule("linear", 1000)
+X0, NOISE, T = torch.randn(1, 16), torch.randn(1, 16), torch.tensor([10])
+TABLE = SCHED.table("cpu")
+
+CASES = {
+    "torch_add_direct": lambda: torch.add(X0, NOISE),
+    "library_define_op": lambda: torch.ops.genkernels.q_sample(X0, NOISE, T, 0, TABLE, False),
+    "custom_op_twin": lambda: _custom_op_twin()(X0, NOISE, T, TABLE),
+    "public_function": lambda: q_sample(X0, NOISE, T, SCHED),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_overhead(benchmark, case):
+    fn = CASES[case]
+    assert fn().shape == (1, 16)
+    benchmark(fn)

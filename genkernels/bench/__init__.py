@@ -1,0 +1,88 @@
+"""`genkernels bench`: time every op for each provider and print a table with speedups.
+
+Per op: reference eager, torch.compile of the reference, and each fast backend present, measured
+in one run (median of repeated timings, warm-up and compilation excluded), plus achieved GB/s and,
+on a GPU, the fraction of the measured copy bandwidth. Results can be written as JSON with the
+device, versions, shapes and dtypes. The same setups back the pytest-benchmark cases in bench/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def run_diffusion(device, dtype, numel, batch, ops, with_compile=True):
+    from genkernels.bench import diffusion
+    from genkernels.bench.timing import measure
+
+    rows = []
+    providers = [p for p in diffusion.providers(device) if with_compile or p != "compile"]
+    for op in ops:
+        eager_time = None
+        for provider in providers:
+            fn, nbytes = diffusion.provider_function(op, provider, numel, batch, dtype, device)
+            seconds = measure(fn, device)
+            if provider == "eager":
+                eager_time = seconds
+            rows.append({"op": op, "provider": provider, "numel": numel, "batch": batch,
+                         "dtype": str(dtype).replace("torch.", ""), "ms": seconds * 1e3,
+                         "GB/s": nbytes / seconds / 1e9, "speedup_vs_eager": eager_time / seconds})
+    return rows
+
+
+def format_table(rows, columns) -> str:
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    widths = {c: max(len(c), *(len(cell(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(cell(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from genkernels.bench import diffusion, overhead
+    from genkernels.bench.timing import copy_bandwidth, environment
+
+    parser = argparse.ArgumentParser(prog="genkernels bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--numel", type=int, default=1 << 22, help="elements per op call (default 2^22)")
+    parser.add_argument("--batch", type=int, default=16, help="samples the elements are split into")
+    parser.add_argument("--ops", nargs="+", choices=diffusion.OPS, default=list(diffusion.OPS))
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
+    parser.add_argument("--no-overhead", action="store_true", help="skip the per-call overhead table")
+    parser.add_argument("--json", help="also write results (with device and versions) to this JSON file")
+    args = parser.parse_args(argv)
+    if args.numel < args.batch or args.numel % args.batch:
+        parser.error(f"--numel must be a positive multiple of --batch ({args.batch}), got {args.numel}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda requested but torch sees no CUDA device")
+
+    env = environment(device)
+    print("genkernels bench on " + ", ".join(f"{k}={v}" for k, v in env.items()))
+    rows = run_diffusion(device, DTYPES[args.dtype], args.numel, args.batch, args.ops, not args.no_compile)
+    columns = ["op", "provider", "dtype", "numel", "ms", "GB/s", "speedup_vs_eager"]
+    if device.type == "cuda":
+        bandwidth = copy_bandwidth(device)
+        env["copy_GB/s"] = bandwidth / 1e9
+        for r in rows:
+            r["fraction_of_copy_bw"] = r["GB/s"] * 1e9 / bandwidth
+        columns.append("fraction_of_copy_bw")
+    print("\n" + format_table(rows, columns))
+    result = {"environment": env, "diffusion": rows}
+    if not args.no_overhead:
+        over = overhead.overhead_rows()
+        print("\nper-call host overhead (16-element CPU tensor):\n" + format_table(over, ["case", "us_per_call"]))
+        result["overhead"] = over
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 0
