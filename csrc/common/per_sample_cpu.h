@@ -37,4 +37,14 @@ void per_sample_reduce_cpu(const Op& op, int64_t N, int64_t D, float* partials) 
   }
 }
 
+// Executor handed to the shared launcher bodies (e.g. csrc/diffusion/diffusion_launch.h).
+struct CpuExec {
+  template <class Op> void apply(const Op& op, int64_t N, int64_t D, const char*) const {
+    per_sample_apply_cpu(op, N, D);
+  }
+  template <class Op> void reduce(const Op& op, int64_t N, int64_t D, float* partials, const char*) const {
+    per_sample_reduce_cpu(op, N, D, partials);
+  }
+};
+
 }  // namespace gk

@@ -105,4 +105,16 @@ void per_sample_reduce_cuda(const Op& op, int64_t N, int64_t D, float* partials,
   check_launch(name);
 }
 
+// Executor handed to the shared launcher bodies: launches on `stream` of `device`.
+struct CudaExec {
+  int device;
+  uintptr_t stream;
+  template <class Op> void apply(const Op& op, int64_t N, int64_t D, const char* name) const {
+    per_sample_apply_cuda(op, N, D, device, stream, name);
+  }
+  template <class Op> void reduce(const Op& op, int64_t N, int64_t D, float* partials, const char* name) const {
+    per_sample_reduce_cuda(op, N, D, partials, device, stream, name);
+  }
+};
+
 }  // namespace gk

@@ -3,19 +3,6 @@
 #include "diffusion/diffusion_launch.h"
 
 namespace gk {
-namespace {
-
-struct CpuExec {
-  template <class Op> void apply(const Op& op, int64_t N, int64_t D, const char*) const {
-    per_sample_apply_cpu(op, N, D);
-  }
-  template <class Op> void reduce(const Op& op, int64_t N, int64_t D, float* partials, const char*) const {
-    per_sample_reduce_cpu(op, N, D, partials);
-  }
-};
-
-}  // namespace
-
 void philox_normal_cpu(uintptr_t out, int64_t N, int64_t D, uint64_t seed, uint64_t offset, int dtype) {
   philox_normal_impl(CpuExec{}, out, N, D, seed, offset, dtype);
 }

@@ -3,21 +3,6 @@
 #include "diffusion/diffusion_launch.h"
 
 namespace gk {
-namespace {
-
-struct CudaExec {
-  int device;
-  uintptr_t stream;
-  template <class Op> void apply(const Op& op, int64_t N, int64_t D, const char* name) const {
-    per_sample_apply_cuda(op, N, D, device, stream, name);
-  }
-  template <class Op> void reduce(const Op& op, int64_t N, int64_t D, float* partials, const char* name) const {
-    per_sample_reduce_cuda(op, N, D, partials, device, stream, name);
-  }
-};
-
-}  // namespace
-
 int cuda_device_count() {
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);

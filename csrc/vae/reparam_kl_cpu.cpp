@@ -3,19 +3,7 @@
 #include "vae/vae_launch.h"
 
 namespace gk {
-namespace {
-
-struct CpuExec {
-  template <class Op> void apply(const Op& op, int64_t N, int64_t D, const char*) const {
-    per_sample_apply_cpu(op, N, D);
-  }
-  template <class Op> void reduce(const Op& op, int64_t N, int64_t D, float* partials, const char*) const {
-    per_sample_reduce_cpu(op, N, D, partials);
-  }
-};
-
-}  // namespace
-
+// CpuExec / CudaExec come from the common per-sample headers (shared with diffusion).
 void reparam_kl_cpu(uintptr_t mu, uintptr_t logvar, uintptr_t z, uintptr_t kl_partials, int64_t N, int64_t D,
                     uint64_t seed, uint64_t offset, int dtype) {
   reparam_kl_impl(CpuExec{}, mu, logvar, z, kl_partials, N, D, seed, offset, dtype);

@@ -3,21 +3,7 @@
 #include "vae/vae_launch.h"
 
 namespace gk {
-namespace {
-
-struct CudaExec {
-  int device;
-  uintptr_t stream;
-  template <class Op> void apply(const Op& op, int64_t N, int64_t D, const char* name) const {
-    per_sample_apply_cuda(op, N, D, device, stream, name);
-  }
-  template <class Op> void reduce(const Op& op, int64_t N, int64_t D, float* partials, const char* name) const {
-    per_sample_reduce_cuda(op, N, D, partials, device, stream, name);
-  }
-};
-
-}  // namespace
-
+// CpuExec / CudaExec come from the common per-sample headers (shared with diffusion).
 void reparam_kl_cuda(uintptr_t mu, uintptr_t logvar, uintptr_t z, uintptr_t kl_partials, int64_t N, int64_t D,
                      uint64_t seed, uint64_t offset, int dtype, int device, uintptr_t stream) {
   reparam_kl_impl(CudaExec{device, stream}, mu, logvar, z, kl_partials, N, D, seed, offset, dtype);

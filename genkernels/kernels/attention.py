@@ -121,7 +121,9 @@ def forward_kernel(block_d: int):
     """The forward kernel autotuned over the configs for this head-dim class (built on first use)."""
     return triton.autotune(
         configs=_forward_configs(block_d),
-        key=["BLOCK_D", "IS_CAUSAL", "HAS_KEY_MASK", "IS_VARLEN"],
+        # seqlen_bucket (a power of two, capped) retunes for short vs long sequences without
+        # retuning for every length a generation loop produces.
+        key=["BLOCK_D", "IS_CAUSAL", "HAS_KEY_MASK", "IS_VARLEN", "seqlen_bucket"],
     )(_attn_fwd_kernel)
 
 
@@ -209,7 +211,7 @@ def _attn_fwd_kernel(
     # pointers
     Q, K, V, Out, LSE, KEY_MASK, CU_SEQLENS_Q, CU_SEQLENS_K,
     # sizes
-    seqlen_q, seqlen_k, num_heads, kv_group_size, head_dim, qk_scale_log2,
+    seqlen_q, seqlen_k, num_heads, kv_group_size, head_dim, qk_scale_log2, seqlen_bucket,
     # strides
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
@@ -281,7 +283,8 @@ def _attn_fwd_kernel(
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(o_base + offs_m[:, None] * stride_os + offs_d[None, :], out.to(Out.dtype.element_ty),
              mask=row_ok[:, None] & d_ok[None, :])
-    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i))) * 0.6931471805599453)
+    log_l = tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i))
+    lse = tl.where(l_i == 0.0, float("-inf"), (m_i + log_l) * 0.6931471805599453)
     tl.store(LSE + b64 * stride_lb + h * stride_lh + (q_start + offs_m) * stride_ls, lse, mask=row_ok)
 
 
@@ -681,7 +684,8 @@ def _attn_decode_combine_kernel(
     out = tl.sum(o * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)
     tl.store(Out + b * stride_ob + t * stride_os + h * stride_oh + offs_d, out.to(Out.dtype.element_ty),
              mask=offs_d < head_dim)
-    lse = tl.where(total == 0.0, float("-inf"), (m + tl.math.log2(tl.where(total == 0.0, 1.0, total))) * 0.6931471805599453)
+    log_total = tl.math.log2(tl.where(total == 0.0, 1.0, total))
+    lse = tl.where(total == 0.0, float("-inf"), (m + log_total) * 0.6931471805599453)
     tl.store(LSE + b * stride_lb + h * stride_lh + t * stride_ls, lse)
 
 
@@ -717,6 +721,7 @@ def attention_forward(wrap, q, k, v, out, lse, key_padding_mask, cu_seqlens_q, c
     wrap(kernel)[grid](
         q, k, v, out, lse, mask, cu_seqlens_q, cu_seqlens_k,
         max_seqlen_q, max_seqlen_k, num_heads, num_heads // k.shape[2], head_dim, scale * LOG2E,
+        min(triton.next_power_of_2(max(max_seqlen_q, max_seqlen_k)), 8192),
         *_bsh(q, varlen), *_bsh(k, varlen), *_bsh(v, varlen), *_bsh(out, varlen), *_bsh(lse, varlen),
         stride_mb, stride_mn,
         IS_CAUSAL=causal, HAS_KEY_MASK=has_mask, IS_VARLEN=varlen,
@@ -793,7 +798,8 @@ def attention_decode(wrap, q, k_cache, v_cache, cache_seqlens, out, lse, out_par
         seqlen_q, num_kv_heads, group, head_dim, split_size, scale * LOG2E,
         *_bsh(q), *_bsh(k_cache), *_bsh(v_cache),
         *out_partial.stride()[:4], *lse_partial.stride()[:3],
-        IS_CAUSAL=causal, DOT_MODE=dot_mode(q.dtype, allow_tf32), BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"],
+        IS_CAUSAL=causal, DOT_MODE=dot_mode(q.dtype, allow_tf32), BLOCK_D=block_d,
+        BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"],
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     wrap(_attn_decode_combine_kernel)[(batch * num_heads * seqlen_q,)](

@@ -179,7 +179,9 @@ class KVCache:
             )
         new_length = self.length + k.shape[1]
         if new_length > self.max_seqlen:
-            raise ValueError(f"KVCache is full: {self.length} + {k.shape[1]} positions exceed max_seqlen {self.max_seqlen}")
+            raise ValueError(
+                f"KVCache is full: {self.length} + {k.shape[1]} positions exceed max_seqlen {self.max_seqlen}"
+            )
         self.k[:, self.length:new_length] = k
         self.v[:, self.length:new_length] = v
         self.length = new_length
@@ -230,9 +232,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, key_padding_mask=None, kv_cache: KVCache | None = None):
         batch, tgt_len, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim], dim=-1
-        )
+        kv_width = self.num_kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split([self.num_heads * self.head_dim, kv_width, kv_width], dim=-1)
         q = q.view(batch, tgt_len, self.num_heads, self.head_dim)  # (B, T, H, D)
         k = k.view(batch, tgt_len, self.num_kv_heads, self.head_dim)  # (B, T, Hkv, D)
         v = v.view(batch, tgt_len, self.num_kv_heads, self.head_dim)
