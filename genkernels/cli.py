@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     sample.add_argument("--nrow", type=int, help="images per grid row (default: square grid)")
     sample.add_argument("--live-weights", action="store_true", help="use the live weights instead of the EMA")
+    sample.add_argument("--condition", action="append", default=[], metavar="KEY=VALUE",
+                        help="keyword for model.sample (repeatable, Python literal values), "
+                             "e.g. --condition temperature=0.8")
     sample.set_defaults(handler=_sample)
 
     evaluate = commands.add_parser(
@@ -208,6 +211,10 @@ def _train(args) -> int:
             raise UsageError(f"--resume: {checkpoint.path} holds a {checkpoint.model_name!r} model, not {args.model!r}")
         if args.model_options:
             raise UsageError("--set cannot change the model config of a resumed run")
+        if args.out is None:  # keep writing where the resumed run wrote
+            saved = checkpoint.train_config.get("out_dir")
+            out_dir = (checkpoint.path.parent if checkpoint.path.name == "checkpoint" or not saved
+                       else Path(saved))
     train_config = _train_config(args, model_class, checkpoint and checkpoint.train_config, out_dir)
     data = args.data or (checkpoint and checkpoint.meta.get("metadata", {}).get("data")) or model_class.default_data
     train_set, val_set = _load_data(data, "train"), _load_data(data, "val")
@@ -278,10 +285,21 @@ def _sample(args) -> int:
 
     if args.num_samples <= 0:
         raise UsageError(f"-n must be > 0, got {args.num_samples}")
+    conditions = {}
+    for option in args.condition:
+        key, sep, text = option.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--condition expects KEY=VALUE, got {option!r}")
+        conditions[key] = _parse_value(text)
     path, device, model = _load_for_inference(args)
     seed_everything(args.seed)
     with torch.no_grad():
-        samples = model.sample(args.num_samples).detach().float().cpu()
+        try:
+            samples = model.sample(args.num_samples, **conditions).detach().float().cpu()
+        except TypeError as error:
+            if not conditions:
+                raise
+            raise UsageError(f"--condition {sorted(conditions)}: {error}") from error
     out_dir = Path(args.out) if args.out else _run_dir(path) / "samples"
     written = _write_samples(model, samples, out_dir, args.nrow)
     save_file({"samples": samples.contiguous()}, str(out_dir / "samples.safetensors"))

@@ -98,6 +98,12 @@ def test_train_sample_eval_resume(capsys, toy_model, tmp_path, monkeypatch):
     code, out, err = run(capsys, "sample", str(run_dir), "-n", "6", "--seed", "1", "--device", "cpu")
     assert code == 0, err
     assert {"samples.png", "samples.safetensors"} <= {p.name for p in (run_dir / "samples").iterdir()}
+    code, _, err = run(capsys, "sample", str(run_dir), "-n", "4", "--condition", "temperature=0.5",
+                       "--out", str(tmp_path / "cold"))
+    assert code == 0, err
+    assert (tmp_path / "cold" / "samples.png").exists()
+    code, _, err = run(capsys, "sample", str(run_dir), "--condition", "colour=3")
+    assert code == 2 and "colour" in err and len(err.strip().splitlines()) == 1
 
     code, out, err = run(capsys, "eval", str(run_dir / "checkpoint"), "--split", "val", "--max-items", "40",
                          "--device", "cpu")
@@ -112,6 +118,15 @@ def test_train_sample_eval_resume(capsys, toy_model, tmp_path, monkeypatch):
     assert metrics["step"] == 6
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 6
+
+    # an explicit checkpoint path keeps writing into its run directory, from any working directory
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, _, err = run(capsys, "train", "toy", "--resume", str(run_dir / "checkpoint"), "--steps", "7",
+                       "--no-progress")
+    assert code == 0, err
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 7
+    assert not any((tmp_path / "elsewhere").iterdir())
 
 
 # -- the real model zoo --------------------------------------------------------------------

@@ -48,10 +48,12 @@ def _kind_of_path(path: Path) -> str:
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     if not files:
         raise ValueError(f"data folder {str(path)!r} is empty")
-    counts = Counter(kind for p in files for kind, exts in _KIND_EXTENSIONS.items() if p.suffix.lower() in exts)
+    counts = Counter(kind for p in files for kind, exts in _KIND_EXTENSIONS.items()
+                     if p.suffix.lower() in exts)
     if not counts:
         known = ", ".join(ext for exts in _KIND_EXTENSIONS.values() for ext in exts)
-        raise ValueError(f"data path {str(path)!r} has no image, text or audio files (known extensions: {known})")
+        raise ValueError(f"data path {str(path)!r} has no image, text or audio files "
+                         f"(known extensions: {known})")
     # The most common kind wins, so a README beside a folder of PNGs does not make it text.
     (kind, count), *rest = counts.most_common()
     if rest and rest[0][1] == count:

@@ -53,7 +53,8 @@ def mu_law_decode(codes: torch.Tensor, levels: int = MU_LAW_LEVELS) -> torch.Ten
 
 # -- synthesis -------------------------------------------------------------------------------
 def _adsr(length: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-    attack, decay, release = (int(sample_rate * t) for t in rng.uniform((0.005, 0.02, 0.02), (0.03, 0.1, 0.12)))
+    seconds = rng.uniform((0.005, 0.02, 0.02), (0.03, 0.1, 0.12))  # attack, decay, release
+    attack, decay, release = (int(sample_rate * t) for t in seconds)
     sustain = rng.uniform(0.4, 0.8)
     envelope = np.full(length, sustain)
     # Segments are clipped to the note's length, so short notes keep a clean attack.

@@ -64,12 +64,16 @@ def _read_utf8(path: Path) -> bytes:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"text file {str(path)!r} is not UTF-8 ({error.reason} at byte {error.start})") from None
+        raise ValueError(
+            f"text file {str(path)!r} is not UTF-8 ({error.reason} at byte {error.start})"
+        ) from None
     return data
 
 
 def _check_max_bytes(max_bytes: int | None) -> None:
-    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0):
+    if max_bytes is None:
+        return
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
         raise ValueError(f"max_bytes must be a positive int or None, got {max_bytes!r}")
 
 

@@ -46,8 +46,22 @@ def _capability() -> tuple[int, int]:
     return torch.cuda.get_device_capability()
 
 
-def _forward_configs(block_d: int) -> list[triton.Config]:
+def _fp32_tiles(configs: list[triton.Config], block_d: int) -> list[triton.Config]:
+    """fp32 tiles take twice the shared memory: halve the key block and the pipeline depth."""
+    narrowed, seen = [], set()
+    for cfg in configs:
+        block_n = min(cfg.kwargs["BLOCK_N"], 64 if block_d <= 64 else 32)
+        key = (cfg.kwargs["BLOCK_M"], block_n, cfg.num_warps, min(cfg.num_stages, 2))
+        if key not in seen:
+            seen.add(key)
+            narrowed.append(triton.Config({"BLOCK_M": key[0], "BLOCK_N": key[1]}, num_warps=key[2], num_stages=key[3]))
+    return narrowed
+
+
+def _forward_configs(block_d: int, elem_bytes: int = 2) -> list[triton.Config]:
     """A short list per GPU generation and head-dim class: tuning takes seconds, not minutes."""
+    if elem_bytes == 4 and not triton_interpret():
+        return _fp32_tiles(_forward_configs(block_d), block_d)
     if triton_interpret():
         # The interpreter runs numpy per op: small tiles keep tests fast and exercise many blocks.
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
@@ -88,7 +102,7 @@ def _forward_configs(block_d: int) -> list[triton.Config]:
     ]
 
 
-def backward_config(block_d: int) -> dict:
+def backward_config(block_d: int, elem_bytes: int = 2) -> dict:
     """Fixed backward tiles (no tuning: an autotuned atomic dQ would need a zeroing pass per trial).
 
     dK/dV programs own a key block and stream query blocks (BLOCK_M small, BLOCK_N large);
@@ -103,24 +117,27 @@ def backward_config(block_d: int) -> dict:
         cfg = dict(DKDV_M=32, DKDV_N=128, DQ_M=128, DQ_N=32, num_warps=8, num_stages=3)
     else:
         cfg = dict(DKDV_M=32, DKDV_N=64, DQ_M=64, DQ_N=32, num_warps=8, num_stages=2)
-    if major < 9:
+    if major < 9 or elem_bytes == 4:
         cfg["num_stages"] = min(cfg["num_stages"], 2)
         if block_d > 64:
             cfg.update(DKDV_N=64, DQ_M=64)
+    if elem_bytes == 4 and block_d > 128:
+        cfg.update(DKDV_N=32, DQ_M=32)
     return cfg
 
 
-def decode_config(block_d: int) -> dict:
+def decode_config(block_d: int, elem_bytes: int = 2) -> dict:
     if triton_interpret():
         return dict(BLOCK_N=16, num_warps=1, num_stages=1)
-    return dict(BLOCK_N=64 if block_d <= 128 else 32, num_warps=4, num_stages=3 if block_d <= 128 else 2)
+    wide = block_d * elem_bytes <= 256  # K/V rows of at most 256 bytes: 64-key blocks, 3 stages
+    return dict(BLOCK_N=64 if wide else 32, num_warps=4, num_stages=3 if wide else 2)
 
 
 @functools.lru_cache(maxsize=None)
-def forward_kernel(block_d: int):
+def forward_kernel(block_d: int, elem_bytes: int):
     """The forward kernel autotuned over the configs for this head-dim class (built on first use)."""
     return triton.autotune(
-        configs=_forward_configs(block_d),
+        configs=_forward_configs(block_d, elem_bytes),
         # seqlen_bucket (a power of two, capped) retunes for short vs long sequences without
         # retuning for every length a generation loop produces.
         key=["BLOCK_D", "IS_CAUSAL", "HAS_KEY_MASK", "IS_VARLEN", "seqlen_bucket"],
@@ -716,7 +733,7 @@ def attention_forward(wrap, q, k, v, out, lse, key_padding_mask, cu_seqlens_q, c
     has_mask = key_padding_mask is not None
     if not varlen:
         cu_seqlens_q = cu_seqlens_k = q
-    kernel = forward_kernel(block_d)
+    kernel = forward_kernel(block_d, q.element_size())
     grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), batch * num_heads)  # noqa: E731
     wrap(kernel)[grid](
         q, k, v, out, lse, mask, cu_seqlens_q, cu_seqlens_k,
@@ -737,7 +754,7 @@ def attention_backward(wrap, dout, q, k, v, out, lse, dlse, delta, dq, dk, dv, d
     num_kv_heads = k.shape[2]
     group = num_heads // num_kv_heads
     block_d = max(16, triton.next_power_of_2(head_dim))
-    cfg = backward_config(block_d)
+    cfg = backward_config(block_d, q.element_size())
     launch = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     mask, (stride_mb, stride_mn) = _mask_args(key_padding_mask, q)
     has_mask = key_padding_mask is not None
@@ -771,9 +788,9 @@ def attention_backward(wrap, dout, q, k, v, out, lse, dlse, delta, dq, dk, dv, d
         )
 
 
-def decode_num_splits(batch: int, num_kv_heads: int, max_seqlen_k: int, head_dim: int) -> int:
+def decode_num_splits(batch: int, num_kv_heads: int, max_seqlen_k: int, head_dim: int, elem_bytes: int) -> int:
     """Enough splits to give every SM about two programs, but never splits shorter than a block."""
-    block_n = decode_config(max(16, triton.next_power_of_2(head_dim)))["BLOCK_N"]
+    block_n = decode_config(max(16, triton.next_power_of_2(head_dim)), elem_bytes)["BLOCK_N"]
     if triton_interpret():
         return max(1, min(4, triton.cdiv(max_seqlen_k, block_n)))
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
@@ -789,7 +806,7 @@ def attention_decode(wrap, q, k_cache, v_cache, cache_seqlens, out, lse, out_par
     group = num_heads // num_kv_heads
     num_splits = out_partial.shape[3]
     block_d = max(16, triton.next_power_of_2(head_dim))
-    cfg = decode_config(block_d)
+    cfg = decode_config(block_d, q.element_size())
     block_m = max(16, triton.next_power_of_2(group * seqlen_q)) if group * seqlen_q <= 64 else 64
     split_size = triton.cdiv(triton.cdiv(k_cache.shape[1], num_splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
     grid = (num_splits, batch * num_kv_heads, triton.cdiv(group * seqlen_q, block_m))

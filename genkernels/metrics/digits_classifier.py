@@ -17,6 +17,7 @@ import json
 import math
 import os
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -93,12 +94,27 @@ def _accuracy(model: DigitsClassifier, images: torch.Tensor, labels: torch.Tenso
 
 
 def _train(config: ClassifierConfig) -> DigitsClassifier:
+    # Batches of 64 8x8 images are too small for intra-op threads to pay: on a busy machine
+    # their synchronisation made training 10-20x slower than on one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # Metrics are often asked for under no_grad / inference_mode (a model's evaluate):
+        # training needs autograd whatever the caller's mode.
+        with torch.inference_mode(False), torch.enable_grad():
+            return _train_single_thread(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_single_thread(config: ClassifierConfig) -> DigitsClassifier:
     images, labels = load_digits_tensors("train", "float")
     generator = torch.Generator().manual_seed(config.seed)
     with torch.random.fork_rng(devices=[]):  # seeded init without disturbing the caller's RNG
         torch.manual_seed(config.seed)
         model = DigitsClassifier(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(labels) / config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, config.learning_rate, total_steps=config.epochs * steps_per_epoch)
@@ -136,7 +152,8 @@ def _load_cached(folder: Path, config: ClassifierConfig) -> DigitsClassifier | N
     model.eval()
     test_images, test_labels = load_digits_tensors("test", "float")
     # Corrupt weights score far off; a different thread count may flip at most an image or two.
-    if not math.isclose(_accuracy(model, test_images, test_labels), meta.get("test_accuracy", -1.0), abs_tol=0.005):
+    accuracy = _accuracy(model, test_images, test_labels)
+    if not math.isclose(accuracy, meta.get("test_accuracy", -1.0), abs_tol=0.005):
         return None
     return model
 
@@ -170,7 +187,10 @@ def digits_classifier(retrain: bool = False) -> DigitsClassifier:
         if model is None:
             model = _train(config)
             test_images, test_labels = load_digits_tensors("test", "float")
-            _save(folder, model, config, _accuracy(model, test_images, test_labels))
+            try:
+                _save(folder, model, config, _accuracy(model, test_images, test_labels))
+            except OSError as error:  # a read-only cache costs a retrain per process, not a crash
+                warnings.warn(f"could not cache the digits classifier in {str(folder)!r}: {error}")
         model.requires_grad_(False)
         _loaded[str(folder)] = model
         return model
@@ -187,7 +207,8 @@ def _as_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
     images = images.detach().to("cpu", torch.float32)
     low, high = images.min().item(), images.max().item()
     if not (low >= -0.5 and high <= 1.5):  # also catches NaN
-        raise ValueError(f"{name} must be in [0, 1] (digit level / 16), got values in [{low:.3g}, {high:.3g}]")
+        raise ValueError(
+            f"{name} must be in [0, 1] (digit level / 16), got values in [{low:.3g}, {high:.3g}]")
     return images.clamp(0.0, 1.0)
 
 
@@ -207,7 +228,8 @@ def class_accuracy(samples: torch.Tensor, labels: torch.Tensor) -> float:
     samples = _as_images(samples, "samples")
     labels = torch.as_tensor(labels).to("cpu").long().reshape(-1)
     if labels.shape[0] != samples.shape[0]:
-        raise ValueError(f"labels must have one entry per sample: {samples.shape[0]} samples, {labels.shape[0]} labels")
+        raise ValueError(f"labels must have one entry per sample: {samples.shape[0]} samples, "
+                         f"{labels.shape[0]} labels")
     return _accuracy(digits_classifier(), samples, labels)
 
 
@@ -235,7 +257,8 @@ def frechet_distance(images_a: torch.Tensor, images_b: torch.Tensor) -> float:
     """
     images_a, images_b = _as_images(images_a, "images_a"), _as_images(images_b, "images_b")
     if images_a.shape[0] < 2 or images_b.shape[0] < 2:
-        raise ValueError(f"frechet_distance needs >= 2 images per set, got {images_a.shape[0]} and {images_b.shape[0]}")
+        raise ValueError(f"frechet_distance needs >= 2 images per set, "
+                         f"got {images_a.shape[0]} and {images_b.shape[0]}")
     mean_a, cov_a = _mean_and_covariance(digits_features(images_a))
     mean_b, cov_b = _mean_and_covariance(digits_features(images_b))
     root_a = _sqrtm_psd(cov_a)

@@ -47,7 +47,8 @@ def categorical_nll(logits: torch.Tensor, targets: torch.Tensor, level_dim: int 
     if targets.dtype not in (torch.int64, torch.int32, torch.uint8):
         raise TypeError(f"targets must be an integer tensor of level indices, got {targets.dtype}")
     if logits.dim() != targets.dim() + 1 or logits.shape[:1] + logits.shape[2:] != targets.shape:
-        raise ValueError(f"logits (N, L, *dims) and targets (N, *dims) disagree: logits {tuple(logits.shape)}, "
+        raise ValueError(f"logits (N, L, *dims) and targets (N, *dims) disagree: "
+                         f"logits {tuple(logits.shape)}, "
                          f"targets {tuple(targets.shape)}")
     nll = F.cross_entropy(logits.float(), targets.long(), reduction="none")  # (N, *dims)
     return nll.reshape(nll.shape[0], -1).sum(dim=1)
@@ -62,7 +63,8 @@ def categorical_bits_per_dim(logits: torch.Tensor, targets: torch.Tensor, level_
     return bits_per_dim(nll, targets[0].numel())
 
 
-def dequantize(levels: torch.Tensor, num_levels: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def dequantize(levels: torch.Tensor, num_levels: int,
+               generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform dequantisation: y = (x + u) / num_levels with u ~ U[0, 1), a float32 in [0, 1).
 
     levels (any shape) holds integer levels 0..num_levels-1 (e.g. digits form="levels").
@@ -71,7 +73,8 @@ def dequantize(levels: torch.Tensor, num_levels: int, generator: torch.Generator
     return (levels.to(torch.float32) + noise) / num_levels
 
 
-def dequantized_nll(log_density: torch.Tensor, num_levels: int, num_dims: int, data_range: float = 1.0) -> torch.Tensor:
+def dequantized_nll(log_density: torch.Tensor, num_levels: int, num_dims: int,
+                    data_range: float = 1.0) -> torch.Tensor:
     """Discrete NLL bound, in nats per item, of a continuous model on dequantised data.
 
     log_density  (N,) log p(y) in nats, summed over the item's num_dims dimensions, for

@@ -2,8 +2,8 @@
 
 Both work in float64 and process pairwise distances in row chunks, so tens of thousands of points
 fit in memory; the cost is O(M N) kernel evaluations per bandwidth, so compare a few thousand
-points per set rather than tens of thousands. Points are (N, D) tensors; the toy sets have D = 2 and unit-variance scaling, which
-the default MMD bandwidths assume.
+points per set rather than tens of thousands. Points are (N, D) tensors; the toy sets have D = 2
+and unit-variance scaling, which the default MMD bandwidths assume.
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ from genkernels.models.base import GenerativeModel
 
 # Families register here as they land (name -> "module:Class").
 REGISTRY: dict[str, str] = {}
+REGISTRY["vae"] = "genkernels.models.vae:VAE"
+REGISTRY["gan"] = "genkernels.models.gan:GAN"
 
 
 def get_model_class(name: str) -> type[GenerativeModel]:

@@ -54,7 +54,7 @@ class VAEConfig:
     architecture: str = "mlp"
     hidden: int = 256
     channels: tuple[int, ...] = (32, 64, 128)
-    likelihood: str = "categorical"
+    likelihood: str = "logistic"
     beta: float = 1.0
     iwae_samples: int = 64
 
@@ -265,6 +265,7 @@ class VAE(GenerativeModel):
         """A lower bound on log p(x) per item in nats, (N,): the single-sample ELBO."""
         return self.elbo(x)
 
+    @torch.no_grad()
     def anomaly_score(self, x: torch.Tensor, num_samples: int = 8) -> torch.Tensor:
         """Negative ELBO per item in nats, (N,): high for inputs the model finds unlikely."""
         return -self.elbo(x, num_samples)
@@ -275,7 +276,7 @@ class VAE(GenerativeModel):
         log w_k = log p(x | z_k) + log N(z_k; 0, I) - log q(z_k | x),  z_k ~ q(z | x), k = 1..K;
         IWAE = logsumexp_k log w_k - log K  (K = 1 is the ELBO; it tightens as K grows).
         """
-        from genkernels.metrics.nll import iwae_bound
+        from genkernels.metrics import iwae_bound
 
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -329,7 +330,7 @@ class VAE(GenerativeModel):
     def evaluate(self, dataset, *, max_items: int | None = None, batch_size: int = 128) -> dict[str, float]:
         """ELBO and IWAE (K = config.iwae_samples) bits/dim on a held-out dataset, plus the mean
         reconstruction NLL and KL in nats/item. Keeps 16 of its images for `save_figures`."""
-        from genkernels.metrics.nll import bits_per_dim
+        from genkernels.metrics import bits_per_dim
 
         count = len(dataset) if max_items is None else min(len(dataset), max_items)
         if count == 0:

@@ -1,0 +1,1 @@
+from genkernels.ops.reparam_kl import reparam_kl  # noqa: F401

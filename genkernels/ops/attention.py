@@ -245,7 +245,7 @@ def _attention_decode_op(
         from genkernels.kernels import attention as kernels
 
         batch, seqlen_q, num_heads, head_dim = q.shape
-        num_splits = kernels.decode_num_splits(batch, k_cache.shape[2], k_cache.shape[1], head_dim)
+        num_splits = kernels.decode_num_splits(batch, k_cache.shape[2], k_cache.shape[1], head_dim, q.element_size())
         out_partial = q.new_empty((batch, num_heads, seqlen_q, num_splits, head_dim), dtype=torch.float32)
         lse_partial = q.new_empty((batch, num_heads, seqlen_q, num_splits), dtype=torch.float32)
         kernels.attention_decode(wrap_triton, q, k_cache, v_cache, cache_seqlens, out, lse,

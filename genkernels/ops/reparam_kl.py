@@ -12,6 +12,8 @@ Reading order: reference -> host launchers -> torch.library op + autograd -> pub
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from genkernels import _ext
@@ -33,7 +35,7 @@ def reparam_kl_ref(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor) 
     z = mu + torch.exp(0.5 * logvar) * noise.to(mu.dtype)
     acc = torch.promote_types(mu.dtype, torch.float32)
     m, lv = mu.to(acc), logvar.to(acc)
-    kl = 0.5 * (m * m + torch.exp(lv) - 1.0 - lv).reshape(mu.shape[0], -1).sum(dim=1)
+    kl = 0.5 * (m * m + torch.exp(lv) - 1.0 - lv).reshape(mu.shape[0], math.prod(mu.shape[1:])).sum(dim=1)
     return z, kl
 
 

@@ -39,7 +39,9 @@ class TrainConfig:
     progress          show a tqdm progress bar (rank 0 only)
     """
 
-    steps: int = 2000
+    # CPU-friendly: `genkernels train vae` takes a few minutes on 2 cores (families override these
+    # through GenerativeModel.train_defaults)
+    steps: int = 1000
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -49,11 +51,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: str = "fp32"
     ema_decay: float = 0.999
-    eval_every: int = 500
+    eval_every: int = 250
     eval_max_items: Optional[int] = 1024
-    log_every: int = 50
+    log_every: int = 25
     sample_every: int = 0
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 500
     compile: bool = False
     device: str = "auto"
     seed: int = 0

@@ -97,8 +97,9 @@ def move_to(batch: Any, device: torch.device) -> Any:
 def autocast(device: torch.device, precision: str):
     """torch.autocast for "bf16"/"fp16"; a no-op context for "fp32"."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32,
-                          enabled=dtype is not None)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def check_precision(precision: str, device: torch.device) -> None:

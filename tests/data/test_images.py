@@ -50,7 +50,8 @@ def test_corrupt_png_is_named(tmp_path):
 
 
 def test_truncated_png_fails_when_read(tmp_path):
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / "a.png")
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "a.png")
     data = (tmp_path / "a.png").read_bytes()
     (tmp_path / "a.png").write_bytes(data[: len(data) // 2])  # the header survives, the pixels do not
     dataset = ImageFolderDataset(tmp_path, channels=1)

@@ -13,7 +13,8 @@ def test_every_name_resolves():
     assert set(DATASETS) == {"digits", "digits-levels", "moons", "circles", "swissroll", "8gaussians",
                              "checkerboard", "text", "audio"}
     small = {"text": {"max_bytes": 5000}, "audio": {"n": 2, "seconds": 0.1}}
-    small.update({name: {"n": 10} for name in ("moons", "circles", "swissroll", "8gaussians", "checkerboard")})
+    toy_names = ("moons", "circles", "swissroll", "8gaussians", "checkerboard")
+    small.update({name: {"n": 10} for name in toy_names})
     for name in DATASETS:
         dataset = get_dataset(name, "test", **small.get(name, {}))
         assert len(dataset) > 0

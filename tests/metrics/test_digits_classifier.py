@@ -53,6 +53,18 @@ def test_classifier_is_accurate_on_the_test_split(cache):
     assert class_accuracy(images, (labels + 1) % 10) < 0.1
 
 
+@pytest.mark.parametrize("grad_mode", [torch.no_grad, torch.inference_mode])
+def test_first_use_may_come_under_no_grad(tmp_path, monkeypatch, grad_mode):
+    monkeypatch.setenv("GENKERNELS_CACHE", str(tmp_path))
+    monkeypatch.setattr(dc, "_loaded", {})
+    short_recipe = dc.ClassifierConfig(epochs=3)
+    monkeypatch.setattr(dc, "ClassifierConfig", lambda: short_recipe)
+    images, labels = load_digits_tensors("val", "float")
+    with grad_mode():
+        accuracy = class_accuracy(images, labels)  # trains a short-recipe classifier here
+    assert accuracy > 0.5
+
+
 def test_cached_classifier_is_reloaded_without_training(cache, monkeypatch):
     original = digits_classifier().state_dict()
     monkeypatch.setattr(dc, "_loaded", {})
@@ -121,3 +133,14 @@ def test_bad_images(cache):
         class_accuracy(images, labels[:-1])
     with pytest.raises(ValueError, match=">= 2 images"):
         frechet_distance(images[:1], images)
+
+
+def test_unwritable_cache_warns_and_still_returns_a_classifier(tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("GENKERNELS_CACHE", str(blocker))
+    monkeypatch.setattr(dc, "_loaded", {})
+    monkeypatch.setattr(dc, "_train", lambda config: dc.DigitsClassifier(config).eval())
+    with pytest.warns(UserWarning, match="could not cache"):
+        model = digits_classifier()
+    assert isinstance(model, dc.DigitsClassifier) and not model.training

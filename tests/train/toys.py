@@ -55,9 +55,9 @@ class ToyAutoencoder(GenerativeModel):
         return {"loss": mse, "l1": (reconstruction - x).abs().mean()}
 
     @torch.no_grad()
-    def sample(self, n, **conditions):
+    def sample(self, n, temperature: float = 1.0):
         device = self.decoder.weight.device
-        codes = torch.randn(n, self.config.hidden, device=device)
+        codes = temperature * torch.randn(n, self.config.hidden, device=device)
         side = self.config.side
         return torch.sigmoid(self.decoder(codes)).view(n, 1, side, side)
 
