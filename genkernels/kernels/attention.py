@@ -46,25 +46,18 @@ def _capability() -> tuple[int, int]:
     return torch.cuda.get_device_capability()
 
 
-def _fp32_tiles(configs: list[triton.Config], block_d: int) -> list[triton.Config]:
-    """fp32 tiles take twice the shared memory: halve the key block and the pipeline depth."""
-    narrowed, seen = [], set()
-    for cfg in configs:
-        block_n = min(cfg.kwargs["BLOCK_N"], 64 if block_d <= 64 else 32)
-        key = (cfg.kwargs["BLOCK_M"], block_n, cfg.num_warps, min(cfg.num_stages, 2))
-        if key not in seen:
-            seen.add(key)
-            narrowed.append(triton.Config({"BLOCK_M": key[0], "BLOCK_N": key[1]}, num_warps=key[2], num_stages=key[3]))
-    return narrowed
-
-
 def _forward_configs(block_d: int, elem_bytes: int = 2) -> list[triton.Config]:
     """A short list per GPU generation and head-dim class: tuning takes seconds, not minutes."""
-    if elem_bytes == 4 and not triton_interpret():
-        return _fp32_tiles(_forward_configs(block_d), block_d)
     if triton_interpret():
         # The interpreter runs numpy per op: small tiles keep tests fast and exercise many blocks.
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    if elem_bytes == 4:
+        # fp32 is the precision path: IEEE products run on FMA units with operands in registers,
+        # so big tiles spill; small tiles (TF32 included) keep it register-resident.
+        return [
+            triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+            triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+        ]
     major, _ = _capability()
     if major >= 9:  # Hopper: big tiles, deep pipelines (228 KB shared memory per SM)
         if block_d <= 64:
@@ -110,27 +103,26 @@ def backward_config(block_d: int, elem_bytes: int = 2) -> dict:
     """
     if triton_interpret():
         return dict(DKDV_M=16, DKDV_N=16, DQ_M=16, DQ_N=16, num_warps=1, num_stages=1)
+    if elem_bytes == 4:  # see _forward_configs: fp32 keeps tiles small
+        return dict(DKDV_M=32, DKDV_N=32, DQ_M=32, DQ_N=32, num_warps=4, num_stages=2 if block_d <= 128 else 1)
     major, _ = _capability()
-    if block_d <= 64:
-        cfg = dict(DKDV_M=32, DKDV_N=128, DQ_M=128, DQ_N=32, num_warps=4, num_stages=4)
-    elif block_d <= 128:
+    # 8 warps spread the fp32 dK/dV accumulators ((BLOCK_N, D) each) over more registers.
+    if block_d <= 128:
         cfg = dict(DKDV_M=32, DKDV_N=128, DQ_M=128, DQ_N=32, num_warps=8, num_stages=3)
     else:
-        cfg = dict(DKDV_M=32, DKDV_N=64, DQ_M=64, DQ_N=32, num_warps=8, num_stages=2)
-    if major < 9 or elem_bytes == 4:
+        cfg = dict(DKDV_M=32, DKDV_N=32, DQ_M=64, DQ_N=32, num_warps=8, num_stages=2)
+    if major < 9:
         cfg["num_stages"] = min(cfg["num_stages"], 2)
         if block_d > 64:
-            cfg.update(DKDV_N=64, DQ_M=64)
-    if elem_bytes == 4 and block_d > 128:
-        cfg.update(DKDV_N=32, DQ_M=32)
+            cfg.update(DKDV_N=min(cfg["DKDV_N"], 64), DQ_M=64)
     return cfg
 
 
 def decode_config(block_d: int, elem_bytes: int = 2) -> dict:
     if triton_interpret():
         return dict(BLOCK_N=16, num_warps=1, num_stages=1)
-    wide = block_d * elem_bytes <= 256  # K/V rows of at most 256 bytes: 64-key blocks, 3 stages
-    return dict(BLOCK_N=64 if wide else 32, num_warps=4, num_stages=3 if wide else 2)
+    narrow = block_d * elem_bytes <= 256  # K/V rows of at most 256 bytes: 64-key blocks, 3 stages
+    return dict(BLOCK_N=64 if narrow else 32, num_warps=4, num_stages=3 if narrow else 2)
 
 
 @functools.lru_cache(maxsize=None)

@@ -11,15 +11,6 @@ from genkernels.models.gan import GAN, GANConfig
 LOSSES = ["nonsaturating", "hinge", "wgan-gp"]
 
 
-@pytest.fixture
-def one_thread():
-    """Training tests run single-threaded: the same work, no oversubscription on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def classifier():
     """Load (or train and cache) the metrics' digits classifier once, with autograd enabled."""
@@ -139,7 +130,7 @@ def test_larger_images_by_configuration():
     assert torch.isfinite(model.loss(batch, group="discriminator")["loss"])
 
 
-def test_training_beats_the_untrained_generator(classifier, one_thread):
+def test_training_beats_the_untrained_generator(classifier):
     """250 steps of a class-conditional hinge GAN with spectral norm (channels 16, batch 64)."""
     torch.manual_seed(0)
     model = GAN(GANConfig(channels=16, num_classes=10, loss="hinge", spectral_norm=True))
@@ -174,7 +165,7 @@ def test_save_figures(tmp_path):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_trainer_alternates_the_groups(classifier, one_thread):
+def test_trainer_alternates_the_groups(classifier):
     from genkernels.train import TrainConfig, Trainer
 
     model = GAN(_small(num_classes=10))

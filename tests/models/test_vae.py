@@ -22,15 +22,6 @@ LIKELIHOODS = ["bernoulli", "categorical", "logistic"]
 ARCHITECTURES = ["mlp", "conv"]
 
 
-@pytest.fixture
-def one_thread():
-    """Training tests run single-threaded: the same work, no oversubscription on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _batch(n=8, seed=0):
     images, labels = DigitsDataset("train").images, DigitsDataset("train").labels
     idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
@@ -136,7 +127,7 @@ def test_binomial_with_two_levels_is_bernoulli():
 def trained():
     """An untrained and a trained (300 Adam steps, batch 64) MLP VAE with the default likelihood."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # module scope runs before conftest's per-test fixture
     try:
         torch.manual_seed(0)
         config = VAEConfig(hidden=128, latent_dim=8, iwae_samples=16)
@@ -155,7 +146,7 @@ def trained():
         torch.set_num_threads(threads)
 
 
-def test_training_improves_held_out_bounds(trained, one_thread):
+def test_training_improves_held_out_bounds(trained):
     untrained, model = trained
     val = DigitsDataset("val")
     torch.manual_seed(0)
@@ -168,7 +159,7 @@ def test_training_improves_held_out_bounds(trained, one_thread):
     assert after["kl_nats"] > 1.0  # the latent is used (no posterior collapse)
 
 
-def test_anomaly_score_flags_corrupted_digits(trained, one_thread):
+def test_anomaly_score_flags_corrupted_digits(trained):
     _, model = trained
     clean = DigitsDataset("test").images[:100]
     generator = torch.Generator().manual_seed(0)
@@ -194,7 +185,7 @@ def test_save_figures(trained, tmp_path):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_trainer_runs_a_few_steps(tmp_path, one_thread):
+def test_trainer_runs_a_few_steps(tmp_path):
     from genkernels.train import TrainConfig, Trainer
 
     model = VAE(_small())
