@@ -54,9 +54,14 @@ def _forward_configs(block_d: int, elem_bytes: int = 2) -> list[triton.Config]:
     if elem_bytes == 4:
         # fp32 is the precision path: IEEE products run on FMA units with operands in registers,
         # so big tiles spill; small tiles (TF32 included) keep it register-resident.
+        if block_d <= 64:
+            return [
+                triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+                triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+            ]
         return [
-            triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
-            triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+            triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+            triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=2),
         ]
     major, _ = _capability()
     if major >= 9:  # Hopper: big tiles, deep pipelines (228 KB shared memory per SM)
@@ -104,17 +109,18 @@ def backward_config(block_d: int, elem_bytes: int = 2) -> dict:
     if triton_interpret():
         return dict(DKDV_M=16, DKDV_N=16, DQ_M=16, DQ_N=16, num_warps=1, num_stages=1)
     if elem_bytes == 4:  # see _forward_configs: fp32 keeps tiles small
-        return dict(DKDV_M=32, DKDV_N=32, DQ_M=32, DQ_N=32, num_warps=4, num_stages=2 if block_d <= 128 else 1)
+        return dict(DKDV_M=16, DKDV_N=32, DQ_M=32, DQ_N=16, num_warps=4 if block_d <= 64 else 8,
+                    num_stages=2 if block_d <= 128 else 1)
     major, _ = _capability()
     # 8 warps spread the fp32 dK/dV accumulators ((BLOCK_N, D) each) over more registers.
     if block_d <= 128:
         cfg = dict(DKDV_M=32, DKDV_N=128, DQ_M=128, DQ_N=32, num_warps=8, num_stages=3)
     else:
-        cfg = dict(DKDV_M=32, DKDV_N=32, DQ_M=64, DQ_N=32, num_warps=8, num_stages=2)
+        cfg = dict(DKDV_M=32, DKDV_N=32, DQ_M=32, DQ_N=32, num_warps=8, num_stages=2)
     if major < 9:
         cfg["num_stages"] = min(cfg["num_stages"], 2)
         if block_d > 64:
-            cfg.update(DKDV_N=min(cfg["DKDV_N"], 64), DQ_M=64)
+            cfg.update(DKDV_N=min(cfg["DKDV_N"], 64), DQ_M=min(cfg["DQ_M"], 64))
     return cfg
 
 

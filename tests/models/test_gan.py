@@ -13,7 +13,7 @@ LOSSES = ["nonsaturating", "hinge", "wgan-gp"]
 
 @pytest.fixture(scope="module")
 def classifier():
-    """Load (or train and cache) the metrics' digits classifier once, with autograd enabled."""
+    """Load (or train and cache) the metrics' digits classifier once, before the tests that use it."""
     from genkernels.metrics import digits_classifier
 
     return digits_classifier()
