@@ -4,6 +4,8 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 #include "common/macros.h"
 
@@ -100,6 +102,9 @@ template <> struct Storage<bf16_t> {
   static GK_HD float load(const bf16_t* p, int64_t i) { return bf16_to_float(p[i].bits); }
   static GK_HD void store(bf16_t* p, int64_t i, float v) { p[i].bits = float_to_bf16(v); }
 };
+
+// Raw pointer (as passed from Python) to a typed pointer.
+template <typename T> T* as(uintptr_t p) { return reinterpret_cast<T*>(p); }
 
 template <typename T> GK_HD float load(const T* p, int64_t i) { return Storage<T>::load(p, i); }
 template <typename T> GK_HD void store(T* p, int64_t i, float v) { Storage<T>::store(p, i, v); }

@@ -52,8 +52,6 @@ GK_DIFFUSION_ENTRY_POINTS(cuda, , int device, uintptr_t stream)
 int cuda_device_count();
 
 // ---- shared bodies -------------------------------------------------------------------------
-template <typename T> T* as(uintptr_t p) { return reinterpret_cast<T*>(p); }
-
 inline StepIndex step_index(uintptr_t ptr, int64_t scalar) { return {as<const int64_t>(ptr), scalar}; }
 
 inline void check_prediction(int prediction, const char* op) {

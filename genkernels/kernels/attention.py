@@ -85,7 +85,7 @@ def _forward_configs(block_d: int, elem_bytes: int = 2) -> list[triton.Config]:
     if major == 8:  # Ampere/Ada: 164/100 KB shared memory
         if block_d <= 128:
             return [
-                triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+                triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
                 triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=3),
                 triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
             ]
@@ -127,8 +127,10 @@ def backward_config(block_d: int, elem_bytes: int = 2) -> dict:
 def decode_config(block_d: int, elem_bytes: int = 2) -> dict:
     if triton_interpret():
         return dict(BLOCK_N=16, num_warps=1, num_stages=1)
-    narrow = block_d * elem_bytes <= 256  # K/V rows of at most 256 bytes: 64-key blocks, 3 stages
-    return dict(BLOCK_N=64 if narrow else 32, num_warps=4, num_stages=3 if narrow else 2)
+    row_bytes = block_d * elem_bytes  # one K or V row; wider rows get fewer keys per block
+    if row_bytes <= 256:
+        return dict(BLOCK_N=64, num_warps=4, num_stages=3)
+    return dict(BLOCK_N=32 if row_bytes <= 512 else 16, num_warps=4, num_stages=2)
 
 
 @functools.lru_cache(maxsize=None)

@@ -17,7 +17,7 @@ import math
 import torch
 
 from genkernels import _ext
-from genkernels.ops import _diffusion_args as args  # generic helpers: backend choice, launch, (N, D) views
+from genkernels.ops import _args as args
 from genkernels.ops._library import define, lib
 from genkernels.ops.philox import _check_seed, philox_normal
 
