@@ -92,6 +92,9 @@ def backend_status(name: str, device_type: str) -> str | None:
     return None
 
 
+_default_choice: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
 def select(op: str, device: torch.device, supported: tuple[str, ...]) -> str:
     """The backend op `op` uses for tensors on `device`, given the backends it implements."""
     forced = forced_backend()
@@ -104,11 +107,13 @@ def select(op: str, device: torch.device, supported: tuple[str, ...]) -> str:
         if reason is not None:
             raise ValueError(f"genkernels backend {forced!r} cannot run {op}: {reason}")
         return forced
-    preference = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
-    for name in preference:
-        if name in supported and backend_status(name, device.type) is None:
-            return name
-    return "torch"
+    key = (device.type, supported)
+    choice = _default_choice.get(key)
+    if choice is None:  # availability is fixed for the process, so the automatic choice is cached
+        preference = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
+        choice = next((n for n in preference if n in supported and backend_status(n, device.type) is None), "torch")
+        _default_choice[key] = choice
+    return choice
 
 
 def available_backends() -> dict[str, dict[str, str | None]]:

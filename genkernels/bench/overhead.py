@@ -1,8 +1,9 @@
 """Host overhead per call on a tiny tensor: the cost of the op machinery, not of the math.
 
-Compares a direct torch.add, the registered genkernels op (Library.define/impl route) called via
-torch.ops, the public function (validation included), and the same kernel wrapped with
-torch.library.custom_op (the alternative route), all on a 16-element CPU tensor.
+Compares a direct torch.add, the registered genkernels op (Library.define/impl + register_autograd)
+called via torch.ops, the same kernel wrapped with torch.library.custom_op (the alternative
+route), and the public function (validation included) on its two paths: with no autograd needed it
+calls the kernel directly (no dispatcher hop), otherwise it goes through the registered op.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def _custom_op_twin():
 def overhead_rows(numel: int = 16):
     sched = make_schedule("linear", 1000)
     x0, noise = torch.randn(1, numel), torch.randn(1, numel)
+    x0_grad = x0.clone().requires_grad_()
     t = torch.tensor([10])
     table = sched.table("cpu")
     twin = _custom_op_twin()
@@ -36,7 +38,8 @@ def overhead_rows(numel: int = 16):
         "torch.ops.genkernels.q_sample (Library.define)": lambda: torch.ops.genkernels.q_sample(
             x0, noise, t, 0, table, False),
         "torch.library.custom_op twin": lambda: twin(x0, noise, t, table),
-        "genkernels.diffusion.q_sample (public, validated)": lambda: q_sample(x0, noise, t, sched),
+        "genkernels.diffusion.q_sample (public, no grad: direct kernel call)": lambda: q_sample(x0, noise, t, sched),
+        "genkernels.diffusion.q_sample (public, input requires grad: op)": lambda: q_sample(x0_grad, noise, t, sched),
     }
     rows = []
     for name, fn in cases.items():

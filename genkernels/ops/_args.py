@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from genkernels import _ext
+from genkernels import _backend, _ext
 
 FAST_DTYPES = tuple(_ext.DTYPE_CODES)
 
@@ -26,8 +26,6 @@ def check_tensor(name: str, x, *, like: torch.Tensor | None = None, like_name: s
 
 def choose_backend(op: str, x: torch.Tensor) -> str:
     """Backend for a C++/CUDA-backed op on x: the fast kernels store fp32/fp16/bf16; others use torch."""
-    from genkernels import _backend
-
     backend = _backend.select(op, x.device, ("torch", "cpu", "cuda"))
     if backend != "torch" and x.dtype not in FAST_DTYPES:
         if _backend.forced_backend() == backend:
@@ -42,12 +40,31 @@ def launch(backend: str, kernel: str, *args, like: torch.Tensor) -> None:
     else:
         getattr(_ext._cuda, kernel)(*args, device_index(like), _ext.stream_of(like))
 
+def direct_call_ok(*tensors: torch.Tensor | None) -> bool:
+    """True when a public function may call an op's kernel directly instead of through the dispatcher.
+
+    That is equivalent whenever no autograd graph is needed, nothing traces (torch.compile, make_fx)
+    and no torch-function/dispatch mode or tensor subclass is active; it saves the dispatcher and
+    autograd-wrapper hops (tens of microseconds), which matters for ops called once per sampler step.
+    """
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack():
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is not None and (type(t) is not torch.Tensor or (grad and t.requires_grad)):
+            return False
+    return True
+
+
 def as_2d(x: torch.Tensor) -> torch.Tensor:
     """(N, ...) -> contiguous (N, D) view the kernels index as n * D + i."""
+    x = x.contiguous()
+    if x.numel():
+        return x.view(x.shape[0], -1)
     per_sample = 1
     for size in x.shape[1:]:
         per_sample *= size
-    return x.contiguous().view(x.shape[0], per_sample)
+    return x.view(x.shape[0], per_sample)
 
 def device_index(x: torch.Tensor) -> int:
     return x.device.index if x.device.index is not None else torch.cuda.current_device()

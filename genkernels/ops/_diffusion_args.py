@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from genkernels.ops._args import (  # noqa: F401  (re-exported for the diffusion op files)
-    _ext, as_2d, check_tensor, choose_backend, dense, device_index, kernel_steps, launch,
+    _ext, as_2d, check_tensor, choose_backend, dense, device_index, direct_call_ok, kernel_steps, launch,
 )
 
 PREDICTIONS = {"epsilon": 0, "sample": 1, "v": 2}
@@ -43,7 +43,7 @@ def timesteps(name: str, t, batch: int, device: torch.device, num_steps: int, *,
     if t.device != device:
         raise ValueError(f"{name} must be on the inputs' device {device}, got {t.device}")
     if t.device.type == "cpu" and t.numel() > 0 and not compiling:  # data-dependent: eager only
-        lo, hi = int(t.min()), int(t.max())
+        lo, hi = (int(v) for v in t.aminmax())
         if lo < low or hi >= num_steps:
             raise ValueError(f"{name} must be in [{low}, {num_steps}) for this schedule, got values in [{lo}, {hi}]")
     return t.to(torch.int64).contiguous(), 0

@@ -79,7 +79,7 @@ def _sse_backward_kernel(grad_sse, model_output, x0, noise, t, t_scalar, table, 
     if backend == "torch":
         return diffusion_sse_backward_reference(grad_sse, model_output, x0, noise, table, t, t_scalar, prediction)
     m, x, e, t_ptr = _common(model_output, x0, noise, t)
-    grads = [torch.empty(x0.shape, dtype=x0.dtype, device=x0.device) for _ in range(3)]
+    grads = [torch.empty_like(x0, memory_format=torch.contiguous_format) for _ in range(3)]
     n, d = m.shape
     if n * d:
         g = grad_sse.to(torch.float32).contiguous()

@@ -37,7 +37,7 @@ def _q_sample_kernel(x0, noise, t, t_scalar, table, velocity):
         x_t, v = q_sample_reference(x0, noise, table, t, t_scalar, velocity)
         return x_t, v if velocity else x0.new_empty(0)
     x0_2d, noise_2d = args.as_2d(x0), args.as_2d(noise)
-    x_t = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
+    x_t = torch.empty_like(x0, memory_format=torch.contiguous_format)
     v = torch.empty_like(x_t) if velocity else x0.new_empty(0)
     n, d = x0_2d.shape
     if n * d:
@@ -60,7 +60,7 @@ def _q_sample_backward_kernel(grad_x_t, grad_velocity, t, t_scalar, table):
         return q_sample_backward_reference(grad_x_t, grad_velocity, table, t, t_scalar)
     g_xt = args.as_2d(grad_x_t)
     g_v = args.as_2d(grad_velocity) if grad_velocity is not None else None
-    grad_x0 = torch.empty(grad_x_t.shape, dtype=grad_x_t.dtype, device=grad_x_t.device)
+    grad_x0 = torch.empty_like(grad_x_t, memory_format=torch.contiguous_format)
     grad_noise = torch.empty_like(grad_x0)
     n, d = g_xt.shape
     if n * d:
@@ -115,6 +115,7 @@ def q_sample(x0: torch.Tensor, noise: torch.Tensor, t, schedule, prediction: str
     args.check_tensor("noise", noise, like=x0, like_name="x0")
     t_tensor, t_scalar = args.timesteps("t", t, x0.shape[0], x0.device, schedule.num_steps)
     table = schedule.table(x0.device)
-    x_t, v = torch.ops.genkernels.q_sample(x0, noise, t_tensor, t_scalar, table, code == 2)
+    call = _q_sample_kernel if args.direct_call_ok(x0, noise) else torch.ops.genkernels.q_sample.default
+    x_t, v = call(x0, noise, t_tensor, t_scalar, table, code == 2)
     target = noise if code == 0 else x0 if code == 1 else v
     return x_t, target

@@ -109,7 +109,7 @@ def _step_kernel(model_output, model_output_uncond, x_t, t, t_scalar, t_prev, t_
                                       offset)
     m, x = args.as_2d(model_output), args.as_2d(x_t)
     mu = args.as_2d(model_output_uncond) if model_output_uncond is not None else None
-    out = torch.empty(x_t.shape, dtype=x_t.dtype, device=x_t.device)
+    out = torch.empty_like(x_t, memory_format=torch.contiguous_format)
     n, d = x.shape
     if n * d:
         args.launch(backend, "sampler_step", kind, prediction, m.data_ptr(), _ptr(mu), x.data_ptr(), out.data_ptr(),
@@ -135,7 +135,7 @@ def _step_backward_kernel(grad, model_output, model_output_uncond, x_t, t, t_sca
         return g_m, g_mu if g_mu is not None else x_t.new_empty(0), g_xt
     g, m, x = args.as_2d(grad), args.as_2d(model_output), args.as_2d(x_t)
     mu = args.as_2d(model_output_uncond) if model_output_uncond is not None else None
-    g_m = torch.empty(x_t.shape, dtype=x_t.dtype, device=x_t.device)
+    g_m = torch.empty_like(x_t, memory_format=torch.contiguous_format)
     g_mu = torch.empty_like(g_m) if mu is not None else x_t.new_empty(0)
     g_xt = torch.empty_like(g_m)
     n, d = x.shape
@@ -180,6 +180,11 @@ torch.library.register_autograd("genkernels::sampler_step", _backward, setup_con
 
 
 # ---- public functions ----------------------------------------------------------------------------
+def _call(*tensors):
+    """The kernel itself when no autograd/tracing is involved (sampling loops), else the registered op."""
+    return _step_kernel if args.direct_call_ok(*tensors) else torch.ops.genkernels.sampler_step.default
+
+
 def _prepare(model_output, x_t, t, schedule, prediction, seed, offset, clip_x0, guidance_scale, model_output_uncond):
     code = args.prediction_code(prediction)
     args.check_tensor("x_t", x_t)
@@ -224,7 +229,7 @@ def ddpm_step(model_output, x_t, t, schedule, *, prediction: str = "epsilon", se
         raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
     code, t_tensor, t_scalar, offset, clip, guidance = _prepare(
         model_output, x_t, t, schedule, prediction, seed, offset, clip_x0, guidance_scale, model_output_uncond)
-    return torch.ops.genkernels.sampler_step(
+    return _call(model_output, model_output_uncond, x_t)(
         model_output, model_output_uncond, x_t, t_tensor, t_scalar, None, 0, schedule.table(x_t.device), DDPM, code,
         guidance, clip, 0.0, variance == "large", seed, offset)
 
@@ -246,6 +251,6 @@ def ddim_step(model_output, x_t, t, t_prev, schedule, *, eta: float = 0.0, predi
                                           allow_final=True)
     if t_tensor is None and tp_tensor is None and not tp_scalar < t_scalar:
         raise ValueError(f"t_prev must be smaller than t, got t={t_scalar}, t_prev={tp_scalar}")
-    return torch.ops.genkernels.sampler_step(
+    return _call(model_output, model_output_uncond, x_t)(
         model_output, model_output_uncond, x_t, t_tensor, t_scalar, tp_tensor, tp_scalar, schedule.table(x_t.device),
         DDIM, code, guidance, clip, float(eta), False, seed, offset)

@@ -115,3 +115,14 @@ def test_opcheck(permute):
     op = torch.ops.genkernels.sampler_step.default
     torch.library.opcheck(op, (m, None, x, t, 0, None, 0, table, 0, 2, 1.0, 1.0, 0.0, False, 3, 4))
     torch.library.opcheck(op, (m, u, x, None, 50, torch.tensor([-1, 4, 49]), 0, table, 1, 0, 2.5, math.inf, 0.5, False, 3, 4))
+
+
+def test_direct_call_path_equals_the_registered_op():
+    """Without autograd the public functions call the kernel directly; the results must not change."""
+    m, x, u = (torch.randn(3, 40) for _ in range(3))
+    with torch.no_grad():
+        direct = ddim_step(m, x, 60, 20, SCHED, eta=0.3, seed=4, guidance_scale=2.0, model_output_uncond=u)
+    via_op = ddim_step(m.requires_grad_(), x, 60, 20, SCHED, eta=0.3, seed=4, guidance_scale=2.0,
+                       model_output_uncond=u)
+    assert via_op.grad_fn is not None
+    torch.testing.assert_close(direct, via_op.detach(), rtol=0, atol=0)
