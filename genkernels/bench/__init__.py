@@ -1,4 +1,4 @@
-"""`genkernels bench`: time every op for each provider and print a table with speedups.
+"""`genkernels bench`: time every fused op for each provider and print tables with speedups.
 
 Per op: reference eager, torch.compile of the reference, and each fast backend present, measured
 in one run (median of repeated timings, warm-up and compilation excluded), plus achieved GB/s and,
@@ -12,6 +12,7 @@ import json
 
 import torch
 
+SUITES = ("diffusion", "attention", "overhead")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -54,7 +55,10 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--numel", type=int, default=1 << 22, help="elements per op call (default 2^22)")
     parser.add_argument("--batch", type=int, default=16, help="samples the elements are split into")
-    parser.add_argument("--ops", nargs="+", choices=diffusion.OPS, default=list(diffusion.OPS))
+    parser.add_argument("--suite", nargs="+", choices=SUITES, default=list(SUITES),
+                        help="which tables to run (default: all)")
+    parser.add_argument("--ops", nargs="+", choices=diffusion.OPS, default=list(diffusion.OPS),
+                        help="diffusion ops to time (default: all)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
     parser.add_argument("--no-overhead", action="store_true", help="skip the per-call overhead table")
     parser.add_argument("--json", help="also write results (with device and versions) to this JSON file")
@@ -67,17 +71,24 @@ def main(argv=None) -> int:
 
     env = environment(device)
     print("genkernels bench on " + ", ".join(f"{k}={v}" for k, v in env.items()))
-    rows = run_diffusion(device, DTYPES[args.dtype], args.numel, args.batch, args.ops, not args.no_compile)
-    columns = ["op", "provider", "dtype", "numel", "ms", "GB/s", "speedup_vs_eager"]
-    if device.type == "cuda":
-        bandwidth = copy_bandwidth(device)
-        env["copy_GB/s"] = bandwidth / 1e9
-        for r in rows:
-            r["fraction_of_copy_bw"] = r["GB/s"] * 1e9 / bandwidth
-        columns.append("fraction_of_copy_bw")
-    print("\n" + format_table(rows, columns))
-    result = {"environment": env, "diffusion": rows}
-    if not args.no_overhead:
+    result = {"environment": env}
+    if "diffusion" in args.suite:
+        rows = run_diffusion(device, DTYPES[args.dtype], args.numel, args.batch, args.ops, not args.no_compile)
+        columns = ["op", "provider", "dtype", "numel", "ms", "GB/s", "speedup_vs_eager"]
+        if device.type == "cuda":
+            bandwidth = copy_bandwidth(device)
+            env["copy_GB/s"] = bandwidth / 1e9
+            for r in rows:
+                r["fraction_of_copy_bw"] = r["GB/s"] * 1e9 / bandwidth
+            columns.append("fraction_of_copy_bw")
+        print("\ndiffusion ops:\n" + format_table(rows, columns))
+        result["diffusion"] = rows
+    if "attention" in args.suite:
+        from genkernels.bench import attention
+
+        print("\nattention:")
+        result["attention"] = attention.run_suite(device)
+    if "overhead" in args.suite and not args.no_overhead:
         over = overhead.overhead_rows()
         print("\nper-call host overhead (16-element CPU tensor):\n" + format_table(over, ["case", "us_per_call"]))
         result["overhead"] = over
