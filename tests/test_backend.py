@@ -82,3 +82,10 @@ def test_source_tree_without_extension_falls_back_to_reference():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "torch.Size([2, 3])" in out.stdout and "raised True" in out.stdout
+
+
+def test_cuda_kernels_raise_a_clear_error_without_a_gpu():
+    if _ext._cuda is None or torch.cuda.is_available():
+        pytest.skip("needs the CUDA module built on a machine without a GPU")
+    with pytest.raises(RuntimeError, match="genkernels"):
+        _ext._cuda.philox_normal(0, 1, 4, 0, 0, 0, 0, 0)
