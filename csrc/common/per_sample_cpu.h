@@ -31,9 +31,18 @@ void per_sample_reduce_cpu(const Op& op, int64_t N, int64_t D, float* partials) 
   for (int64_t u = 0; u < units; ++u) {
     const int64_t n = u / chunks, begin = (u % chunks) * kChunk, end = std::min(D, begin + kChunk);
     auto state = op.begin(n);
-    double acc = 0.0;
-    for (int64_t i = begin; i < end; ++i) acc += op.term(state, n, i);
-    partials[u] = static_cast<float>(acc);
+    // Four independent double accumulators: breaks the add dependency chain (the compiler may not
+    // reassociate FP adds itself) while keeping a fixed, thread-count-independent order.
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t i = begin;
+    for (; i + 4 <= end; i += 4) {
+      acc[0] += op.term(state, n, i);
+      acc[1] += op.term(state, n, i + 1);
+      acc[2] += op.term(state, n, i + 2);
+      acc[3] += op.term(state, n, i + 3);
+    }
+    for (; i < end; ++i) acc[0] += op.term(state, n, i);
+    partials[u] = static_cast<float>((acc[0] + acc[1]) + (acc[2] + acc[3]));
   }
 }
 
