@@ -45,12 +45,14 @@ class GANConfig:
     embed_dim       size of the generator's label embedding (class-conditional only)
 
     Widths: the generator's stage s (from the smallest resolution) has channels * 2^(stages - s)
-    channels, halving as the resolution doubles; the discriminator mirrors it.
+    channels, halving as the resolution doubles; the discriminator mirrors it. channels=16 is
+    plenty for 8x8 digits (unconditional Fréchet distance ~80 after 1000 steps, 20 s on 2 CPU
+    cores; channels=32 reaches ~75 in twice the time).
     """
 
     image_shape: tuple[int, int, int] = (1, 8, 8)
     latent_dim: int = 32
-    channels: int = 64
+    channels: int = 16
     num_upsamples: int = 2
     loss: str = "hinge"
     gp_weight: float = 10.0
@@ -138,10 +140,17 @@ class GAN(GenerativeModel):
     name = "gan"
     config_class = GANConfig
     default_data = "digits"
-    # Adam with beta1 = 0.5 (Radford et al.), no weight decay or warm-up. No gradient clipping:
-    # the generator's gradient norm is ~10 early on, and clipping it to 1 stalls training (250
-    # digits steps: class accuracy 0.25 clipped vs 0.96 unclipped).
-    train_defaults = {"lr": 2e-4, "betas": (0.5, 0.999), "weight_decay": 0.0, "warmup_steps": 0, "grad_clip": 0.0}
+    # Adam betas (0, 0.9), as SN-GAN uses with the hinge loss (Miyato et al. 2018). With DCGAN's
+    # beta1 = 0.5 the unconditional GAN collapses on the digits within ~50 steps (hinge or
+    # non-saturating, lr 2e-4 or 1e-3, with or without spectral norm or G's batch norm): early
+    # on D's input gradient points the same way for every fake, momentum keeps pushing G along
+    # that shared direction, and G grows its z-independent path until every sample is one image
+    # (Fréchet distance ~1200-1500 vs ~80 with beta1 = 0). lr 1e-3 with batch 64 trains in 1000
+    # steps (lr 2e-4: FD ~200). No weight decay or warm-up. No gradient clipping: the generator's
+    # gradient norm is ~10 early on, and clipping it to 1 stalls training (250 digits steps:
+    # class accuracy 0.25 clipped vs 0.96 unclipped).
+    train_defaults = {"lr": 1e-3, "betas": (0.0, 0.9), "batch_size": 64, "steps": 1000, "weight_decay": 0.0,
+                      "warmup_steps": 0, "grad_clip": 0.0}
 
     def __init__(self, config: GANConfig | None = None):
         super().__init__(config if config is not None else GANConfig())

@@ -156,6 +156,23 @@ def test_training_beats_the_untrained_generator(classifier):
     assert after["frechet_distance"] < 0.5 * before["frechet_distance"]
 
 
+def test_default_training_does_not_collapse(classifier):
+    """Unconditional GAN, GANConfig() and GAN.train_defaults through the Trainer (EMA, cosine decay),
+    500 steps. With Adam beta1 = 0.5 every sample became the same image within ~50 steps
+    (per-pixel std across samples ~0.03, Fréchet distance ~1300); real digits have std ~0.23."""
+    from genkernels.train import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    model = GAN(GANConfig())
+    config = TrainConfig(**{**GAN.train_defaults, "steps": 500}, eval_every=0, eval_max_items=300,
+                         checkpoint_every=0, device="cpu", out_dir=None, progress=False)
+    trainer = Trainer(model, DigitsDataset("train"), DigitsDataset("val"), config)
+    history = trainer.fit()
+    samples = trainer.sample(300)  # (300, 1, 8, 8), EMA weights
+    assert samples.std(dim=0).mean() > 0.1
+    assert history[-1]["eval/frechet_distance"] < 700
+
+
 def test_save_figures(tmp_path):
     model = GAN(_small(num_classes=10)).eval()
     paths = model.save_figures(tmp_path, model.sample(16))
