@@ -212,6 +212,13 @@ def run_suite(device) -> dict:
         training = run_training(device, dtype, [64, 128], [64], total_tokens=128)
         decode = run_decode(device, dtype, [128, 512], batch=2, heads=4, kv_heads=2, head_dim=64)
     info = environment(device)
+    if device.type == "cuda":  # the roofline: fraction of this GPU's measured matmul rate
+        from genkernels.bench.timing import matmul_peak
+
+        peak = matmul_peak(device, dtype)
+        info["matmul_TFLOP/s"] = peak / 1e12
+        for row in training:
+            row["fraction_of_matmul_peak"] = row["tflops"] * 1e12 / peak
     print(", ".join(f"{k}={v}" for k, v in info.items()))
     print_table(training, ["provider", "seqlen", "head_dim", "causal", "mode", "batch", "heads"], "tflops", "TFLOP/s")
     print()

@@ -45,6 +45,15 @@ def copy_bandwidth(device, numel: int = 1 << 26) -> float:
     return 2 * src.numel() * src.element_size() / seconds
 
 
+def matmul_peak(device, dtype=torch.bfloat16, size: int = 8192) -> float:
+    """Measured dense matmul rate in FLOP/s (the compute roofline for attention), via torch.matmul."""
+    device = torch.device(device)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds = measure(lambda: a @ b, device, repeat=10)
+    return 2.0 * size**3 / seconds
+
+
 def environment(device) -> dict:
     """Device and versions, recorded beside every result."""
     import platform
