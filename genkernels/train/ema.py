@@ -12,8 +12,10 @@ class EMA:
 
     The decay warms up, d_n = min(decay, (1 + n) / (10 + n)) for the n-th update (n from 0), as
     in TensorFlow's ExponentialMovingAverage with num_updates: a fixed 0.999 would keep ~14% of
-    the random initialisation after 2000 steps. Only parameters are averaged; buffers (e.g.
-    batch-norm statistics) are the model's own.
+    the random initialisation after 2000 steps. Floating-point buffers (batch-norm running
+    statistics) are averaged with the same decay, so evaluation with the averaged weights also uses
+    statistics that match them (the live ones belong to the live weights); other buffers (counters)
+    are copied.
 
     Usage: `ema.store(); ema.copy_to(); ...evaluate...; ema.restore()`, or `with ema.averaged():`.
     """
@@ -23,8 +25,12 @@ class EMA:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay!r}")
         self.decay = float(decay)
         self.num_updates = 0
+        # parameters and buffers under one namespace (their names never collide in a Module)
         self._params = dict(model.named_parameters())
+        self._params.update(model.named_buffers())
         self.shadow = {name: p.detach().clone() for name, p in self._params.items()}
+        self._averaged = [n for n, p in self._params.items() if p.is_floating_point()]
+        self._copied = [n for n, p in self._params.items() if not p.is_floating_point()]
         self._stored: dict[str, torch.Tensor] | None = None
 
     def decay_at(self, num_updates: int) -> float:
@@ -33,10 +39,13 @@ class EMA:
     @torch.no_grad()
     def update(self) -> None:
         weight = 1.0 - self.decay_at(self.num_updates)
-        names = list(self.shadow)
+        names = self._averaged
         # lerp: shadow + weight * (param - shadow) == decay * shadow + (1 - decay) * param
-        torch._foreach_lerp_([self.shadow[n] for n in names],
-                             [self._params[n].detach() for n in names], weight)
+        if names:
+            torch._foreach_lerp_([self.shadow[n] for n in names],
+                                 [self._params[n].detach() for n in names], weight)
+        for n in self._copied:
+            self.shadow[n].copy_(self._params[n])
         self.num_updates += 1
 
     @torch.no_grad()

@@ -97,6 +97,20 @@ def test_ema_store_copy_to_restore():
         ema.restore()
 
 
+def test_ema_averages_batch_norm_statistics_and_copies_counters():
+    bn = nn.BatchNorm1d(2)
+    ema = EMA(bn, decay=0.5)
+    with torch.no_grad():
+        bn.running_mean.fill_(4.0)
+        bn.num_batches_tracked.fill_(7)
+    ema.update()  # first update: decay min(0.5, 1/10) = 0.1
+    torch.testing.assert_close(ema.shadow["running_mean"], torch.full((2,), 0.9 * 4.0))
+    assert int(ema.shadow["num_batches_tracked"]) == 7
+    with ema.averaged():
+        torch.testing.assert_close(bn.running_mean, torch.full((2,), 3.6))
+    torch.testing.assert_close(bn.running_mean, torch.full((2,), 4.0))
+
+
 def test_trainer_evaluates_and_samples_with_ema_weights_then_restores_live_ones():
     trainer = make_trainer(ema_decay=0.5)
     trainer.fit()
