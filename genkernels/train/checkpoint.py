@@ -340,8 +340,10 @@ def load_model(path: str | Path, *, ema: bool = True, map_location: str | torch.
     if ema and checkpoint.ema_state is not None:
         with torch.no_grad():
             params = dict(model.named_parameters())
+            params.update(model.named_buffers())  # the EMA also holds buffers (see train/ema.py)
             if set(params) != set(checkpoint.ema_state):
-                raise ValueError(f"{checkpoint.path / 'ema.safetensors'} does not match the model's parameters")
+                raise ValueError(f"{checkpoint.path / 'ema.safetensors'} does not match the model's parameters"
+                                 " and buffers")
             for name, value in checkpoint.ema_state.items():
                 params[name].copy_(value)
     model.eval()
