@@ -176,6 +176,29 @@ def _model_config(model_class, options: Sequence[str]):
         raise UsageError(f"invalid {model_class.name} config {values}: {error}") from error
 
 
+def _fit_to_data(model_class, options: Sequence[str], dataset, data_name) -> list[str]:
+    """Add --set options so an image model matches the data: image_shape from the first item and,
+    for 8-bit image folders, num_levels=256. Options the user gave win. Non-image data for an image
+    model is a usage error rather than a shape mismatch deep inside the model."""
+    fields = {f.name for f in dataclasses.fields(model_class.config_class)} \
+        if dataclasses.is_dataclass(model_class.config_class) else set()
+    if "image_shape" not in fields:
+        return list(options)
+    kind = getattr(dataset, "kind", None)
+    if kind not in ("image", "image-levels"):
+        raise UsageError(f"{model_class.name} trains on images, but data {str(data_name)!r} is {kind or 'not images'}; "
+                         f"use --data digits or a folder of images")
+    given = {option.partition("=")[0] for option in options}
+    item = dataset[0]
+    image = item[0] if isinstance(item, (tuple, list)) else item
+    extra = []
+    if "image_shape" not in given:
+        extra.append(f"image_shape={tuple(int(s) for s in image.shape)}")
+    if "num_levels" in fields and "num_levels" not in given:
+        extra.append(f"num_levels={int(getattr(dataset, 'num_levels', 256))}")
+    return list(options) + extra
+
+
 def _train_config(args, model_class, base: Optional[dict[str, Any]], out_dir: Path):
     from genkernels.train.config import TrainConfig
 
@@ -221,7 +244,7 @@ def _train(args) -> int:
 
     torch.manual_seed(train_config.seed)  # the initial weights
     model = (model_class.from_config_dict(checkpoint.model_config) if checkpoint
-             else _model_config(model_class, args.model_options))
+             else _model_config(model_class, _fit_to_data(model_class, args.model_options, train_set, data)))
     try:
         trainer = Trainer(model, train_set, val_set, train_config, metadata={"data": str(data)})
         if checkpoint is not None:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from genkernels.cli import main
 from genkernels.models import REGISTRY
@@ -144,6 +145,32 @@ def test_zoo_model_smoke(capsys, tmp_path, model):
     code, out, err = run(capsys, "eval", str(out_dir), "--max-items", "32", "--device", "cpu")
     assert code == 0, err
     assert json.loads(out)["model"] == model
+
+
+@pytest.mark.parametrize("model", ["vae", "gan"])
+def test_zoo_model_fits_a_user_image_folder(capsys, tmp_path, model):
+    """A folder of 16x16 RGB images: image_shape (and num_levels) come from the data."""
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for i in range(24):
+        pixels = (torch.rand(16, 16, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    out_dir = tmp_path / model
+    code, _, err = run(capsys, "train", model, "--data", str(folder), "--out", str(out_dir), *QUICK)
+    assert code == 0, err
+    config = json.loads((out_dir / "checkpoint" / "trainer.json").read_text())
+    assert list(config["model"]["config"]["image_shape"]) == [3, 16, 16]
+    code, _, err = run(capsys, "sample", str(out_dir), "-n", "4", "--out", str(tmp_path / "s"), "--device", "cpu")
+    assert code == 0, err
+
+
+def test_image_model_on_non_image_data_fails_in_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "vae", "--data", "moons", "--out", str(tmp_path / "r"), *QUICK)
+    assert code != 0
+    assert "vae trains on images" in err and "moons" in err and "Traceback" not in err
 
 
 # -- delegated commands --------------------------------------------------------------------

@@ -248,16 +248,19 @@ class GAN(GenerativeModel):
     # -- evaluation and figures -------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, dataset, *, max_items: int | None = None) -> dict[str, float]:
-        """Digits-classifier metrics of as many samples as evaluated items (at most 1000):
+        """For 8x8 single-channel images (digits), digits-classifier metrics of as many samples as
+        evaluated items (at most 1000):
         Fréchet distance to the dataset's images, and, class-conditional, the classifier accuracy
         of samples generated for the dataset's labels."""
         from genkernels.metrics import digits_sample_metrics
 
+        if tuple(self.config.image_shape) != (1, 8, 8):
+            return {}  # the metrics' classifier knows 8x8 digits only; other images get the losses alone
         count = min(len(dataset), 1000 if max_items is None else max_items)
         if count < 2:
             raise ValueError(f"evaluate needs >= 2 items, got {count}")
         items = [dataset[i] for i in range(count)]
-        real = torch.stack([item[0] for item in items]).float()
+        real = torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items]).float()
         labels = torch.stack([torch.as_tensor(item[1]) for item in items]).long() if self.config.conditional else None
         samples = self.sample(count, labels=labels).cpu()
         metrics = digits_sample_metrics(samples, labels, reference=real)
