@@ -6,7 +6,3 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
-
-def devices():
-    """CPU always; CUDA when present."""
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

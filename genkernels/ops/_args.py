@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 
 from genkernels import _backend, _ext
+from genkernels._ext import ptr  # noqa: F401  (0 for an absent optional tensor)
 
 FAST_DTYPES = tuple(_ext.DTYPE_CODES)
+
 
 def check_tensor(name: str, x, *, like: torch.Tensor | None = None, like_name: str = "x") -> torch.Tensor:
     """x must be a floating tensor with at least one dim; with `like`, same shape/dtype/device."""
@@ -24,6 +26,7 @@ def check_tensor(name: str, x, *, like: torch.Tensor | None = None, like_name: s
             raise ValueError(f"{name} must be on {like_name}'s device {like.device}, got {x.device}")
     return x
 
+
 def choose_backend(op: str, x: torch.Tensor) -> str:
     """Backend for a C++/CUDA-backed op on x: the fast kernels store fp32/fp16/bf16; others use torch."""
     backend = _backend.select(op, x.device, ("torch", "cpu", "cuda"))
@@ -33,12 +36,14 @@ def choose_backend(op: str, x: torch.Tensor) -> str:
         return "torch"
     return backend
 
+
 def launch(backend: str, kernel: str, *args, like: torch.Tensor) -> None:
     """Call kernel `kernel` of the C++ (cpu) or CUDA module; CUDA gets device and current stream."""
     if backend == "cpu":
         getattr(_ext._C, kernel)(*args)
     else:
         getattr(_ext._cuda, kernel)(*args, device_index(like), _ext.stream_of(like))
+
 
 def direct_call_ok(*tensors: torch.Tensor | None) -> bool:
     """True when a public function may call an op's kernel directly instead of through the dispatcher.
@@ -66,13 +71,11 @@ def as_2d(x: torch.Tensor) -> torch.Tensor:
         per_sample *= size
     return x.view(x.shape[0], per_sample)
 
+
 def device_index(x: torch.Tensor) -> int:
     return x.device.index if x.device.index is not None else torch.cuda.current_device()
 
-def kernel_steps(t: torch.Tensor | None) -> int:
-    """Pointer the kernels read per-sample steps from (0: the scalar applies to every sample)."""
-    return 0 if t is None else t.data_ptr()
 
 def dense(t: torch.Tensor | None) -> torch.Tensor | None:
-    """int64 contiguous steps / tables as the kernels index them (no copy when already so)."""
+    """Steps / tables laid out densely as the kernels index them (no copy when already so)."""
     return None if t is None else t.contiguous()

@@ -4,15 +4,18 @@ from __future__ import annotations
 import torch
 
 from genkernels.ops._args import (  # noqa: F401  (re-exported for the diffusion op files)
-    _ext, as_2d, check_tensor, choose_backend, dense, device_index, direct_call_ok, kernel_steps, launch,
+    _ext, as_2d, check_tensor, choose_backend, dense, device_index, direct_call_ok, launch, ptr,
 )
 
+
 PREDICTIONS = {"epsilon": 0, "sample": 1, "v": 2}
+
 
 def prediction_code(prediction: str) -> int:
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {tuple(PREDICTIONS)}, got {prediction!r}")
     return PREDICTIONS[prediction]
+
 
 def timesteps(name: str, t, batch: int, device: torch.device, num_steps: int, *, allow_final: bool = False):
     """Normalise a timestep argument to (tensor or None, scalar) as the kernels take it.
@@ -48,6 +51,7 @@ def timesteps(name: str, t, batch: int, device: torch.device, num_steps: int, *,
             raise ValueError(f"{name} must be in [{low}, {num_steps}) for this schedule, got values in [{lo}, {hi}]")
     return t.to(torch.int64).contiguous(), 0
 
+
 def gather_steps(table: torch.Tensor, t: torch.Tensor | None, t_scalar: int, batch: int, dtype=torch.float64):
     """(alpha-bar, 1 - alpha-bar) per sample as (batch, 1) tensors; step -1 maps to (1, 0)."""
     if t is None:
@@ -57,3 +61,15 @@ def gather_steps(table: torch.Tensor, t: torch.Tensor | None, t_scalar: int, bat
     ac = torch.where(final, torch.ones_like(rows[:, 0]), rows[:, 0])
     om = torch.where(final, torch.zeros_like(rows[:, 1]), rows[:, 1])
     return ac.to(dtype).unsqueeze(1), om.to(dtype).unsqueeze(1)
+
+
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N,) or (N, 1) per-sample values in like's dtype, shaped to broadcast over like (N, ...)."""
+    return values.to(like.dtype).view((like.shape[0],) + (1,) * (like.dim() - 1))
+
+
+def alpha_scales(table: torch.Tensor, t, t_scalar: int, like: torch.Tensor):
+    """(sqrt(alpha-bar_t), sqrt(1 - alpha-bar_t)) per sample, broadcastable over like, in its dtype
+    (the reference twin of alpha_scales in csrc/diffusion/diffusion.h)."""
+    ac, om = gather_steps(table, t, t_scalar, like.shape[0])
+    return per_sample(ac.sqrt(), like), per_sample(om.sqrt(), like)

@@ -19,9 +19,8 @@ def diffusion_target_reference(x0, noise, table, t, t_scalar, prediction_code):
         return noise
     if prediction_code == 1:
         return x0
-    ac, om = args.gather_steps(table, t, t_scalar, x0.shape[0])
-    shape = (-1,) + (1,) * (x0.dim() - 1)
-    return ac.sqrt().to(x0.dtype).view(shape) * noise - om.sqrt().to(x0.dtype).view(shape) * x0
+    a, s = args.alpha_scales(table, t, t_scalar, x0)
+    return a * noise - s * x0
 
 
 def diffusion_sse_reference(model_output, x0, noise, table, t, t_scalar, prediction_code):
@@ -33,20 +32,18 @@ def diffusion_sse_reference(model_output, x0, noise, table, t, t_scalar, predict
 
 def diffusion_sse_backward_reference(grad_sse, model_output, x0, noise, table, t, t_scalar, prediction_code):
     diff = model_output - diffusion_target_reference(x0, noise, table, t, t_scalar, prediction_code)
-    shape = (-1,) + (1,) * (x0.dim() - 1)
-    g = (2 * grad_sse).to(diff.dtype).view(shape) * diff
+    g = args.per_sample(2 * grad_sse, diff) * diff
     if prediction_code == 0:
         return g, torch.zeros_like(x0), -g
     if prediction_code == 1:
         return g, -g, torch.zeros_like(noise)
-    ac, om = args.gather_steps(table, t, t_scalar, x0.shape[0])
-    a, s = ac.sqrt().to(x0.dtype).view(shape), om.sqrt().to(x0.dtype).view(shape)
+    a, s = args.alpha_scales(table, t, t_scalar, x0)
     return g, s * g, -a * g
 
 
 # ---- launchers ---------------------------------------------------------------------------------
 def _common(model_output, x0, noise, t):
-    return (args.as_2d(model_output), args.as_2d(x0), args.as_2d(noise), 0 if t is None else t.data_ptr())
+    return (args.as_2d(model_output), args.as_2d(x0), args.as_2d(noise), args.ptr(t))
 
 
 def _sse_kernel(model_output, x0, noise, t, t_scalar, table, prediction):

@@ -13,16 +13,12 @@ from genkernels.ops._library import define, lib
 # ---- reference (pure PyTorch; the CPU fallback and the tests' ground truth) -------------------
 def q_sample_reference(x0, noise, table, t, t_scalar, velocity):
     """(x_t, v or None) computed in x0's dtype."""
-    ac, om = args.gather_steps(table, t, t_scalar, x0.shape[0])
-    shape = (-1,) + (1,) * (x0.dim() - 1)
-    a, s = ac.sqrt().to(x0.dtype).view(shape), om.sqrt().to(x0.dtype).view(shape)
+    a, s = args.alpha_scales(table, t, t_scalar, x0)
     return a * x0 + s * noise, (a * noise - s * x0) if velocity else None
 
 
 def q_sample_backward_reference(grad_x_t, grad_velocity, table, t, t_scalar):
-    ac, om = args.gather_steps(table, t, t_scalar, grad_x_t.shape[0])
-    shape = (-1,) + (1,) * (grad_x_t.dim() - 1)
-    a, s = ac.sqrt().to(grad_x_t.dtype).view(shape), om.sqrt().to(grad_x_t.dtype).view(shape)
+    a, s = args.alpha_scales(table, t, t_scalar, grad_x_t)
     if grad_velocity is None:
         return a * grad_x_t, s * grad_x_t
     return a * grad_x_t - s * grad_velocity, s * grad_x_t + a * grad_velocity
@@ -41,7 +37,7 @@ def _q_sample_kernel(x0, noise, t, t_scalar, table, velocity):
     v = torch.empty_like(x_t) if velocity else x0.new_empty(0)
     n, d = x0_2d.shape
     if n * d:
-        args.launch(backend, "q_sample", x0_2d.data_ptr(), noise_2d.data_ptr(), 0 if t is None else t.data_ptr(),
+        args.launch(backend, "q_sample", x0_2d.data_ptr(), noise_2d.data_ptr(), args.ptr(t),
                     t_scalar, table.data_ptr(), table.shape[0], x_t.data_ptr(), v.data_ptr() if velocity else 0,
                     n, d, args._ext.dtype_code(x0), like=x0)
     return x_t, v
@@ -64,8 +60,8 @@ def _q_sample_backward_kernel(grad_x_t, grad_velocity, t, t_scalar, table):
     grad_noise = torch.empty_like(grad_x0)
     n, d = g_xt.shape
     if n * d:
-        args.launch(backend, "q_sample_backward", g_xt.data_ptr(), 0 if g_v is None else g_v.data_ptr(),
-                    0 if t is None else t.data_ptr(), t_scalar, table.data_ptr(), table.shape[0],
+        args.launch(backend, "q_sample_backward", g_xt.data_ptr(), args.ptr(g_v),
+                    args.ptr(t), t_scalar, table.data_ptr(), table.shape[0],
                     grad_x0.data_ptr(), grad_noise.data_ptr(), n, d, args._ext.dtype_code(grad_x0), like=grad_x0)
     return grad_x0, grad_noise
 

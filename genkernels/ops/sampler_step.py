@@ -55,9 +55,8 @@ def sampler_step_reference(model_output, model_output_uncond, x_t, table, t, t_s
                            prediction, guidance, clip, eta, large_variance, seed, offset):
     """x_prev computed in x_t's dtype with the same Philox noise the kernels draw."""
     n = x_t.shape[0]
-    shape = (n,) + (1,) * (x_t.dim() - 1)
     p, q, pe, qe, c_x0, c_eps, c_x, sigma = (
-        c.to(x_t.dtype).view(shape)
+        args.per_sample(c, x_t)
         for c in step_coefficients_reference(table, t, t_scalar, t_prev, t_prev_scalar, kind, prediction, eta,
                                              large_variance, n))
     m = _guided(model_output, model_output_uncond, guidance)
@@ -73,12 +72,10 @@ def sampler_step_reference(model_output, model_output_uncond, x_t, table, t, t_s
 
 def sampler_step_backward_reference(grad, model_output, model_output_uncond, x_t, table, t, t_scalar, t_prev,
                                     t_prev_scalar, kind, prediction, guidance, clip, eta, large_variance):
-    n = x_t.shape[0]
-    shape = (n,) + (1,) * (x_t.dim() - 1)
     p, q, pe, qe, c_x0, c_eps, c_x, _ = (
-        c.to(x_t.dtype).view(shape)
+        args.per_sample(c, x_t)
         for c in step_coefficients_reference(table, t, t_scalar, t_prev, t_prev_scalar, kind, prediction, eta,
-                                             large_variance, n))
+                                             large_variance, x_t.shape[0]))
     m = _guided(model_output, model_output_uncond, guidance)
     g_x0 = c_x0 * grad
     if math.isfinite(clip):
@@ -93,10 +90,6 @@ def sampler_step_backward_reference(grad, model_output, model_output_uncond, x_t
 
 
 # ---- launchers ---------------------------------------------------------------------------------
-def _ptr(t):
-    return 0 if t is None else t.data_ptr()
-
-
 def _step_kernel(model_output, model_output_uncond, x_t, t, t_scalar, t_prev, t_prev_scalar, table, kind, prediction,
                  guidance, clip, eta, large_variance, seed, offset):
     t = args.dense(t)
@@ -112,9 +105,10 @@ def _step_kernel(model_output, model_output_uncond, x_t, t, t_scalar, t_prev, t_
     out = torch.empty_like(x_t, memory_format=torch.contiguous_format)
     n, d = x.shape
     if n * d:
-        args.launch(backend, "sampler_step", kind, prediction, m.data_ptr(), _ptr(mu), x.data_ptr(), out.data_ptr(),
-                    _ptr(t), t_scalar, _ptr(t_prev), t_prev_scalar, table.data_ptr(), table.shape[0], guidance, clip,
-                    eta, large_variance, seed, offset, n, d, args._ext.dtype_code(x_t), like=x_t)
+        args.launch(backend, "sampler_step", kind, prediction, m.data_ptr(), args.ptr(mu), x.data_ptr(),
+                    out.data_ptr(), args.ptr(t), t_scalar, args.ptr(t_prev), t_prev_scalar, table.data_ptr(),
+                    table.shape[0], guidance, clip, eta, large_variance, seed, offset, n, d,
+                    args._ext.dtype_code(x_t), like=x_t)
     return out
 
 
@@ -140,10 +134,10 @@ def _step_backward_kernel(grad, model_output, model_output_uncond, x_t, t, t_sca
     g_xt = torch.empty_like(g_m)
     n, d = x.shape
     if n * d:
-        args.launch(backend, "sampler_step_backward", kind, prediction, g.data_ptr(), m.data_ptr(), _ptr(mu),
-                    x.data_ptr(), g_m.data_ptr(), g_mu.data_ptr() if mu is not None else 0, g_xt.data_ptr(), _ptr(t),
-                    t_scalar, _ptr(t_prev), t_prev_scalar, table.data_ptr(), table.shape[0], guidance, clip, eta,
-                    large_variance, n, d, args._ext.dtype_code(x_t), like=x_t)
+        args.launch(backend, "sampler_step_backward", kind, prediction, g.data_ptr(), m.data_ptr(), args.ptr(mu),
+                    x.data_ptr(), g_m.data_ptr(), args.ptr(g_mu) if mu is not None else 0, g_xt.data_ptr(),
+                    args.ptr(t), t_scalar, args.ptr(t_prev), t_prev_scalar, table.data_ptr(), table.shape[0],
+                    guidance, clip, eta, large_variance, n, d, args._ext.dtype_code(x_t), like=x_t)
     return g_m, g_mu, g_xt
 
 

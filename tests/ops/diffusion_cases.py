@@ -5,9 +5,9 @@ import genkernels
 from genkernels import _backend
 from genkernels.diffusion import make_schedule
 from genkernels.testing import assert_close_2x
+from tests.helpers import DTYPES  # noqa: F401  (re-exported for the diffusion op tests)
 
 SIZES = [1, 7, 1023, 4097]  # elements per sample
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 def fast_backends():
