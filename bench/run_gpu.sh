@@ -1,17 +1,46 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: build the CUDA module, run the whole suite on the GPU, then the
-# benchmark tables, writing JSON results to bench/results/ (and to $OUT when the device tool sets it).
-#   bash bench/run_gpu.sh
-set -euo pipefail
+# Run on a lent GPU machine, in stages (default: all but tune):
+#   bash bench/run_gpu.sh [build] [test] [tune] [bench]
+# build: the CUDA module (sm_90 only, to build fast); test: the GPU-relevant suites (parallel);
+# tune: bench/tune_attention.py's config sweep; bench: the diffusion and attention tables, JSON
+# under bench/results/. Logs and JSON are also copied to $OUT when the device tool sets it.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-pip install --no-build-isolation -e . > /tmp/genkernels-build.log 2>&1 || { tail -50 /tmp/genkernels-build.log; exit 1; }
-genkernels info
-python -m pytest -q -x -p no:cacheprovider tests/ops tests/nn tests/test_backend.py tests/diffusion
+OUT=${OUT:-/tmp/genkernels-out}
+mkdir -p "$OUT" bench/results
+stages=${*:-build test bench}
+export PYTHONUNBUFFERED=1
 device=$(python -c "import torch; print(torch.cuda.get_device_name().replace(' ', '_'))")
-mkdir -p bench/results
-for dtype in float32 bfloat16; do
-  genkernels bench --suite diffusion overhead --dtype "$dtype" --json "bench/results/${device}-diffusion-${dtype}.json"
+for stage in $stages; do
+  echo "=== $stage ($(date +%T))"
+  case $stage in
+    build)
+      nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+      python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+      GENKERNELS_CUDA_ARCHS=${GENKERNELS_CUDA_ARCHS:-90} pip install --no-deps --no-build-isolation -e . \
+        > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+      genkernels info
+      ;;
+    test)
+      timeout ${TEST_TIMEOUT:-420} python -m pytest -q -n 8 -p no:cacheprovider --timeout 600 tests/ops tests/nn tests/test_backend.py \
+        tests/diffusion tests/test_compile.py > "$OUT/pytest.log" 2>&1
+      grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest.log" | tail -40
+      ;;
+    tune)
+      python bench/tune_attention.py ${TUNE_ARGS:-} --json "$OUT/tune-${device}.json" > "$OUT/tune.log" 2>&1
+      grep -E "error|Error" "$OUT/tune.log" | head -5
+      sed -n '/best per case/,$p' "$OUT/tune.log"
+      ;;
+    bench)
+      for dtype in float32 bfloat16; do
+        genkernels bench --suite diffusion overhead --dtype "$dtype" \
+          --json "bench/results/${device}-diffusion-${dtype}.json" > "$OUT/bench-diffusion-$dtype.log" 2>&1
+        tail -15 "$OUT/bench-diffusion-$dtype.log"
+      done
+      python bench/bench_attention.py > "$OUT/bench-attention.log" 2>&1
+      tail -60 "$OUT/bench-attention.log"
+      cp bench/results/*.json "$OUT"/ 2>/dev/null
+      ;;
+  esac
 done
-python bench/bench_attention.py
-if [ -n "${OUT:-}" ]; then cp bench/results/*.json "$OUT"/; fi
+echo "=== done ($(date +%T))"

@@ -725,15 +725,18 @@ def _mask_args(key_padding_mask, placeholder):
 
 
 def attention_forward(wrap, q, k, v, out, lse, key_padding_mask, cu_seqlens_q, cu_seqlens_k,
-                      batch, max_seqlen_q, max_seqlen_k, scale, causal, allow_tf32, varlen):
-    """Launch the forward. lse is (B, Hq, Sq) or, for varlen, (Hq, total_q) viewed as (1, Hq, total_q)."""
+                      batch, max_seqlen_q, max_seqlen_k, scale, causal, allow_tf32, varlen, config=None):
+    """Launch the forward. lse is (B, Hq, Sq) or, for varlen, (Hq, total_q) viewed as (1, Hq, total_q).
+
+    config: an explicit dict(BLOCK_M, BLOCK_N, num_warps, num_stages) instead of the autotuned
+    choice (bench/tune_attention.py sweeps these)."""
     num_heads, head_dim = q.shape[2], q.shape[3]
     block_d = max(16, triton.next_power_of_2(head_dim))
     mask, (stride_mb, stride_mn) = _mask_args(key_padding_mask, q)
     has_mask = key_padding_mask is not None
     if not varlen:
         cu_seqlens_q = cu_seqlens_k = q
-    kernel = forward_kernel(block_d, q.element_size())
+    kernel = forward_kernel(block_d, q.element_size()) if config is None else _attn_fwd_kernel
     grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), batch * num_heads)  # noqa: E731
     wrap(kernel)[grid](
         q, k, v, out, lse, mask, cu_seqlens_q, cu_seqlens_k,
@@ -743,18 +746,21 @@ def attention_forward(wrap, q, k, v, out, lse, key_padding_mask, cu_seqlens_q, c
         stride_mb, stride_mn,
         IS_CAUSAL=causal, HAS_KEY_MASK=has_mask, IS_VARLEN=varlen,
         EVEN_D=head_dim == block_d, DOT_MODE=dot_mode(q.dtype, allow_tf32), BLOCK_D=block_d,
+        **(config or {}),
     )
 
 
 def attention_backward(wrap, dout, q, k, v, out, lse, dlse, delta, dq, dk, dv, dq_accum,
                        key_padding_mask, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q, max_seqlen_k,
-                       scale, causal, allow_tf32, varlen):
-    """Launch preprocess, dK/dV and (deterministic) dQ. dq_accum: fp32 zeros for atomic dQ, or None."""
+                       scale, causal, allow_tf32, varlen, config=None):
+    """Launch preprocess, dK/dV and (deterministic) dQ. dq_accum: fp32 zeros for atomic dQ, or None.
+
+    config: explicit tiles in backward_config's format (for bench/tune_attention.py)."""
     num_heads, head_dim = q.shape[2], q.shape[3]
     num_kv_heads = k.shape[2]
     group = num_heads // num_kv_heads
     block_d = max(16, triton.next_power_of_2(head_dim))
-    cfg = backward_config(block_d, q.element_size())
+    cfg = config or backward_config(block_d, q.element_size())
     launch = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     mask, (stride_mb, stride_mn) = _mask_args(key_padding_mask, q)
     has_mask = key_padding_mask is not None
