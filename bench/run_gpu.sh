@@ -17,7 +17,7 @@ for stage in $stages; do
     build)
       nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
       python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-      GENKERNELS_CUDA_ARCHS=${GENKERNELS_CUDA_ARCHS:-90} pip install --no-deps --no-build-isolation -e . \
+      GENKERNELS_CUDA_ARCHS=${GENKERNELS_CUDA_ARCHS:-90} python -m pip install --no-deps --no-build-isolation -e . \
         > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
       genkernels info
       ;;

@@ -21,16 +21,14 @@ import torch.nn.functional as F
 from genkernels.bench.attention import attention_flops, environment
 from genkernels.kernels import attention as kernels
 
-FWD = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
-    64: [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 3),
-         (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 32, 4, 3), (64, 32, 4, 4)],
-    128: [(128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 64, 8, 4),
-          (64, 64, 4, 3), (64, 128, 4, 3), (64, 128, 8, 3), (128, 32, 4, 3), (64, 32, 4, 4)],
+FWD = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages); each is tried with pointer loads and with TMA
+    64: [(64, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (64, 128, 4, 3), (128, 128, 8, 3)],
+    128: [(128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2)],
     256: [(128, 32, 8, 2), (64, 64, 8, 2), (64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 3)],
 }
 BWD = [  # (DKDV_M, DKDV_N, DQ_M, DQ_N, num_warps, num_stages)
-    (32, 128, 128, 32, 8, 3), (64, 128, 128, 64, 8, 2), (32, 64, 64, 32, 4, 3),
-    (64, 64, 64, 64, 4, 2), (32, 128, 128, 32, 4, 3), (64, 128, 128, 64, 8, 3),
+    (64, 128, 128, 64, 8, 3), (64, 128, 128, 64, 8, 2), (32, 128, 128, 32, 4, 3),
+    (64, 64, 64, 64, 4, 2), (32, 64, 64, 32, 4, 3),
 ]
 
 
@@ -67,11 +65,11 @@ def rel_err(got, ref):
     return ((got.float() - ref).norm() / ref.norm()).item()
 
 
-def run_forward(q, k, v, causal, cfg):
+def run_forward(q, k, v, causal, cfg, use_tma=False):
     out = torch.empty_like(q)
     lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
     bm, bn, w, s = cfg
-    config = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+    config = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s, USE_TMA=use_tma)
 
     def fn():
         kernels.attention_forward(lambda f: f, q, k, v, out, lse, None, None, None, q.shape[0],
@@ -80,19 +78,16 @@ def run_forward(q, k, v, causal, cfg):
     return fn
 
 
-def run_backward(q, k, v, do, out, lse, causal, cfg, deterministic):
+def run_backward(q, k, v, do, out, lse, causal, cfg):
     dm, dn, qm, qn, w, s = cfg
     config = dict(DKDV_M=dm, DKDV_N=dn, DQ_M=qm, DQ_N=qn, num_warps=w, num_stages=s)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(lse)
 
     def fn():
-        accum = None if deterministic else torch.zeros_like(q, dtype=torch.float32)
-        kernels.attention_backward(lambda f: f, do, q, k, v, out, lse, None, delta, dq, dk, dv, accum,
+        kernels.attention_backward(lambda f: f, do, q, k, v, out, lse, None, delta, dq, dk, dv,
                                    None, None, None, q.shape[0], q.shape[1], k.shape[1], q.shape[-1] ** -0.5,
                                    causal, False, False, config=config)
-        if accum is not None:
-            dq.copy_(accum)
         return dq, dk, dv
     return fn
 
@@ -123,37 +118,36 @@ def sweep(parts, cases, log):
         best = None
         if "fwd" in parts:
             for cfg in FWD[max(64, head_dim)]:
-                try:
-                    fn = run_forward(q, k, v, causal, cfg)
-                    out, lse = fn()
-                    err = rel_err(out, ref_out)
-                    ms = bench_ms(fn)
-                    rows.append(dict(base, kind="fwd", config=list(cfg), err=err, fwd_ms=ms,
-                                     fwd_tflops=fwd_flops / ms / 1e9))
-                    log(rows[-1])
-                    if err < 2e-2 and (best is None or ms < best[0]):
-                        best = (ms, out.clone(), lse.clone())
-                except Exception as exc:
-                    log(dict(base, kind="fwd", config=list(cfg), error=f"{type(exc).__name__}: {exc}"[:200]))
+                for use_tma in (False, True):
+                    try:
+                        fn = run_forward(q, k, v, causal, cfg, use_tma)
+                        out, lse = fn()
+                        err = rel_err(out, ref_out)
+                        ms = bench_ms(fn)
+                        rows.append(dict(base, kind="fwd", config=list(cfg), tma=use_tma, err=err, fwd_ms=ms,
+                                         fwd_tflops=fwd_flops / ms / 1e9))
+                        log(rows[-1])
+                        if err < 2e-2 and (best is None or ms < best[0]):
+                            best = (ms, out.clone(), lse.clone())
+                    except Exception as exc:
+                        log(dict(base, kind="fwd", config=list(cfg), tma=use_tma,
+                                 error=f"{type(exc).__name__}: {exc}"[:300]))
         if "bwd" in parts and head_dim <= 128:
             if best is None:
-                fn = run_forward(q, k, v, causal, FWD[max(64, head_dim)][5])
-                out, lse = fn()
+                out, lse = run_forward(q, k, v, causal, FWD[max(64, head_dim)][1])()
             else:
                 _, out, lse = best
             for cfg in BWD:
-                for deterministic in (False, True):
-                    try:
-                        fn = run_backward(q, k, v, do, out, lse, causal, cfg, deterministic)
-                        grads = fn()
-                        err = max(rel_err(g, r) for g, r in zip(grads, ref_grads))
-                        ms = bench_ms(fn)
-                        rows.append(dict(base, kind="bwd", config=list(cfg), deterministic=deterministic, err=err,
-                                         bwd_ms=ms, bwd_tflops=2.5 * fwd_flops / ms / 1e9))
-                        log(rows[-1])
-                    except Exception as exc:
-                        log(dict(base, kind="bwd", config=list(cfg), deterministic=deterministic,
-                                 error=f"{type(exc).__name__}: {exc}"[:200]))
+                try:
+                    fn = run_backward(q, k, v, do, out, lse, causal, cfg)
+                    grads = fn()
+                    err = max(rel_err(g, r) for g, r in zip(grads, ref_grads))
+                    ms = bench_ms(fn)
+                    rows.append(dict(base, kind="bwd", config=list(cfg), err=err,
+                                     bwd_ms=ms, bwd_tflops=2.5 * fwd_flops / ms / 1e9))
+                    log(rows[-1])
+                except Exception as exc:
+                    log(dict(base, kind="bwd", config=list(cfg), error=f"{type(exc).__name__}: {exc}"[:300]))
         del q, k, v, do
         torch.cuda.empty_cache()
     return rows
@@ -191,7 +185,7 @@ def main(argv=None):
                     and r["causal"] == causal and key in r]
             if cand:
                 r = max(cand, key=lambda r: r[key])
-                extra = f" det={r['deterministic']}" if "deterministic" in r else ""
+                extra = f" tma={r['tma']}" if "tma" in r else ""
                 print(f"S={seqlen} D={head_dim} causal={int(causal)} {kind:4s} {key}: {r[key]:6.1f} "
                       f"cfg={r['config']}{extra} err={r['err']:.2e}")
     return 0

@@ -28,3 +28,14 @@ def _seed():
     torch.manual_seed(0)
     yield
 
+
+
+@pytest.fixture
+def on_triton_device():
+    """Tensor factories default to the device Triton kernels run on (CUDA unless interpreting)."""
+    import torch
+
+    from tests.helpers import triton_device
+
+    with torch.device(triton_device() or "cpu"):
+        yield

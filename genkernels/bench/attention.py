@@ -55,19 +55,41 @@ def _flex(causal, seqlen, device):
                                     block_mask=block_mask).transpose(1, 2)
 
 
+SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
+FLEX_SEQLENS = (2048, 8192)  # FlexAttention compiles per shape: time it on a few lengths only
+
+
+def _sdpa_with(backend_name, causal):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = getattr(SDPBackend, backend_name)
+
+    def run(q, k, v):
+        with sdpa_kernel([backend]):
+            return _sdpa(q, k, v, causal)
+    return run
+
+
 def providers(device, causal, seqlen):
-    """{name: fn(q, k, v) -> out} for every provider that can run on this device."""
+    """{name: fn(q, k, v) -> out} for every provider that can run on this device.
+
+    On a GPU: genkernels' Triton kernels, each SDPA backend on its own (flash, cuDNN, memory-efficient;
+    one that cannot run the case fails its check and is reported, not timed) and FlexAttention.
+    On CPU: genkernels (the reference path) and SDPA."""
     def with_backend(name):
         def run(q, k, v):
             with use_backend(name):
                 return attention(q, k, v, causal=causal)
         return run
 
-    found = {"genkernels-torch": with_backend("torch")}
+    if device.type != "cuda":
+        return {"genkernels-torch": with_backend("torch"), "torch-sdpa": lambda q, k, v: _sdpa(q, k, v, causal)}
+    found = {}
     if backend_status("triton", device.type) is None:
         found["genkernels-triton"] = with_backend("triton")
-    found["torch-sdpa"] = lambda q, k, v: _sdpa(q, k, v, causal)
-    if device.type == "cuda":
+    for name in SDPA_BACKENDS:
+        found["sdpa-" + name.split("_")[0].lower()] = _sdpa_with(name, causal)
+    if seqlen in FLEX_SEQLENS:
         try:
             found["flex-attention"] = _flex(causal, seqlen, device)
         except Exception as exc:  # older torch: no FlexAttention

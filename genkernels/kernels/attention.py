@@ -64,18 +64,18 @@ def _forward_configs(block_d: int, elem_bytes: int = 2) -> list[triton.Config]:
             triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=2),
         ]
     major, _ = _capability()
-    if major >= 9:  # Hopper: big tiles, deep pipelines (228 KB shared memory per SM)
+    if major >= 9:  # Hopper (measured on an H100, bench/tune_attention.py; 228 KB shared memory per SM)
         if block_d <= 64:
             return [
-                triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),  # long seqs
-                triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=4),
-                triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),  # short seqs
+                triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+                triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+                triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=4),
             ]
         if block_d <= 128:
             return [
-                triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
+                triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),  # non-causal
+                triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),  # causal
                 triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-                triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
             ]
         return [  # D up to 256: the Q tile and accumulator dominate registers
             triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=2),
@@ -101,7 +101,7 @@ def _forward_configs(block_d: int, elem_bytes: int = 2) -> list[triton.Config]:
 
 
 def backward_config(block_d: int, elem_bytes: int = 2) -> dict:
-    """Fixed backward tiles (no tuning: an autotuned atomic dQ would need a zeroing pass per trial).
+    """Fixed backward tiles (no autotuning at first call: the backward compiles three kernels).
 
     dK/dV programs own a key block and stream query blocks (BLOCK_M small, BLOCK_N large);
     dQ programs own a query block and stream key blocks (the transpose), as in the Triton tutorial.
@@ -112,9 +112,12 @@ def backward_config(block_d: int, elem_bytes: int = 2) -> dict:
         return dict(DKDV_M=16, DKDV_N=32, DQ_M=32, DQ_N=16, num_warps=4 if block_d <= 64 else 8,
                     num_stages=2 if block_d <= 128 else 1)
     major, _ = _capability()
-    # 8 warps spread the fp32 dK/dV accumulators ((BLOCK_N, D) each) over more registers.
-    if block_d <= 128:
-        cfg = dict(DKDV_M=32, DKDV_N=128, DQ_M=128, DQ_N=32, num_warps=8, num_stages=3)
+    # Best of bench/tune_attention.py's sweep on an H100 (bf16, S=4096): D=64 337 TFLOP/s, D=128 380.
+    if block_d <= 64:
+        cfg = dict(DKDV_M=32, DKDV_N=128, DQ_M=128, DQ_N=32, num_warps=4, num_stages=3)
+    elif block_d <= 128:
+        # 8 warps spread the fp32 dK/dV accumulators ((BLOCK_N, D) each) over more registers.
+        cfg = dict(DKDV_M=64, DKDV_N=128, DQ_M=128, DQ_N=64, num_warps=8, num_stages=3)
     else:
         cfg = dict(DKDV_M=32, DKDV_N=32, DQ_M=32, DQ_N=32, num_warps=8, num_stages=2)
     if major < 9:
@@ -189,17 +192,21 @@ def _load_2d(ptrs, n_ok, d_ok, MASK_N: tl.constexpr, MASK_D: tl.constexpr):
 def _attn_fwd_inner(
     acc, l_i, m_i, q,
     k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
+    k_desc, v_desc, desc_b, desc_h,
     lo, hi, seqlen_k, causal_offset, qk_scale_log2,
     offs_m, offs_n, offs_d, head_dim,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
-    EVEN_D: tl.constexpr, DOT_MODE: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_D: tl.constexpr, DOT_MODE: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     d_ok = offs_d < head_dim
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
         col_ok = cols < seqlen_k
-        k_t = _load_2d(k_base + cols[None, :] * stride_ks + offs_d[:, None],  # (D, N)
-                       col_ok[None, :], d_ok[:, None], MASKED, not EVEN_D)
+        if USE_TMA:  # bulk tensor copies; rows past the end and columns past D arrive as zeros
+            k_t = tl.trans(k_desc.load([desc_b, start_n, desc_h, 0]).reshape(BLOCK_N, q.shape[1]))
+        else:
+            k_t = _load_2d(k_base + cols[None, :] * stride_ks + offs_d[:, None],  # (D, N)
+                           col_ok[None, :], d_ok[:, None], MASKED, not EVEN_D)
         s = _dot(q, k_t, tl.zeros((q.shape[0], BLOCK_N), tl.float32), DOT_MODE) * qk_scale_log2
         if MASKED:
             keep = col_ok[None, :]
@@ -216,8 +223,11 @@ def _attn_fwd_inner(
         p = tl.math.exp2(s - m_shift[:, None])
         alpha = tl.math.exp2(m_i - m_shift)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_2d(v_base + cols[:, None] * stride_vs + offs_d[None, :],  # (N, D)
-                     col_ok[:, None], d_ok[None, :], MASKED, not EVEN_D)
+        if USE_TMA:
+            v = v_desc.load([desc_b, start_n, desc_h, 0]).reshape(BLOCK_N, q.shape[1])
+        else:
+            v = _load_2d(v_base + cols[:, None] * stride_vs + offs_d[None, :],  # (N, D)
+                         col_ok[:, None], d_ok[None, :], MASKED, not EVEN_D)
         acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_MODE)
         m_i = m_new
     return acc, l_i, m_i
@@ -228,7 +238,7 @@ def _attn_fwd_kernel(
     # pointers
     Q, K, V, Out, LSE, KEY_MASK, CU_SEQLENS_Q, CU_SEQLENS_K,
     # sizes
-    seqlen_q, seqlen_k, num_heads, kv_group_size, head_dim, qk_scale_log2, seqlen_bucket,
+    batch, seqlen_q, seqlen_k, num_heads, kv_group_size, head_dim, qk_scale_log2, seqlen_bucket,
     # strides
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
@@ -238,11 +248,19 @@ def _attn_fwd_kernel(
     stride_mb, stride_mn,
     # meta-parameters
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    EVEN_D: tl.constexpr, DOT_MODE: tl.constexpr, BLOCK_D: tl.constexpr,
+    EVEN_D: tl.constexpr, DOT_MODE: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One program: BLOCK_M query rows of one (batch, head); grid (cdiv(max Sq, BLOCK_M), B * H)."""
-    start_m = tl.program_id(0) * BLOCK_M
+    """One program: BLOCK_M query rows of one (batch, head); grid (cdiv(max Sq, BLOCK_M), B * H).
+
+    Causal grids run the last query blocks (the most keys) first, so the short ones fill the tail.
+    USE_TMA (Hopper and later, dense inputs with 16-byte aligned strides) loads K and V through
+    tensor descriptors over the whole (B, S, H, D) tensors instead of pointer arithmetic.
+    """
+    pid_m = tl.program_id(0)
+    if IS_CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    start_m = pid_m * BLOCK_M
     off_bh = tl.program_id(1)
     b = off_bh // num_heads
     h = off_bh % num_heads
@@ -262,6 +280,16 @@ def _attn_fwd_kernel(
     v_base = V + b64 * stride_vb + k_start.to(tl.int64) * stride_vs + h_kv * stride_vh
     o_base = Out + b64 * stride_ob + q_start.to(tl.int64) * stride_os + h * stride_oh
     mask_base = KEY_MASK + b64 * stride_mb
+    k_desc = None
+    v_desc = None
+    if USE_TMA:
+        num_kv_heads = num_heads // kv_group_size
+        k_desc = tl.make_tensor_descriptor(K, shape=[batch, seqlen_k, num_kv_heads, head_dim],
+                                           strides=[stride_kb, stride_ks, stride_kh, 1],
+                                           block_shape=[1, BLOCK_N, 1, BLOCK_D])
+        v_desc = tl.make_tensor_descriptor(V, shape=[batch, seqlen_k, num_kv_heads, head_dim],
+                                           strides=[stride_vb, stride_vs, stride_vh, 1],
+                                           block_shape=[1, BLOCK_N, 1, BLOCK_D])
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -286,14 +314,14 @@ def _attn_fwd_kernel(
         hi = seqlen_k
         full_hi = seqlen_k // BLOCK_N * BLOCK_N
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
+        acc, l_i, m_i, q, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn, k_desc, v_desc, b, h_kv,
         0, full_hi, seqlen_k, causal_offset, qk_scale_log2, offs_m, offs_n, offs_d, head_dim,
-        False, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, DOT_MODE, BLOCK_N,
+        False, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, DOT_MODE, USE_TMA, BLOCK_N,
     )
     acc, l_i, m_i = _attn_fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
+        acc, l_i, m_i, q, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn, k_desc, v_desc, b, h_kv,
         full_hi, hi, seqlen_k, causal_offset, qk_scale_log2, offs_m, offs_n, offs_d, head_dim,
-        True, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, DOT_MODE, BLOCK_N,
+        True, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, DOT_MODE, USE_TMA, BLOCK_N,
     )
 
     # Rows that saw no key (all masked) return zeros and lse = -inf, as SDPA does.
@@ -354,11 +382,11 @@ def _load_lse_log2(lse_ptrs, ok):
 @triton.jit
 def _attn_bwd_dkdv_inner(
     dk, dv, k, v, key_padded,
-    q_base, do_base, lse_base, delta_base, dq_base,
-    stride_qs, stride_dos, stride_ls, stride_dqs,
-    lo, hi, seqlen_q, seqlen_k, causal_offset, qk_scale_log2, scale,
+    q_base, do_base, lse_base, delta_base,
+    stride_qs, stride_dos, stride_ls,
+    lo, hi, seqlen_q, seqlen_k, causal_offset, qk_scale_log2,
     offs_n, offs_d, head_dim,
-    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
     DOT_MODE: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     d_ok = offs_d < head_dim
@@ -385,38 +413,34 @@ def _attn_bwd_dkdv_inner(
         dp_t = _dot(v, tl.trans(do), tl.zeros((k.shape[0], BLOCK_M), tl.float32), DOT_MODE)
         ds_t = (p_t * (dp_t - delta[None, :])).to(k.dtype)
         dk = _dot(ds_t, tl.trans(q_t), dk, DOT_MODE)
-        if ATOMIC_DQ:
-            dq = _dot(tl.trans(ds_t), k, tl.zeros((BLOCK_M, k.shape[1]), tl.float32), DOT_MODE) * scale
-            tl.atomic_add(dq_base + rows[:, None] * stride_dqs + offs_d[None, :], dq,
-                          mask=row_ok[:, None] & d_ok[None, :])
     return dk, dv
 
 
 @triton.jit
 def _attn_bwd_dkdv_kernel(
     # pointers
-    Q, K, V, DOut, LSE, Delta, DQ, DK, DV, KEY_MASK, CU_SEQLENS_Q, CU_SEQLENS_K,
+    Q, K, V, DOut, LSE, Delta, DK, DV, KEY_MASK, CU_SEQLENS_Q, CU_SEQLENS_K,
     # sizes
     seqlen_q, seqlen_k, num_kv_heads, kv_group_size, head_dim, qk_scale_log2, scale,
-    # strides (dK/dV share K's strides; dQ accumulates in Q's layout)
+    # strides
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_dob, stride_dos, stride_doh,
-    stride_dqb, stride_dqs, stride_dqh,
     stride_dkb, stride_dks, stride_dkh,
     stride_dvb, stride_dvs, stride_dvh,
     stride_lb, stride_lh, stride_ls,
     stride_mb, stride_mn,
     # meta-parameters
-    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, IS_VARLEN: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, IS_VARLEN: tl.constexpr,
     DOT_MODE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: dK, dV of BLOCK_N keys of one KV head, summed over its query-head group.
 
-    Each key block is owned by one program, so dK/dV need no atomics. With ATOMIC_DQ the same
-    program also adds its dQ share into an fp32 buffer (fast, order-nondeterministic); otherwise a
-    separate dQ kernel recomputes it in a fixed order (deterministic).
+    Each key block is owned by one program, so dK/dV need no atomics; dQ is a separate pass
+    (_attn_bwd_dq_kernel). That makes the whole backward deterministic, and on an H100 it was also
+    faster than adding dQ here with fp32 atomics: 380 against 129 TFLOP/s (D=128, S=4096, bf16;
+    bench/tune_attention.py).
     """
     start_n = tl.program_id(0) * BLOCK_N
     off_bh = tl.program_id(1)
@@ -466,20 +490,19 @@ def _attn_bwd_dkdv_kernel(
         h = h_kv * kv_group_size + g
         q_base = Q + b64 * stride_qb + q_row0 * stride_qs + h * stride_qh
         do_base = DOut + b64 * stride_dob + q_row0 * stride_dos + h * stride_doh
-        dq_base = DQ + b64 * stride_dqb + q_row0 * stride_dqs + h * stride_dqh
         lse_base = LSE + b64 * stride_lb + h * stride_lh + q_row0 * stride_ls
         delta_base = Delta + b64 * stride_lb + h * stride_lh + q_row0 * stride_ls
         dk, dv = _attn_bwd_dkdv_inner(
-            dk, dv, k, v, key_padded, q_base, do_base, lse_base, delta_base, dq_base,
-            stride_qs, stride_dos, stride_ls, stride_dqs,
-            m_lo, m_full, seqlen_q, seqlen_k, causal_offset, qk_scale_log2, scale, offs_n, offs_d, head_dim,
-            True, IS_CAUSAL, HAS_KEY_MASK, ATOMIC_DQ, DOT_MODE, BLOCK_M,
+            dk, dv, k, v, key_padded, q_base, do_base, lse_base, delta_base,
+            stride_qs, stride_dos, stride_ls,
+            m_lo, m_full, seqlen_q, seqlen_k, causal_offset, qk_scale_log2, offs_n, offs_d, head_dim,
+            True, IS_CAUSAL, HAS_KEY_MASK, DOT_MODE, BLOCK_M,
         )
         dk, dv = _attn_bwd_dkdv_inner(
-            dk, dv, k, v, key_padded, q_base, do_base, lse_base, delta_base, dq_base,
-            stride_qs, stride_dos, stride_ls, stride_dqs,
-            m_full, m_hi, seqlen_q, seqlen_k, causal_offset, qk_scale_log2, scale, offs_n, offs_d, head_dim,
-            False, IS_CAUSAL, HAS_KEY_MASK, ATOMIC_DQ, DOT_MODE, BLOCK_M,
+            dk, dv, k, v, key_padded, q_base, do_base, lse_base, delta_base,
+            stride_qs, stride_dos, stride_ls,
+            m_full, m_hi, seqlen_q, seqlen_k, causal_offset, qk_scale_log2, offs_n, offs_d, head_dim,
+            False, IS_CAUSAL, HAS_KEY_MASK, DOT_MODE, BLOCK_M,
         )
     dk = dk * scale
     tl.store(DK + b64 * stride_dkb + (k_row0 + offs_n[:, None]) * stride_dks + h_kv * stride_dkh + offs_d[None, :],
@@ -710,6 +733,25 @@ def _attn_decode_combine_kernel(
 # Launchers (called from genkernels.ops.attention inside torch.library.triton_op; tensors are
 # already validated and viewed as (B, S, H, D) -- or (1, total, H, D) for varlen)
 # ----------------------------------------------------------------------------------------------
+def tma_ok(q, k, v, varlen: bool) -> bool:
+    """Whether the forward can load K/V with tensor descriptors (TMA): Hopper or newer, not traced
+    by torch.compile (device-side descriptors need triton's allocator, set per launch below), dense
+    batches, 16-byte aligned base pointers and strides."""
+    if triton_interpret() or varlen or _capability()[0] < 9 or torch.compiler.is_compiling():
+        return False
+    size = k.element_size()
+    return all(t.data_ptr() % 16 == 0 and all(st * size % 16 == 0 for st in t.stride()[:3]) for t in (k, v))
+
+
+def _tma_scratch(size: int, alignment: int, stream):
+    return torch.empty(size, dtype=torch.int8, device="cpu" if triton_interpret() else "cuda")
+
+
+def _set_tma_allocator():
+    # triton keeps the allocator in a ContextVar: each thread (autograd's included) needs it set.
+    triton.set_allocator(_tma_scratch)
+
+
 def _bsh(t: torch.Tensor, varlen: bool = False) -> tuple[int, int, int]:
     """(batch, seq, head) strides; packed varlen tensors find sequences through cu_seqlens instead."""
     return 0 if varlen else t.stride(0), t.stride(1), t.stride(2)
@@ -737,23 +779,29 @@ def attention_forward(wrap, q, k, v, out, lse, key_padding_mask, cu_seqlens_q, c
     if not varlen:
         cu_seqlens_q = cu_seqlens_k = q
     kernel = forward_kernel(block_d, q.element_size()) if config is None else _attn_fwd_kernel
+    config = dict(config or {})
+    use_tma = config.pop("USE_TMA", None)
+    if use_tma is None:
+        use_tma = tma_ok(q, k, v, varlen)
+    if use_tma:
+        _set_tma_allocator()
     grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), batch * num_heads)  # noqa: E731
     wrap(kernel)[grid](
         q, k, v, out, lse, mask, cu_seqlens_q, cu_seqlens_k,
-        max_seqlen_q, max_seqlen_k, num_heads, num_heads // k.shape[2], head_dim, scale * LOG2E,
+        batch, max_seqlen_q, max_seqlen_k, num_heads, num_heads // k.shape[2], head_dim, scale * LOG2E,
         min(triton.next_power_of_2(max(max_seqlen_q, max_seqlen_k)), 8192),
         *_bsh(q, varlen), *_bsh(k, varlen), *_bsh(v, varlen), *_bsh(out, varlen), *_bsh(lse, varlen),
         stride_mb, stride_mn,
         IS_CAUSAL=causal, HAS_KEY_MASK=has_mask, IS_VARLEN=varlen,
-        EVEN_D=head_dim == block_d, DOT_MODE=dot_mode(q.dtype, allow_tf32), BLOCK_D=block_d,
-        **(config or {}),
+        EVEN_D=head_dim == block_d, DOT_MODE=dot_mode(q.dtype, allow_tf32), USE_TMA=use_tma, BLOCK_D=block_d,
+        **config,
     )
 
 
-def attention_backward(wrap, dout, q, k, v, out, lse, dlse, delta, dq, dk, dv, dq_accum,
+def attention_backward(wrap, dout, q, k, v, out, lse, dlse, delta, dq, dk, dv,
                        key_padding_mask, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q, max_seqlen_k,
                        scale, causal, allow_tf32, varlen, config=None):
-    """Launch preprocess, dK/dV and (deterministic) dQ. dq_accum: fp32 zeros for atomic dQ, or None.
+    """Launch preprocess (delta), dK/dV, then dQ: deterministic, no atomics.
 
     config: explicit tiles in backward_config's format (for bench/tune_attention.py)."""
     num_heads, head_dim = q.shape[2], q.shape[3]
@@ -773,25 +821,23 @@ def attention_backward(wrap, dout, q, k, v, out, lse, dlse, delta, dq, dk, dv, d
         HAS_DLSE=dlse is not None, IS_VARLEN=varlen, BLOCK_D=block_d, BLOCK_M=pre_m,
         num_warps=1 if triton_interpret() else 4,
     )
-    atomic = dq_accum is not None
-    dq_target = dq_accum if atomic else dq
+    dot = dot_mode(q.dtype, allow_tf32)
     wrap(_attn_bwd_dkdv_kernel)[(triton.cdiv(max_seqlen_k, cfg["DKDV_N"]), batch * num_kv_heads)](
-        q, k, v, dout, lse, delta, dq_target, dk, dv, mask, cu_seqlens_q, cu_seqlens_k,
+        q, k, v, dout, lse, delta, dk, dv, mask, cu_seqlens_q, cu_seqlens_k,
         max_seqlen_q, max_seqlen_k, num_kv_heads, group, head_dim, scale * LOG2E, scale,
-        *[stride for t in (q, k, v, dout, dq_target, dk, dv, lse) for stride in _bsh(t, varlen)],
+        *[stride for t in (q, k, v, dout, dk, dv, lse) for stride in _bsh(t, varlen)],
         stride_mb, stride_mn,
-        IS_CAUSAL=causal, HAS_KEY_MASK=has_mask, IS_VARLEN=varlen, ATOMIC_DQ=atomic,
-        DOT_MODE=dot_mode(q.dtype, allow_tf32), BLOCK_D=block_d, BLOCK_M=cfg["DKDV_M"], BLOCK_N=cfg["DKDV_N"], **launch,
+        IS_CAUSAL=causal, HAS_KEY_MASK=has_mask, IS_VARLEN=varlen,
+        DOT_MODE=dot, BLOCK_D=block_d, BLOCK_M=cfg["DKDV_M"], BLOCK_N=cfg["DKDV_N"], **launch,
     )
-    if not atomic:
-        wrap(_attn_bwd_dq_kernel)[(triton.cdiv(max_seqlen_q, cfg["DQ_M"]), batch * num_heads)](
-            q, k, v, dout, lse, delta, dq, mask, cu_seqlens_q, cu_seqlens_k,
-            max_seqlen_q, max_seqlen_k, num_heads, group, head_dim, scale * LOG2E, scale,
-            *[stride for t in (q, k, v, dout, dq, lse) for stride in _bsh(t, varlen)], stride_mb, stride_mn,
-            IS_CAUSAL=causal, HAS_KEY_MASK=has_mask, IS_VARLEN=varlen,
-            EVEN_D=head_dim == block_d, DOT_MODE=dot_mode(q.dtype, allow_tf32), BLOCK_D=block_d,
-            BLOCK_M=cfg["DQ_M"], BLOCK_N=cfg["DQ_N"], **launch,
-        )
+    wrap(_attn_bwd_dq_kernel)[(triton.cdiv(max_seqlen_q, cfg["DQ_M"]), batch * num_heads)](
+        q, k, v, dout, lse, delta, dq, mask, cu_seqlens_q, cu_seqlens_k,
+        max_seqlen_q, max_seqlen_k, num_heads, group, head_dim, scale * LOG2E, scale,
+        *[stride for t in (q, k, v, dout, dq, lse) for stride in _bsh(t, varlen)], stride_mb, stride_mn,
+        IS_CAUSAL=causal, HAS_KEY_MASK=has_mask, IS_VARLEN=varlen,
+        EVEN_D=head_dim == block_d, DOT_MODE=dot, BLOCK_D=block_d,
+        BLOCK_M=cfg["DQ_M"], BLOCK_N=cfg["DQ_N"], **launch,
+    )
 
 
 def decode_num_splits(batch: int, num_kv_heads: int, max_seqlen_k: int, head_dim: int, elem_bytes: int) -> int:

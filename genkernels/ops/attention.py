@@ -160,7 +160,7 @@ def _empty_lse(q, varlen: bool) -> torch.Tensor:
 def _attention_forward_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
     cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
-    max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, deterministic: bool, allow_tf32: bool,
+    max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, allow_tf32: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     varlen = cu_seqlens_q is not None
     out, lse = torch.empty_like(q), _empty_lse(q, varlen)
@@ -194,7 +194,7 @@ def _attention_backward_op(
     dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     lse: torch.Tensor, dlse: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor],
     cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
-    max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, deterministic: bool, allow_tf32: bool,
+    max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, allow_tf32: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     varlen = cu_seqlens_q is not None
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -206,17 +206,12 @@ def _attention_backward_op(
 
         batch = cu_seqlens_q.numel() - 1 if varlen else q.shape[0]
         delta = torch.empty_like(lse)
-        # Non-deterministic mode accumulates dQ with fp32 atomics from the dK/dV programs (one
-        # pass); deterministic mode recomputes dQ in a separate pass with a fixed key order.
-        dq_accum = None if deterministic else torch.zeros_like(q, dtype=torch.float32)
         expand = (lambda t: None if t is None else t.unsqueeze(0)) if varlen else (lambda t: t)
         kernels.attention_backward(
-            wrap_triton, *[expand(t) for t in (dout, q, k, v, out, lse, dlse, delta, dq, dk, dv, dq_accum)],
+            wrap_triton, *[expand(t) for t in (dout, q, k, v, out, lse, dlse, delta, dq, dk, dv)],
             key_padding_mask, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q, max_seqlen_k,
             scale, causal, allow_tf32, varlen=varlen,
         )
-        if dq_accum is not None:
-            dq.copy_(dq_accum)
         return dq, dk, dv
     if varlen:
         q4, k4, v4, allowed = _varlen_as_dense(q, k, v, cu_seqlens_q, cu_seqlens_k, causal)
@@ -265,7 +260,7 @@ def _setup_context(ctx, inputs, output):
     q, k, v, key_padding_mask, cu_seqlens_q, cu_seqlens_k, *flags = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, key_padding_mask, cu_seqlens_q, cu_seqlens_k)
-    ctx.flags = flags  # max_seqlen_q, max_seqlen_k, scale, causal, deterministic, allow_tf32
+    ctx.flags = flags  # max_seqlen_q, max_seqlen_k, scale, causal, allow_tf32
 
 
 def _backward(ctx, dout, dlse):
@@ -279,7 +274,7 @@ def _backward(ctx, dout, dlse):
     dq, dk, dv = torch.ops.genkernels.attention_backward(
         dout, q, k, v, out, lse, dlse, key_padding_mask, cu_seqlens_q, cu_seqlens_k, *ctx.flags
     )
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 _attention_forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -314,7 +309,7 @@ def _sdpa(q, k, v, causal, scale, key_padding_mask):
 
 
 def attention(q, k, v, causal=False, scale=None, key_padding_mask=None, layout="bshd",
-              deterministic=False, return_lse=False, allow_tf32=False):
+              return_lse=False, allow_tf32=False):
     """Scaled dot-product attention, fused: out = softmax(scale * q k^T + masks) v.
 
     q:       (B, Sq, Hq, D) for layout "bshd", (B, Hq, Sq, D) for "bhsd"; fp16, bf16 or fp32
@@ -322,10 +317,10 @@ def attention(q, k, v, causal=False, scale=None, key_padding_mask=None, layout="
     causal:  bottom-right aligned (query i sees keys j <= i + Sk - Sq)
     scale:   softmax scale, default 1 / sqrt(D)
     key_padding_mask: bool (B, Sk), True = padded key (ignored), as in nn.MultiheadAttention
-    deterministic: backward without atomics (bitwise reproducible), somewhat slower
     allow_tf32: let fp32 inputs use TF32 tensor cores on GPU
     Returns out in q's layout and dtype, and with return_lse the float32 lse (B, Hq, Sq).
-    Both layouts are read in place through strides (no copy).
+    Both layouts are read in place through strides (no copy). The backward is deterministic
+    (bitwise repeatable): dK/dV and dQ are separate passes without atomics.
     """
     _check_layout(layout)
     if layout == "bhsd":
@@ -339,7 +334,7 @@ def attention(q, k, v, causal=False, scale=None, key_padding_mask=None, layout="
         out, lse = _sdpa(q, k, v, causal, scale, key_padding_mask), None
     else:
         out, lse = torch.ops.genkernels.attention_forward(
-            q, k, v, key_padding_mask, None, None, q.shape[1], k.shape[1], scale, causal, deterministic, allow_tf32
+            q, k, v, key_padding_mask, None, None, q.shape[1], k.shape[1], scale, causal, allow_tf32
         )
     if layout == "bhsd":
         out = out.transpose(1, 2)
@@ -347,7 +342,7 @@ def attention(q, k, v, causal=False, scale=None, key_padding_mask=None, layout="
 
 
 def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False,
-                     scale=None, deterministic=False, return_lse=False, allow_tf32=False):
+                     scale=None, return_lse=False, allow_tf32=False):
     """Attention over variable-length sequences packed without padding (cu_seqlens style).
 
     q:            (total_q, Hq, D), sequence b is rows cu_seqlens_q[b] : cu_seqlens_q[b + 1]
@@ -369,7 +364,7 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
     out, lse = torch.ops.genkernels.attention_forward(
         q, k, v, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-        _default_scale(q.shape[-1], scale), causal, deterministic, allow_tf32,
+        _default_scale(q.shape[-1], scale), causal, allow_tf32,
     )
     return (out, lse) if return_lse else out
 

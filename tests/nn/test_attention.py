@@ -6,12 +6,9 @@ import torch
 from torch import nn
 
 from genkernels import use_backend
+from tests.helpers import triton_test
 from genkernels.nn import CrossAttention, KVCache, MultiheadAttention, SelfAttention
 
-interpret = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1",
-    reason="Triton kernels run on CPU only in the interpreter: run pytest with --triton-interpret",
-)
 
 
 def _pair(**kwargs):
@@ -143,7 +140,7 @@ def test_constructor_errors():
         SelfAttention(64, num_heads=4, num_kv_heads=3)
 
 
-@interpret
+@triton_test
 def test_triton_self_attention_decode_matches_torch():
     layer = SelfAttention(64, num_heads=4, num_kv_heads=2).eval()
     layer.decode_max_tokens = 2
@@ -157,7 +154,7 @@ def test_triton_self_attention_decode_matches_torch():
     torch.testing.assert_close(stepped, expected, rtol=1e-5, atol=1e-5)
 
 
-@interpret
+@triton_test
 def test_triton_multihead_attention_matches_torch(monkeypatch):
     reference, ours = _pair(embed_dim=64, num_heads=2, batch_first=True)
     monkeypatch.setattr(ours, "_torch_forward", None)

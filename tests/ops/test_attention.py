@@ -15,11 +15,8 @@ from genkernels.ops.attention import (
     decode_allowed,
 )
 from genkernels.testing import assert_close_2x
+from tests.helpers import triton_test
 
-interpret = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1",
-    reason="Triton kernels run on CPU only in the interpreter: run pytest with --triton-interpret",
-)
 
 
 def _qkv(batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, dtype=torch.float32, layout="bshd"):
@@ -85,19 +82,19 @@ def check_against_reference(q, k, v, layout="bshd", **kwargs):
 # ----------------------------------------------------------------------------------------------
 # Triton kernels in the interpreter
 # ----------------------------------------------------------------------------------------------
-@interpret
+@triton_test
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("causal", [False, True])
 def test_triton_forward_backward(dtype, causal):
     check_against_reference(*_qkv(2, 17, 17, 2, 2, 32, dtype), causal=causal)
 
 
-@interpret
+@triton_test
 def test_triton_bfloat16():
     check_against_reference(*_qkv(1, 19, 19, 2, 2, 32, torch.bfloat16), causal=True)
 
 
-@interpret
+@triton_test
 @pytest.mark.parametrize(
     "seqlen, heads, head_dim, causal",
     [(1, 2, 16, False), (129, 1, 16, True)],
@@ -107,13 +104,13 @@ def test_triton_odd_lengths(seqlen, heads, head_dim, causal):
     check_against_reference(*_qkv(1, seqlen, seqlen, heads, heads, head_dim), causal=causal)
 
 
-@interpret
+@triton_test
 @pytest.mark.parametrize("head_dim, dtype, causal", [(40, torch.float16, False), (80, torch.float32, True)])
 def test_triton_non_power_of_two_head_dim(head_dim, dtype, causal):
     check_against_reference(*_qkv(1, 21, 21, 2, 2, head_dim, dtype), causal=causal)
 
 
-@interpret
+@triton_test
 @pytest.mark.parametrize(
     "seqlen_q, seqlen_k, causal",
     [(7, 33, False), (5, 37, True), (33, 9, True)],
@@ -126,13 +123,13 @@ def test_triton_cross_attention(seqlen_q, seqlen_k, causal):
         assert torch.all(out[:, : seqlen_q - seqlen_k] == 0)
 
 
-@interpret
+@triton_test
 @pytest.mark.parametrize("kv_heads", [2, 1], ids=["gqa", "mqa"])
 def test_triton_grouped_query(kv_heads):
     check_against_reference(*_qkv(2, 19, 23, 4, kv_heads, 32), causal=True)
 
 
-@interpret
+@triton_test
 @pytest.mark.parametrize("causal", [False, True])
 def test_triton_key_padding_mask(causal):
     q, k, v = _qkv(3, 18, 18, 2, 2, 32)
@@ -142,27 +139,52 @@ def test_triton_key_padding_mask(causal):
     assert torch.all(out[0] == 0) and torch.all(grads[1][0] == 0) and torch.all(grads[2][0] == 0)
 
 
-@interpret
+@triton_test
 def test_triton_bhsd_layout_in_place():
     q, k, v = _qkv(2, 19, 21, 4, 2, 32, torch.float16, layout="bhsd")
     out, _ = check_against_reference(q, k, v, layout="bhsd", causal=True)
     assert out.is_contiguous()  # written straight into (B, H, S, D), no transposed copy
 
 
-@interpret
-def test_triton_deterministic_backward_is_bitwise_repeatable():
+@triton_test
+def test_triton_backward_is_bitwise_repeatable():
     q, k, v = _qkv(1, 33, 33, 2, 1, 16)
     dout = torch.randn(q.shape)
 
-    def grads(deterministic):
+    def grads():
         with use_backend("triton"):
-            out = attention(q, k, v, causal=True, deterministic=deterministic)
+            out = attention(q, k, v, causal=True)
             return torch.autograd.grad((out * dout).sum(), (q, k, v))
 
-    first, second, atomic = grads(True), grads(True), grads(False)
-    for a, b, c in zip(first, second, atomic):
+    for a, b in zip(grads(), grads()):
         assert torch.equal(a, b)
-        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+
+
+@triton_test
+@pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "tensor-descriptors"])
+def test_triton_forward_load_paths(use_tma):
+    # Both ways of loading K/V (pointer arithmetic; TMA tensor descriptors, the Hopper default for
+    # dense inputs) on a ragged length, a non-power-of-two head dim and GQA.
+    from genkernels.kernels import attention as kernels
+
+    if use_tma and q_device().type == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("tensor descriptors need sm_90 or newer")
+    q, k, v = (t.detach() for t in _qkv(2, 37, 45, 4, 2, 40, torch.float16))
+    out = torch.empty_like(q)
+    lse = torch.empty(2, 4, 37)
+    small = q.device.type == "cpu"
+    config = dict(BLOCK_M=16 if small else 64, BLOCK_N=16 if small else 32, num_warps=1 if small else 4,
+                  num_stages=1 if small else 2, USE_TMA=use_tma)
+    kernels.attention_forward(lambda f: f, q, k, v, out, lse, None, None, None, 2, 37, 45, 40 ** -0.5, True,
+                              False, False, config=config)
+    truth, truth_lse = attention_ref(q.double(), k.double(), v.double(), causal=True)
+    lowp, _ = attention_ref(q, k, v, causal=True)
+    assert_close_2x(out, truth, lowp, name="out")
+    torch.testing.assert_close(lse.double(), truth_lse, rtol=1e-3, atol=1e-3)
+
+
+def q_device():
+    return torch.empty(0).device
 
 
 def _packed(lengths_q, lengths_k, heads, kv_heads, head_dim, dtype=torch.float32):
@@ -187,7 +209,7 @@ def _varlen_truth(q, k, v, cu_q, cu_k, causal, dout, dlse, dtype):
     return out, lse, grads
 
 
-@interpret
+@triton_test
 @pytest.mark.parametrize("causal", [False, True])
 def test_triton_varlen(causal):
     # Lengths include 1 and 0 (an empty sequence), keys longer and shorter than queries.
@@ -210,7 +232,7 @@ def _decode_truth(q, k_cache, v_cache, lengths, causal, dtype):
     return attention_ref(q.to(dtype), k_cache.to(dtype), v_cache.to(dtype), allowed=allowed)
 
 
-@interpret
+@triton_test
 @pytest.mark.parametrize("new_tokens, causal, dtype", [(1, False, torch.float16), (3, True, torch.float32)])
 def test_triton_decode(new_tokens, causal, dtype):
     batch, cache_len, heads, kv_heads, head_dim = 3, 70, 4, 2, 32
@@ -226,7 +248,7 @@ def test_triton_decode(new_tokens, causal, dtype):
     assert_lse_close(lse, truth[1], lowp[1])
 
 
-@interpret
+@triton_test
 def test_triton_empty_batch_launches_nothing():
     q, k, v = _qkv(0, 5, 5, 2, 2, 16)
     with use_backend("triton"):
@@ -370,16 +392,16 @@ def test_opcheck_reference_ops():
     q, k, v = _qkv(2, 5, 7, 4, 2, 16)
     mask = torch.rand(2, 7) < 0.3
     fwd = torch.ops.genkernels.attention_forward.default
-    torch.library.opcheck(fwd, (q, k, v, mask, None, None, 5, 7, 0.25, True, False, False))
+    torch.library.opcheck(fwd, (q, k, v, mask, None, None, 5, 7, 0.25, True, False))
     qv, kv, vv, cu_q, cu_k = _packed([2, 3], [4, 3], 2, 1, 16)
-    torch.library.opcheck(fwd, (qv, kv, vv, None, cu_q, cu_k, 3, 4, 0.25, True, False, False), test_utils=QUICK_OPCHECK)
+    torch.library.opcheck(fwd, (qv, kv, vv, None, cu_q, cu_k, 3, 4, 0.25, True, False), test_utils=QUICK_OPCHECK)
     bhsd = [t.detach().transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]  # strided views
-    torch.library.opcheck(fwd, (*bhsd, None, None, None, 5, 7, 0.25, False, False, False), test_utils=QUICK_OPCHECK)
-    out, lse = fwd(q, k, v, mask, None, None, 5, 7, 0.25, True, False, False)
+    torch.library.opcheck(fwd, (*bhsd, None, None, None, 5, 7, 0.25, False, False), test_utils=QUICK_OPCHECK)
+    out, lse = fwd(q, k, v, mask, None, None, 5, 7, 0.25, True, False)
     bwd = torch.ops.genkernels.attention_backward.default
     torch.library.opcheck(
         bwd, (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), None, mask,
-              None, None, 5, 7, 0.25, True, False, False),
+              None, None, 5, 7, 0.25, True, False),
         test_utils=QUICK_OPCHECK,
     )
     decode = torch.ops.genkernels.attention_decode.default

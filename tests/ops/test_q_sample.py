@@ -26,7 +26,7 @@ def test_scalar_step_and_non_contiguous(backend, device):
     with genkernels.use_backend(backend):
         x_t, target = q_sample(x0, noise, 10, SCHED, "v")
     with genkernels.use_backend("torch"):
-        ref_xt, ref_target = q_sample(x0, noise, torch.full((5,), 10), SCHED, "v")
+        ref_xt, ref_target = q_sample(x0, noise, torch.full((5,), 10, device=device), SCHED, "v")
     torch.testing.assert_close(x_t, ref_xt)
     torch.testing.assert_close(target, ref_target)
 
