@@ -117,7 +117,7 @@ def sweep(parts, cases, log):
                     log(dict(base, kind="sdpa", config=backend.name, error=f"{type(exc).__name__}: {exc}"[:200]))
         best = None
         if "fwd" in parts:
-            for cfg in FWD[max(64, head_dim)]:
+            for cfg in FWD[max(64, 1 << (head_dim - 1).bit_length())]:
                 for use_tma in (False, True):
                     try:
                         fn = run_forward(q, k, v, causal, cfg, use_tma)
@@ -134,7 +134,7 @@ def sweep(parts, cases, log):
                                  error=f"{type(exc).__name__}: {exc}"[:300]))
         if "bwd" in parts and head_dim <= 128:
             if best is None:
-                out, lse = run_forward(q, k, v, causal, FWD[max(64, head_dim)][1])()
+                out, lse = run_forward(q, k, v, causal, FWD[max(64, 1 << (head_dim - 1).bit_length())][1])()
             else:
                 _, out, lse = best
             for cfg in BWD:

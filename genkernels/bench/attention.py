@@ -56,7 +56,7 @@ def _flex(causal, seqlen, device):
 
 
 SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
-FLEX_SEQLENS = (2048, 8192)  # FlexAttention compiles per shape: time it on a few lengths only
+FLEX_SEQLENS = (4096,)  # FlexAttention compiles per shape: time it on a few lengths only
 
 
 def _sdpa_with(backend_name, causal):
