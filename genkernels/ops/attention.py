@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.library import triton_op, wrap_triton
 
 from genkernels._backend import select
+from genkernels.ops._args import direct_call_ok
 
 BACKENDS = ("torch", "triton")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -150,18 +151,30 @@ def _backend(device: torch.device) -> str:
     return select("attention", device, BACKENDS)
 
 
+def _launcher(*tensors):
+    """How the op bodies launch Triton kernels. wrap_triton records launches for torch.compile and
+    fake-tensor tracing, but in eager mode outside the dispatcher's fast path it cost about 0.6 ms
+    per launch on an H100 (bench/attention_overhead.py); with plain tensors and nothing tracing the
+    kernels are launched directly."""
+    plain = not (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+                 or torch._C._len_torch_function_stack())
+    if plain and all(t is None or type(t) is torch.Tensor for t in tensors):
+        return _identity
+    return wrap_triton
+
+
+def _identity(kernel):
+    return kernel
+
+
 def _empty_lse(q, varlen: bool) -> torch.Tensor:
     if varlen:
         return q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)  # (Hq, total_q)
     return q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)  # (B, Hq, Sq)
 
 
-@triton_op("genkernels::attention_forward", mutates_args=())
-def _attention_forward_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
-    cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
-    max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, allow_tf32: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward_impl(q, k, v, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
+                  causal, allow_tf32):
     varlen = cu_seqlens_q is not None
     out, lse = torch.empty_like(q), _empty_lse(q, varlen)
     seq_axis = 0 if varlen else 1
@@ -173,7 +186,7 @@ def _attention_forward_op(
         batch = cu_seqlens_q.numel() - 1 if varlen else q.shape[0]
         views = [t.unsqueeze(0) if varlen else t for t in (q, k, v, out, lse)]
         kernels.attention_forward(
-            wrap_triton, *views, key_padding_mask, cu_seqlens_q, cu_seqlens_k, batch,
+            _launcher(q, k, v, key_padding_mask, cu_seqlens_q), *views, key_padding_mask, cu_seqlens_q, cu_seqlens_k, batch,
             max_seqlen_q, max_seqlen_k, scale, causal, allow_tf32, varlen=varlen,
         )
         return out, lse
@@ -187,6 +200,16 @@ def _attention_forward_op(
     out.copy_(ref_out)
     lse.copy_(ref_lse)
     return out, lse
+
+
+@triton_op("genkernels::attention_forward", mutates_args=())
+def _attention_forward_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: Optional[torch.Tensor],
+    cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
+    max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, allow_tf32: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward_impl(q, k, v, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                         scale, causal, allow_tf32)
 
 
 @triton_op("genkernels::attention_backward", mutates_args=())
@@ -208,7 +231,7 @@ def _attention_backward_op(
         delta = torch.empty_like(lse)
         expand = (lambda t: None if t is None else t.unsqueeze(0)) if varlen else (lambda t: t)
         kernels.attention_backward(
-            wrap_triton, *[expand(t) for t in (dout, q, k, v, out, lse, dlse, delta, dq, dk, dv)],
+            _launcher(dout, q, k, v, out, lse, dlse, key_padding_mask, cu_seqlens_q), *[expand(t) for t in (dout, q, k, v, out, lse, dlse, delta, dq, dk, dv)],
             key_padding_mask, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q, max_seqlen_k,
             scale, causal, allow_tf32, varlen=varlen,
         )
@@ -228,11 +251,7 @@ def _attention_backward_op(
     return dq, dk, dv
 
 
-@triton_op("genkernels::attention_decode", mutates_args=())
-def _attention_decode_op(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
-    scale: float, causal: bool, allow_tf32: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_impl(q, k_cache, v_cache, cache_seqlens, scale, causal, allow_tf32):
     out, lse = torch.empty_like(q), _empty_lse(q, False)
     if q.numel() == 0 or k_cache.shape[1] == 0:
         return out.zero_(), lse.fill_(float("-inf"))
@@ -243,14 +262,22 @@ def _attention_decode_op(
         num_splits = kernels.decode_num_splits(batch, k_cache.shape[2], k_cache.shape[1], head_dim, q.element_size())
         out_partial = q.new_empty((batch, num_heads, seqlen_q, num_splits, head_dim), dtype=torch.float32)
         lse_partial = q.new_empty((batch, num_heads, seqlen_q, num_splits), dtype=torch.float32)
-        kernels.attention_decode(wrap_triton, q, k_cache, v_cache, cache_seqlens, out, lse,
-                                 out_partial, lse_partial, scale, causal, allow_tf32)
+        kernels.attention_decode(_launcher(q, k_cache, v_cache, cache_seqlens), q, k_cache, v_cache, cache_seqlens,
+                                 out, lse, out_partial, lse_partial, scale, causal, allow_tf32)
         return out, lse
     allowed = decode_allowed(cache_seqlens, q.shape[1], k_cache.shape[1], causal)
     ref_out, ref_lse = attention_ref(q, k_cache, v_cache, scale=scale, allowed=allowed)
     out.copy_(ref_out)
     lse.copy_(ref_lse)
     return out, lse
+
+
+@triton_op("genkernels::attention_decode", mutates_args=())
+def _attention_decode_op(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+    scale: float, causal: bool, allow_tf32: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _decode_impl(q, k_cache, v_cache, cache_seqlens, scale, causal, allow_tf32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,9 +360,8 @@ def attention(q, k, v, causal=False, scale=None, key_padding_mask=None, layout="
     if use_sdpa and (not causal or q.shape[1] == k.shape[1] or key_padding_mask is not None):
         out, lse = _sdpa(q, k, v, causal, scale, key_padding_mask), None
     else:
-        out, lse = torch.ops.genkernels.attention_forward(
-            q, k, v, key_padding_mask, None, None, q.shape[1], k.shape[1], scale, causal, allow_tf32
-        )
+        forward = _forward_impl if direct_call_ok(q, k, v, key_padding_mask) else torch.ops.genkernels.attention_forward
+        out, lse = forward(q, k, v, key_padding_mask, None, None, q.shape[1], k.shape[1], scale, causal, allow_tf32)
     if layout == "bhsd":
         out = out.transpose(1, 2)
     return (out, lse) if return_lse else out
@@ -362,7 +388,8 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    out, lse = torch.ops.genkernels.attention_forward(
+    forward = _forward_impl if direct_call_ok(q, k, v, cu_seqlens_q, cu_seqlens_k) else torch.ops.genkernels.attention_forward
+    out, lse = forward(
         q, k, v, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
         _default_scale(q.shape[-1], scale), causal, allow_tf32,
     )
@@ -387,9 +414,8 @@ def attention_decode(q, k_cache, v_cache, cache_seqlens, scale=None, causal=Fals
         raise ValueError(f"cache_seqlens must have shape ({q.shape[0]},), got {tuple(cache_seqlens.shape)}")
     if cache_seqlens.device != q.device:
         raise ValueError(f"cache_seqlens must be on {q.device}, got {cache_seqlens.device}")
-    out, lse = torch.ops.genkernels.attention_decode(
-        q, k_cache, v_cache, cache_seqlens, _default_scale(q.shape[-1], scale), causal, allow_tf32
-    )
+    decode = _decode_impl if direct_call_ok(q, k_cache, v_cache, cache_seqlens) else torch.ops.genkernels.attention_decode
+    out, lse = decode(q, k_cache, v_cache, cache_seqlens, _default_scale(q.shape[-1], scale), causal, allow_tf32)
     return (out, lse) if return_lse else out
 
 
