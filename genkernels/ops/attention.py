@@ -212,13 +212,8 @@ def _attention_forward_op(
                          scale, causal, allow_tf32)
 
 
-@triton_op("genkernels::attention_backward", mutates_args=())
-def _attention_backward_op(
-    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-    lse: torch.Tensor, dlse: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor],
-    cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
-    max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, allow_tf32: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_impl(dout, q, k, v, out, lse, dlse, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                   max_seqlen_k, scale, causal, allow_tf32):
     varlen = cu_seqlens_q is not None
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     seq_axis = 0 if varlen else 1
@@ -249,6 +244,17 @@ def _attention_backward_op(
     for target, grad in zip((dq, dk, dv), grads):
         target.copy_(grad)
     return dq, dk, dv
+
+
+@triton_op("genkernels::attention_backward", mutates_args=())
+def _attention_backward_op(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+    lse: torch.Tensor, dlse: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor],
+    cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
+    max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, allow_tf32: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward_impl(dout, q, k, v, out, lse, dlse, key_padding_mask, cu_seqlens_q, cu_seqlens_k,
+                          max_seqlen_q, max_seqlen_k, scale, causal, allow_tf32)
 
 
 def _decode_impl(q, k_cache, v_cache, cache_seqlens, scale, causal, allow_tf32):
@@ -290,7 +296,7 @@ def _setup_context(ctx, inputs, output):
     ctx.flags = flags  # max_seqlen_q, max_seqlen_k, scale, causal, allow_tf32
 
 
-def _backward(ctx, dout, dlse):
+def _backward(ctx, dout, dlse, backward=None):
     q, k, v, out, lse, key_padding_mask, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
@@ -298,13 +304,47 @@ def _backward(ctx, dout, dlse):
         dout = dout.contiguous()
     if dlse is not None:
         dlse = dlse.contiguous()  # the kernels read it with lse's (contiguous) strides
-    dq, dk, dv = torch.ops.genkernels.attention_backward(
+    dq, dk, dv = (backward or torch.ops.genkernels.attention_backward)(
         dout, q, k, v, out, lse, dlse, key_padding_mask, cu_seqlens_q, cu_seqlens_k, *ctx.flags
     )
     return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 _attention_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerAttention(torch.autograd.Function):
+    """The same forward and backward as the registered ops, without the dispatcher: in eager mode
+    torch.library's custom-op wrapper cost about 0.6 ms per call on an H100
+    (bench/attention_overhead.py), more than the kernels themselves at short lengths. Used only
+    when nothing traces (see _eager_ok); torch.compile, make_fx and opcheck see the ops."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _forward_impl(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        return _backward(ctx, dout, dlse, backward=_backward_impl)
+
+
+def _eager_ok(*tensors) -> bool:
+    """Nothing traces or transforms these calls: no torch.compile, no Python modes, no functorch
+    transform, and plain tensors."""
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack()
+            or torch._C._functorch.peek_interpreter_stack() is not None):
+        return False
+    return all(t is None or type(t) is torch.Tensor for t in tensors)
+
+
+def _forward_entry(*tensors):
+    """The cheapest correct route for a public call: the kernels directly when no gradient is
+    needed, the eager autograd.Function when one is, the registered op whenever anything traces."""
+    if direct_call_ok(*tensors):
+        return _forward_impl
+    return _EagerAttention.apply if _eager_ok(*tensors) else torch.ops.genkernels.attention_forward
 
 
 # ----------------------------------------------------------------------------------------------
@@ -360,8 +400,7 @@ def attention(q, k, v, causal=False, scale=None, key_padding_mask=None, layout="
     if use_sdpa and (not causal or q.shape[1] == k.shape[1] or key_padding_mask is not None):
         out, lse = _sdpa(q, k, v, causal, scale, key_padding_mask), None
     else:
-        forward = _forward_impl if direct_call_ok(q, k, v, key_padding_mask) else torch.ops.genkernels.attention_forward
-        out, lse = forward(q, k, v, key_padding_mask, None, None, q.shape[1], k.shape[1], scale, causal, allow_tf32)
+        out, lse = _forward_entry(q, k, v, key_padding_mask)(q, k, v, key_padding_mask, None, None, q.shape[1], k.shape[1], scale, causal, allow_tf32)
     if layout == "bhsd":
         out = out.transpose(1, 2)
     return (out, lse) if return_lse else out
@@ -388,8 +427,7 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    forward = _forward_impl if direct_call_ok(q, k, v, cu_seqlens_q, cu_seqlens_k) else torch.ops.genkernels.attention_forward
-    out, lse = forward(
+    out, lse = _forward_entry(q, k, v, cu_seqlens_q, cu_seqlens_k)(
         q, k, v, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
         _default_scale(q.shape[-1], scale), causal, allow_tf32,
     )
