@@ -10,6 +10,7 @@ OUT=${OUT:-/tmp/genkernels-out}
 mkdir -p "$OUT" bench/results
 stages=${*:-build test bench}
 export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # stages after a build elsewhere still import genkernels
 device=$(python -c "import torch; print(torch.cuda.get_device_name().replace(' ', '_'))")
 for stage in $stages; do
   echo "=== $stage ($(date +%T))"
