@@ -168,6 +168,34 @@ def _load_2d(ptrs, n_ok, d_ok, MASK_N: tl.constexpr, MASK_D: tl.constexpr):
         return tl.load(ptrs)
 
 
+@triton.jit
+def _sequence_bounds(CU_SEQLENS_Q, CU_SEQLENS_K, b, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
+    """(q_start, seqlen_q, k_start, seqlen_k) of batch entry b: packed offsets for varlen, else 0."""
+    q_start = tl.full((), 0, tl.int32)
+    k_start = tl.full((), 0, tl.int32)
+    if IS_VARLEN:
+        q_start = tl.load(CU_SEQLENS_Q + b)
+        seqlen_q = tl.load(CU_SEQLENS_Q + b + 1) - q_start
+        k_start = tl.load(CU_SEQLENS_K + b)
+        seqlen_k = tl.load(CU_SEQLENS_K + b + 1) - k_start
+    return q_start, seqlen_q, k_start, seqlen_k
+
+
+@triton.jit
+def _key_ranges(start_m, seqlen_k, causal_offset, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr):
+    """For the query block at start_m: keys [0, full_hi) need no mask; [full_hi, hi) hold the causal
+    diagonal and the ragged last block; keys at or past hi are invisible to every row (skipped)."""
+    if IS_CAUSAL:
+        hi = tl.maximum(tl.minimum(seqlen_k, start_m + BLOCK_M + causal_offset), 0)
+        first_row_limit = tl.maximum(start_m + causal_offset + 1, 0)
+        full_hi = tl.minimum(first_row_limit // BLOCK_N, seqlen_k // BLOCK_N) * BLOCK_N
+    else:
+        hi = seqlen_k
+        full_hi = seqlen_k // BLOCK_N * BLOCK_N
+    return full_hi, hi
+
+
 # ----------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------
@@ -248,13 +276,8 @@ def _attn_fwd_kernel(
     b = off_bh // num_heads
     h = off_bh % num_heads
     h_kv = h // kv_group_size
-    q_start = tl.full((), 0, tl.int32)
-    k_start = tl.full((), 0, tl.int32)
-    if IS_VARLEN:
-        q_start = tl.load(CU_SEQLENS_Q + b)
-        seqlen_q = tl.load(CU_SEQLENS_Q + b + 1) - q_start
-        k_start = tl.load(CU_SEQLENS_K + b)
-        seqlen_k = tl.load(CU_SEQLENS_K + b + 1) - k_start
+    q_start, seqlen_q, k_start, seqlen_k = _sequence_bounds(CU_SEQLENS_Q, CU_SEQLENS_K, b, seqlen_q, seqlen_k,
+                                                            IS_VARLEN)
     if start_m >= seqlen_q:
         return
     b64 = b.to(tl.int64)
@@ -289,13 +312,7 @@ def _attn_fwd_kernel(
     # Key range: [0, full_hi) needs no mask; [full_hi, hi) holds the causal diagonal and the
     # ragged last block; keys at or beyond hi are invisible to every row (causal block skipping).
     causal_offset = seqlen_k - seqlen_q
-    if IS_CAUSAL:
-        hi = tl.maximum(tl.minimum(seqlen_k, start_m + BLOCK_M + causal_offset), 0)
-        first_row_limit = tl.maximum(start_m + causal_offset + 1, 0)
-        full_hi = tl.minimum(first_row_limit // BLOCK_N, seqlen_k // BLOCK_N) * BLOCK_N
-    else:
-        hi = seqlen_k
-        full_hi = seqlen_k // BLOCK_N * BLOCK_N
+    full_hi, hi = _key_ranges(start_m, seqlen_k, causal_offset, IS_CAUSAL, BLOCK_M, BLOCK_N)
     acc, l_i, m_i = _attn_fwd_inner(
         acc, l_i, m_i, q, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn, k_desc, v_desc, b, h_kv,
         0, full_hi, seqlen_k, causal_offset, qk_scale_log2, offs_m, offs_n, offs_d, head_dim,
@@ -429,13 +446,8 @@ def _attn_bwd_dkdv_kernel(
     off_bh = tl.program_id(1)
     b = off_bh // num_kv_heads
     h_kv = off_bh % num_kv_heads
-    q_start = tl.full((), 0, tl.int32)
-    k_start = tl.full((), 0, tl.int32)
-    if IS_VARLEN:
-        q_start = tl.load(CU_SEQLENS_Q + b)
-        seqlen_q = tl.load(CU_SEQLENS_Q + b + 1) - q_start
-        k_start = tl.load(CU_SEQLENS_K + b)
-        seqlen_k = tl.load(CU_SEQLENS_K + b + 1) - k_start
+    q_start, seqlen_q, k_start, seqlen_k = _sequence_bounds(CU_SEQLENS_Q, CU_SEQLENS_K, b, seqlen_q, seqlen_k,
+                                                            IS_VARLEN)
     if start_n >= seqlen_k:
         return
     b64 = b.to(tl.int64)
@@ -552,13 +564,8 @@ def _attn_bwd_dq_kernel(
     b = off_bh // num_heads
     h = off_bh % num_heads
     h_kv = h // kv_group_size
-    q_start = tl.full((), 0, tl.int32)
-    k_start = tl.full((), 0, tl.int32)
-    if IS_VARLEN:
-        q_start = tl.load(CU_SEQLENS_Q + b)
-        seqlen_q = tl.load(CU_SEQLENS_Q + b + 1) - q_start
-        k_start = tl.load(CU_SEQLENS_K + b)
-        seqlen_k = tl.load(CU_SEQLENS_K + b + 1) - k_start
+    q_start, seqlen_q, k_start, seqlen_k = _sequence_bounds(CU_SEQLENS_Q, CU_SEQLENS_K, b, seqlen_q, seqlen_k,
+                                                            IS_VARLEN)
     if start_m >= seqlen_q:
         return
     b64 = b.to(tl.int64)
@@ -580,13 +587,7 @@ def _attn_bwd_dq_kernel(
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
 
     causal_offset = seqlen_k - seqlen_q
-    if IS_CAUSAL:
-        hi = tl.maximum(tl.minimum(seqlen_k, start_m + BLOCK_M + causal_offset), 0)
-        first_row_limit = tl.maximum(start_m + causal_offset + 1, 0)
-        full_hi = tl.minimum(first_row_limit // BLOCK_N, seqlen_k // BLOCK_N) * BLOCK_N
-    else:
-        hi = seqlen_k
-        full_hi = seqlen_k // BLOCK_N * BLOCK_N
+    full_hi, hi = _key_ranges(start_m, seqlen_k, causal_offset, IS_CAUSAL, BLOCK_M, BLOCK_N)
     dq = _attn_bwd_dq_inner(
         dq, q, do, lse2, delta, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
         0, full_hi, seqlen_k, causal_offset, qk_scale_log2, offs_m, offs_d, head_dim,
