@@ -43,7 +43,12 @@ LN2 = 0.6931471805599453
 def _capability() -> tuple[int, int]:
     if triton_interpret() or not torch.cuda.is_available():
         return (0, 0)
-    return torch.cuda.get_device_capability()
+    return _device_capability(torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _device_capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)  # queried once per device, not per launch
 
 
 def _cfg(block_m, block_n, num_warps, num_stages, tma=False):
