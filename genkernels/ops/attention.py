@@ -17,6 +17,7 @@ Conventions (shared by every path):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -167,6 +168,15 @@ def _identity(kernel):
     return kernel
 
 
+def _device_scope(q: torch.Tensor, launch):
+    """Triton launches on the current CUDA device and its current stream: make that q's device for
+    direct launches (tensors on cuda:1 while cuda:0 is current). Traced launches get their device
+    guards from the compiler."""
+    if launch is _identity and q.is_cuda:
+        return torch.cuda.device(q.device)
+    return contextlib.nullcontext()
+
+
 def _empty_lse(q, varlen: bool) -> torch.Tensor:
     if varlen:
         return q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)  # (Hq, total_q)
@@ -185,10 +195,12 @@ def _forward_impl(q, k, v, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seq
 
         batch = cu_seqlens_q.numel() - 1 if varlen else q.shape[0]
         views = [t.unsqueeze(0) if varlen else t for t in (q, k, v, out, lse)]
-        kernels.attention_forward(
-            _launcher(q, k, v, key_padding_mask, cu_seqlens_q), *views, key_padding_mask, cu_seqlens_q, cu_seqlens_k, batch,
-            max_seqlen_q, max_seqlen_k, scale, causal, allow_tf32, varlen=varlen,
-        )
+        launch = _launcher(q, k, v, key_padding_mask, cu_seqlens_q)
+        with _device_scope(q, launch):
+            kernels.attention_forward(
+                launch, *views, key_padding_mask, cu_seqlens_q, cu_seqlens_k, batch,
+                max_seqlen_q, max_seqlen_k, scale, causal, allow_tf32, varlen=varlen,
+            )
         return out, lse
     if varlen:
         q4, k4, v4, allowed = _varlen_as_dense(q, k, v, cu_seqlens_q, cu_seqlens_k, causal)
@@ -225,11 +237,13 @@ def _backward_impl(dout, q, k, v, out, lse, dlse, key_padding_mask, cu_seqlens_q
         batch = cu_seqlens_q.numel() - 1 if varlen else q.shape[0]
         delta = torch.empty_like(lse)
         expand = (lambda t: None if t is None else t.unsqueeze(0)) if varlen else (lambda t: t)
-        kernels.attention_backward(
-            _launcher(dout, q, k, v, out, lse, dlse, key_padding_mask, cu_seqlens_q), *[expand(t) for t in (dout, q, k, v, out, lse, dlse, delta, dq, dk, dv)],
-            key_padding_mask, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q, max_seqlen_k,
-            scale, causal, allow_tf32, varlen=varlen,
-        )
+        launch = _launcher(dout, q, k, v, out, lse, dlse, key_padding_mask, cu_seqlens_q)
+        with _device_scope(q, launch):
+            kernels.attention_backward(
+                launch, *[expand(t) for t in (dout, q, k, v, out, lse, dlse, delta, dq, dk, dv)],
+                key_padding_mask, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q, max_seqlen_k,
+                scale, causal, allow_tf32, varlen=varlen,
+            )
         return dq, dk, dv
     if varlen:
         q4, k4, v4, allowed = _varlen_as_dense(q, k, v, cu_seqlens_q, cu_seqlens_k, causal)
@@ -265,11 +279,14 @@ def _decode_impl(q, k_cache, v_cache, cache_seqlens, scale, causal, allow_tf32):
         from genkernels.kernels import attention as kernels
 
         batch, seqlen_q, num_heads, head_dim = q.shape
-        num_splits = kernels.decode_num_splits(batch, k_cache.shape[2], k_cache.shape[1], head_dim, q.element_size())
-        out_partial = q.new_empty((batch, num_heads, seqlen_q, num_splits, head_dim), dtype=torch.float32)
-        lse_partial = q.new_empty((batch, num_heads, seqlen_q, num_splits), dtype=torch.float32)
-        kernels.attention_decode(_launcher(q, k_cache, v_cache, cache_seqlens), q, k_cache, v_cache, cache_seqlens,
-                                 out, lse, out_partial, lse_partial, scale, causal, allow_tf32)
+        launch = _launcher(q, k_cache, v_cache, cache_seqlens)
+        with _device_scope(q, launch):
+            num_splits = kernels.decode_num_splits(batch, k_cache.shape[2], k_cache.shape[1], head_dim,
+                                                   q.element_size())
+            out_partial = q.new_empty((batch, num_heads, seqlen_q, num_splits, head_dim), dtype=torch.float32)
+            lse_partial = q.new_empty((batch, num_heads, seqlen_q, num_splits), dtype=torch.float32)
+            kernels.attention_decode(launch, q, k_cache, v_cache, cache_seqlens, out, lse, out_partial, lse_partial,
+                                     scale, causal, allow_tf32)
         return out, lse
     allowed = decode_allowed(cache_seqlens, q.shape[1], k_cache.shape[1], causal)
     ref_out, ref_lse = attention_ref(q, k_cache, v_cache, scale=scale, allowed=allowed)

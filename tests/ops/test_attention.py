@@ -204,6 +204,20 @@ def test_eager_route_matches_the_registered_op():
         assert torch.equal(a, b)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_tensors_on_a_device_other_than_the_current_one():
+    q, k, v = (torch.randn(2, 65, 4, 64, device="cuda:1", dtype=torch.float16, requires_grad=True) for _ in range(3))
+    with torch.cuda.device(0), use_backend("triton"):
+        out = attention(q, k, v, causal=True)
+        grads = torch.autograd.grad(out.float().sum(), (q, k, v))
+        decoded = attention_decode(q.detach()[:, -1:], k.detach(), v.detach(),
+                                   torch.full((2,), 65, dtype=torch.int32, device="cuda:1"))
+    expected = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True).transpose(1, 2)
+    torch.testing.assert_close(out, expected, rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(decoded, expected[:, -1:], rtol=2e-3, atol=2e-3)
+    assert all(g.device == q.device and torch.isfinite(g).all() for g in grads)
+
+
 def _packed(lengths_q, lengths_k, heads, kv_heads, head_dim, dtype=torch.float32):
     cu = lambda lengths: torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)  # noqa: E731
     q = torch.randn(sum(lengths_q), heads, head_dim, dtype=dtype, requires_grad=True)
