@@ -1,5 +1,4 @@
 """Attention layers: MultiheadAttention parity with torch, KV-cache decoding equals full attention."""
-import os
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """Fused attention: Triton kernels (interpreter, small shapes) against a float64 reference with the
 2x rule, and the reference / SDPA path, validation, opcheck and torch.compile (always)."""
-import os
 
 import pytest
 import torch
