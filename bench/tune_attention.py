@@ -78,9 +78,9 @@ def run_forward(q, k, v, causal, cfg, use_tma=False):
     return fn
 
 
-def run_backward(q, k, v, do, out, lse, causal, cfg):
+def run_backward(q, k, v, do, out, lse, causal, cfg, use_tma=False):
     dm, dn, qm, qn, w, s = cfg
-    config = dict(DKDV_M=dm, DKDV_N=dn, DQ_M=qm, DQ_N=qn, num_warps=w, num_stages=s)
+    config = dict(DKDV_M=dm, DKDV_N=dn, DQ_M=qm, DQ_N=qn, num_warps=w, num_stages=s, USE_TMA=use_tma)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(lse)
 
@@ -138,16 +138,18 @@ def sweep(parts, cases, log):
             else:
                 _, out, lse = best
             for cfg in BWD:
-                try:
-                    fn = run_backward(q, k, v, do, out, lse, causal, cfg)
-                    grads = fn()
-                    err = max(rel_err(g, r) for g, r in zip(grads, ref_grads))
-                    ms = bench_ms(fn)
-                    rows.append(dict(base, kind="bwd", config=list(cfg), err=err,
-                                     bwd_ms=ms, bwd_tflops=2.5 * fwd_flops / ms / 1e9))
-                    log(rows[-1])
-                except Exception as exc:
-                    log(dict(base, kind="bwd", config=list(cfg), error=f"{type(exc).__name__}: {exc}"[:300]))
+                for use_tma in (False, True):
+                    try:
+                        fn = run_backward(q, k, v, do, out, lse, causal, cfg, use_tma)
+                        grads = fn()
+                        err = max(rel_err(g, r) for g, r in zip(grads, ref_grads))
+                        ms = bench_ms(fn)
+                        rows.append(dict(base, kind="bwd", config=list(cfg), tma=use_tma, err=err,
+                                         bwd_ms=ms, bwd_tflops=2.5 * fwd_flops / ms / 1e9))
+                        log(rows[-1])
+                    except Exception as exc:
+                        log(dict(base, kind="bwd", config=list(cfg), tma=use_tma,
+                                 error=f"{type(exc).__name__}: {exc}"[:300]))
         del q, k, v, do
         torch.cuda.empty_cache()
     return rows

@@ -389,18 +389,22 @@ def _attn_bwd_dkdv_inner(
     dk, dv, k, v, key_padded,
     q_base, do_base, lse_base, delta_base,
     stride_qs, stride_dos, stride_ls,
+    q_desc, do_desc, desc_b, desc_h,
     lo, hi, seqlen_q, seqlen_k, causal_offset, qk_scale_log2,
     offs_n, offs_d, head_dim,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
-    DOT_MODE: tl.constexpr, BLOCK_M: tl.constexpr,
+    DOT_MODE: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     d_ok = offs_d < head_dim
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + tl.arange(0, BLOCK_M)
         row_ok = rows < seqlen_q
         # Rows past the end load q = do = 0 and lse = +inf, so they contribute p = 0: no mask needed.
-        q_t = tl.load(q_base + rows[None, :] * stride_qs + offs_d[:, None],  # (D, M)
-                      mask=row_ok[None, :] & d_ok[:, None], other=0.0)
+        if USE_TMA:
+            q_t = tl.trans(q_desc.load([desc_b, start_m, desc_h, 0]).reshape(BLOCK_M, k.shape[1]))
+        else:
+            q_t = tl.load(q_base + rows[None, :] * stride_qs + offs_d[:, None],  # (D, M)
+                          mask=row_ok[None, :] & d_ok[:, None], other=0.0)
         lse2 = _load_lse_log2(lse_base + rows * stride_ls, row_ok)
         s_t = _dot(k, q_t, tl.zeros((k.shape[0], BLOCK_M), tl.float32), DOT_MODE) * qk_scale_log2
         p_t = tl.math.exp2(s_t - lse2[None, :])  # (N, M)
@@ -411,8 +415,11 @@ def _attn_bwd_dkdv_inner(
             p_t = tl.where(keep, p_t, 0.0)
         if HAS_KEY_MASK:
             p_t = tl.where(key_padded[:, None], 0.0, p_t)
-        do = tl.load(do_base + rows[:, None] * stride_dos + offs_d[None, :],
-                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        if USE_TMA:
+            do = do_desc.load([desc_b, start_m, desc_h, 0]).reshape(BLOCK_M, k.shape[1])
+        else:
+            do = tl.load(do_base + rows[:, None] * stride_dos + offs_d[None, :],
+                         mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         dv = _dot(p_t.to(do.dtype), do, dv, DOT_MODE)
         delta = tl.load(delta_base + rows * stride_ls, mask=row_ok, other=0.0)
         dp_t = _dot(v, tl.trans(do), tl.zeros((k.shape[0], BLOCK_M), tl.float32), DOT_MODE)
@@ -426,7 +433,7 @@ def _attn_bwd_dkdv_kernel(
     # pointers
     Q, K, V, DOut, LSE, Delta, DK, DV, KEY_MASK, CU_SEQLENS_Q, CU_SEQLENS_K,
     # sizes
-    seqlen_q, seqlen_k, num_kv_heads, kv_group_size, head_dim, qk_scale_log2, scale,
+    batch, seqlen_q, seqlen_k, num_kv_heads, kv_group_size, head_dim, qk_scale_log2, scale,
     # strides
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
@@ -438,7 +445,8 @@ def _attn_bwd_dkdv_kernel(
     stride_mb, stride_mn,
     # meta-parameters
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DOT_MODE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_MODE: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """One program: dK, dV of BLOCK_N keys of one KV head, summed over its query-head group.
 
@@ -470,6 +478,16 @@ def _attn_bwd_dkdv_kernel(
         key_padded = tl.load(KEY_MASK + b64 * stride_mb + offs_n * stride_mn, mask=offs_n < seqlen_k, other=1) != 0
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    q_desc = None
+    do_desc = None
+    if USE_TMA:  # dense batches only (the launcher checks): rows past seqlen_q arrive as zeros
+        num_heads = num_kv_heads * kv_group_size
+        q_desc = tl.make_tensor_descriptor(Q, shape=[batch, seqlen_q, num_heads, head_dim],
+                                           strides=[stride_qb, stride_qs, stride_qh, 1],
+                                           block_shape=[1, BLOCK_M, 1, BLOCK_D])
+        do_desc = tl.make_tensor_descriptor(DOut, shape=[batch, seqlen_q, num_heads, head_dim],
+                                            strides=[stride_dob, stride_dos, stride_doh, 1],
+                                            block_shape=[1, BLOCK_M, 1, BLOCK_D])
 
     # Query blocks [m_lo, m_full) cross the causal diagonal (masked); [m_full, m_hi) see the whole
     # key block; a ragged last key block masks everything.
@@ -494,15 +512,15 @@ def _attn_bwd_dkdv_kernel(
         delta_base = Delta + b64 * stride_lb + h * stride_lh + q_row0 * stride_ls
         dk, dv = _attn_bwd_dkdv_inner(
             dk, dv, k, v, key_padded, q_base, do_base, lse_base, delta_base,
-            stride_qs, stride_dos, stride_ls,
+            stride_qs, stride_dos, stride_ls, q_desc, do_desc, b, h,
             m_lo, m_full, seqlen_q, seqlen_k, causal_offset, qk_scale_log2, offs_n, offs_d, head_dim,
-            True, IS_CAUSAL, HAS_KEY_MASK, DOT_MODE, BLOCK_M,
+            True, IS_CAUSAL, HAS_KEY_MASK, DOT_MODE, USE_TMA, BLOCK_M,
         )
         dk, dv = _attn_bwd_dkdv_inner(
             dk, dv, k, v, key_padded, q_base, do_base, lse_base, delta_base,
-            stride_qs, stride_dos, stride_ls,
+            stride_qs, stride_dos, stride_ls, q_desc, do_desc, b, h,
             m_full, m_hi, seqlen_q, seqlen_k, causal_offset, qk_scale_log2, offs_n, offs_d, head_dim,
-            False, IS_CAUSAL, HAS_KEY_MASK, DOT_MODE, BLOCK_M,
+            False, IS_CAUSAL, HAS_KEY_MASK, DOT_MODE, USE_TMA, BLOCK_M,
         )
     dk = dk * scale
     tl.store(DK + b64 * stride_dkb + (k_row0 + offs_n[:, None]) * stride_dks + h_kv * stride_dkh + offs_d[None, :],
@@ -515,19 +533,24 @@ def _attn_bwd_dkdv_kernel(
 def _attn_bwd_dq_inner(
     dq, q, do, lse2, delta,
     k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
+    k_desc, v_desc, desc_b, desc_h,
     lo, hi, seqlen_k, causal_offset, qk_scale_log2,
     offs_m, offs_d, head_dim,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
-    EVEN_D: tl.constexpr, DOT_MODE: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_D: tl.constexpr, DOT_MODE: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     d_ok = offs_d < head_dim
     for start_n in range(lo, hi, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
         col_ok = cols < seqlen_k
-        k_t = _load_2d(k_base + cols[None, :] * stride_ks + offs_d[:, None],  # (D, N)
-                       col_ok[None, :], d_ok[:, None], MASKED, not EVEN_D)
-        v_t = _load_2d(v_base + cols[None, :] * stride_vs + offs_d[:, None],
-                       col_ok[None, :], d_ok[:, None], MASKED, not EVEN_D)
+        if USE_TMA:
+            k_t = tl.trans(k_desc.load([desc_b, start_n, desc_h, 0]).reshape(BLOCK_N, q.shape[1]))
+            v_t = tl.trans(v_desc.load([desc_b, start_n, desc_h, 0]).reshape(BLOCK_N, q.shape[1]))
+        else:
+            k_t = _load_2d(k_base + cols[None, :] * stride_ks + offs_d[:, None],  # (D, N)
+                           col_ok[None, :], d_ok[:, None], MASKED, not EVEN_D)
+            v_t = _load_2d(v_base + cols[None, :] * stride_vs + offs_d[:, None],
+                           col_ok[None, :], d_ok[:, None], MASKED, not EVEN_D)
         s = _dot(q, k_t, tl.zeros((q.shape[0], BLOCK_N), tl.float32), DOT_MODE) * qk_scale_log2
         p = tl.math.exp2(s - lse2[:, None])
         if MASKED:
@@ -549,7 +572,7 @@ def _attn_bwd_dq_kernel(
     # pointers
     Q, K, V, DOut, LSE, Delta, DQ, KEY_MASK, CU_SEQLENS_Q, CU_SEQLENS_K,
     # sizes
-    seqlen_q, seqlen_k, num_heads, kv_group_size, head_dim, qk_scale_log2, scale,
+    batch, seqlen_q, seqlen_k, num_heads, kv_group_size, head_dim, qk_scale_log2, scale,
     # strides
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
@@ -560,7 +583,7 @@ def _attn_bwd_dq_kernel(
     stride_mb, stride_mn,
     # meta-parameters
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    EVEN_D: tl.constexpr, DOT_MODE: tl.constexpr, BLOCK_D: tl.constexpr,
+    EVEN_D: tl.constexpr, DOT_MODE: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: dQ of BLOCK_M query rows of one head, keys streamed in order (deterministic)."""
@@ -590,18 +613,28 @@ def _attn_bwd_dq_kernel(
     v_base = V + b64 * stride_vb + k_row0 * stride_vs + h_kv * stride_vh
     mask_base = KEY_MASK + b64 * stride_mb
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    k_desc = None
+    v_desc = None
+    if USE_TMA:
+        num_kv_heads = num_heads // kv_group_size
+        k_desc = tl.make_tensor_descriptor(K, shape=[batch, seqlen_k, num_kv_heads, head_dim],
+                                           strides=[stride_kb, stride_ks, stride_kh, 1],
+                                           block_shape=[1, BLOCK_N, 1, BLOCK_D])
+        v_desc = tl.make_tensor_descriptor(V, shape=[batch, seqlen_k, num_kv_heads, head_dim],
+                                           strides=[stride_vb, stride_vs, stride_vh, 1],
+                                           block_shape=[1, BLOCK_N, 1, BLOCK_D])
 
     causal_offset = seqlen_k - seqlen_q
     full_hi, hi = _key_ranges(start_m, seqlen_k, causal_offset, IS_CAUSAL, BLOCK_M, BLOCK_N)
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse2, delta, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
+        dq, q, do, lse2, delta, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn, k_desc, v_desc, b, h_kv,
         0, full_hi, seqlen_k, causal_offset, qk_scale_log2, offs_m, offs_d, head_dim,
-        False, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, DOT_MODE, BLOCK_N,
+        False, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, DOT_MODE, USE_TMA, BLOCK_N,
     )
     dq = _attn_bwd_dq_inner(
-        dq, q, do, lse2, delta, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn,
+        dq, q, do, lse2, delta, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn, k_desc, v_desc, b, h_kv,
         full_hi, hi, seqlen_k, causal_offset, qk_scale_log2, offs_m, offs_d, head_dim,
-        True, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, DOT_MODE, BLOCK_N,
+        True, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, DOT_MODE, USE_TMA, BLOCK_N,
     )
     dq = dq * scale
     tl.store(DQ + b64 * stride_dqb + (q_row0 + offs_m[:, None]) * stride_dqs + h * stride_dqh + offs_d[None, :],
@@ -722,14 +755,14 @@ def _attn_decode_combine_kernel(
 # Launchers (called from genkernels.ops.attention inside torch.library.triton_op; tensors are
 # already validated and viewed as (B, S, H, D) -- or (1, total, H, D) for varlen)
 # ----------------------------------------------------------------------------------------------
-def tma_ok(q, k, v, varlen: bool) -> bool:
-    """Whether the forward can load K/V with tensor descriptors (TMA): Hopper or newer, not traced
-    by torch.compile (device-side descriptors need triton's allocator, set per launch below), dense
-    batches, 16-byte aligned base pointers and strides."""
+def tma_ok(varlen: bool, *tensors) -> bool:
+    """Whether kernels may load these tensors through tensor descriptors (TMA): Hopper or newer, not
+    traced by torch.compile (device-side descriptors need triton's allocator, set per launch below),
+    dense batches, 16-byte aligned base pointers and strides."""
     if triton_interpret() or varlen or _capability()[0] < 9 or torch.compiler.is_compiling():
         return False
-    size = k.element_size()
-    return all(t.data_ptr() % 16 == 0 and all(st * size % 16 == 0 for st in t.stride()[:3]) for t in (k, v))
+    return all(t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0 for st in t.stride()[:3])
+               for t in tensors)
 
 
 def _tma_scratch(size: int, alignment: int, stream):
@@ -767,7 +800,7 @@ def attention_forward(wrap, q, k, v, out, lse, key_padding_mask, cu_seqlens_q, c
     has_mask = key_padding_mask is not None
     if not varlen:
         cu_seqlens_q = cu_seqlens_k = q
-    tma = tma_ok(q, k, v, varlen)
+    tma = tma_ok(varlen, k, v)
     if config is None:
         kernel, config = forward_kernel(block_d, q.element_size(), tma), {}
     else:  # explicit tiles; USE_TMA defaults to what the inputs allow
@@ -799,6 +832,13 @@ def attention_backward(wrap, dout, q, k, v, out, lse, dlse, delta, dq, dk, dv,
     block_d = max(16, triton.next_power_of_2(head_dim))
     cfg = config or backward_config(block_d, q.element_size())
     launch = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    # Descriptor loads in the backward are opt-in through an explicit config (bench/tune_attention.py
+    # sweeps them); the default tiles use pointer loads, the ones measured on an H100.
+    use_tma = bool(cfg.get("USE_TMA", False))
+    if use_tma:
+        if varlen:
+            raise ValueError("tensor-descriptor loads (USE_TMA) need dense, not packed varlen, inputs")
+        _set_tma_allocator()
     mask, (stride_mb, stride_mn) = _mask_args(key_padding_mask, q)
     has_mask = key_padding_mask is not None
     if not varlen:
@@ -813,18 +853,18 @@ def attention_backward(wrap, dout, q, k, v, out, lse, dlse, delta, dq, dk, dv,
     dot = dot_mode(q.dtype, allow_tf32)
     wrap(_attn_bwd_dkdv_kernel)[(triton.cdiv(max_seqlen_k, cfg["DKDV_N"]), batch * num_kv_heads)](
         q, k, v, dout, lse, delta, dk, dv, mask, cu_seqlens_q, cu_seqlens_k,
-        max_seqlen_q, max_seqlen_k, num_kv_heads, group, head_dim, scale * LOG2E, scale,
+        batch, max_seqlen_q, max_seqlen_k, num_kv_heads, group, head_dim, scale * LOG2E, scale,
         *[stride for t in (q, k, v, dout, dk, dv, lse) for stride in _bsh(t, varlen)],
         stride_mb, stride_mn,
         IS_CAUSAL=causal, HAS_KEY_MASK=has_mask, IS_VARLEN=varlen,
-        DOT_MODE=dot, BLOCK_D=block_d, BLOCK_M=cfg["DKDV_M"], BLOCK_N=cfg["DKDV_N"], **launch,
+        DOT_MODE=dot, USE_TMA=use_tma, BLOCK_D=block_d, BLOCK_M=cfg["DKDV_M"], BLOCK_N=cfg["DKDV_N"], **launch,
     )
     wrap(_attn_bwd_dq_kernel)[(triton.cdiv(max_seqlen_q, cfg["DQ_M"]), batch * num_heads)](
         q, k, v, dout, lse, delta, dq, mask, cu_seqlens_q, cu_seqlens_k,
-        max_seqlen_q, max_seqlen_k, num_heads, group, head_dim, scale * LOG2E, scale,
+        batch, max_seqlen_q, max_seqlen_k, num_heads, group, head_dim, scale * LOG2E, scale,
         *[stride for t in (q, k, v, dout, dq, lse) for stride in _bsh(t, varlen)], stride_mb, stride_mn,
         IS_CAUSAL=causal, HAS_KEY_MASK=has_mask, IS_VARLEN=varlen,
-        EVEN_D=head_dim == block_d, DOT_MODE=dot, BLOCK_D=block_d,
+        EVEN_D=head_dim == block_d, DOT_MODE=dot, USE_TMA=use_tma, BLOCK_D=block_d,
         BLOCK_M=cfg["DQ_M"], BLOCK_N=cfg["DQ_N"], **launch,
     )
 

@@ -92,8 +92,14 @@ def test_forward_configs_compile(generation, block_d):
 @pytest.mark.parametrize("block_d", [64, 128, 256])
 def test_backward_config_compiles(generation, block_d):
     cfg = kernels.backward_config(block_d, 2)
-    common = dict(IS_CAUSAL=True, HAS_KEY_MASK=True, IS_VARLEN=True, DOT_MODE=0, BLOCK_D=block_d)
-    for fn, tiles in ((kernels._attn_bwd_dkdv_kernel, dict(BLOCK_M=cfg["DKDV_M"], BLOCK_N=cfg["DKDV_N"])),
-                      (kernels._attn_bwd_dq_kernel, dict(BLOCK_M=cfg["DQ_M"], BLOCK_N=cfg["DQ_N"], EVEN_D=True))):
-        compiled = _compile(fn, dict(common, **tiles), cfg["num_warps"], cfg["num_stages"], generation)
-        assert compiled.metadata.shared <= SHARED_LIMIT[generation], (fn.__name__, cfg, compiled.metadata.shared)
+    # The default (pointer loads, varlen and masks on); on Hopper also the opt-in descriptor loads.
+    variants = [dict(IS_VARLEN=True, HAS_KEY_MASK=True, USE_TMA=False)]
+    if generation >= 90 and block_d <= 128:
+        variants.append(dict(IS_VARLEN=False, HAS_KEY_MASK=False, USE_TMA=True))
+    for variant in variants:
+        common = dict(IS_CAUSAL=True, DOT_MODE=0, BLOCK_D=block_d, **variant)
+        for fn, tiles in ((kernels._attn_bwd_dkdv_kernel, dict(BLOCK_M=cfg["DKDV_M"], BLOCK_N=cfg["DKDV_N"])),
+                          (kernels._attn_bwd_dq_kernel, dict(BLOCK_M=cfg["DQ_M"], BLOCK_N=cfg["DQ_N"], EVEN_D=True))):
+            compiled = _compile(fn, dict(common, **tiles), cfg["num_warps"], cfg["num_stages"], generation)
+            assert compiled.metadata.shared <= SHARED_LIMIT[generation], (fn.__name__, cfg, compiled.metadata.shared)
+            assert ("cp.async.bulk.tensor" in compiled.asm["ptx"]) == variant["USE_TMA"], (fn.__name__, variant)

@@ -182,6 +182,30 @@ def test_triton_forward_load_paths(use_tma):
     torch.testing.assert_close(lse.double(), truth_lse, rtol=1e-3, atol=1e-3)
 
 
+@triton_test
+@pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "tensor-descriptors"])
+def test_triton_backward_load_paths(use_tma):
+    from genkernels.kernels import attention as kernels
+
+    if use_tma and q_device().type == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("tensor descriptors need sm_90 or newer")
+    q, k, v = (t.detach() for t in _qkv(2, 37, 45, 4, 2, 40, torch.float16))
+    dout = torch.randn(q.shape, dtype=torch.float16)
+    out, lse = attention(q, k, v, causal=True, return_lse=True)
+    small = q.device.type == "cpu"
+    config = dict(DKDV_M=16, DKDV_N=16 if small else 64, DQ_M=16 if small else 64, DQ_N=16,
+                  num_warps=1 if small else 4, num_stages=1 if small else 2, USE_TMA=use_tma)
+    grads = [torch.empty_like(t) for t in (q, k, v)]
+    kernels.attention_backward(lambda f: f, dout, q, k, v, out, lse, None, torch.empty_like(lse), *grads,
+                               None, None, None, 2, 37, 45, 40 ** -0.5, True, False, False, config=config)
+    leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    truth = torch.autograd.grad(attention_ref(*leaves, causal=True)[0], leaves, dout.double())
+    lowp_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    lowp = torch.autograd.grad(attention_ref(*lowp_leaves, causal=True)[0], lowp_leaves, dout)
+    for name, got, t, r in zip(("dq", "dk", "dv"), grads, truth, lowp):
+        assert_close_2x(got, t, r, name=name)
+
+
 def q_device():
     return torch.empty(0).device
 
