@@ -174,6 +174,15 @@ def _load_2d(ptrs, n_ok, d_ok, MASK_N: tl.constexpr, MASK_D: tl.constexpr):
 
 
 @triton.jit
+def _bshd_descriptor(T, batch, seqlen, heads, head_dim, stride_b, stride_s, stride_h,
+                     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A tensor descriptor (TMA) over a whole (B, S, H, D) tensor, loading (1, BLOCK_S, 1, BLOCK_D)
+    boxes: rows past seqlen and columns past head_dim arrive as zeros."""
+    return tl.make_tensor_descriptor(T, shape=[batch, seqlen, heads, head_dim],
+                                     strides=[stride_b, stride_s, stride_h, 1], block_shape=[1, BLOCK_S, 1, BLOCK_D])
+
+
+@triton.jit
 def _sequence_bounds(CU_SEQLENS_Q, CU_SEQLENS_K, b, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
     """(q_start, seqlen_q, k_start, seqlen_k) of batch entry b: packed offsets for varlen, else 0."""
     q_start = tl.full((), 0, tl.int32)
@@ -295,12 +304,10 @@ def _attn_fwd_kernel(
     v_desc = None
     if USE_TMA:
         num_kv_heads = num_heads // kv_group_size
-        k_desc = tl.make_tensor_descriptor(K, shape=[batch, seqlen_k, num_kv_heads, head_dim],
-                                           strides=[stride_kb, stride_ks, stride_kh, 1],
-                                           block_shape=[1, BLOCK_N, 1, BLOCK_D])
-        v_desc = tl.make_tensor_descriptor(V, shape=[batch, seqlen_k, num_kv_heads, head_dim],
-                                           strides=[stride_vb, stride_vs, stride_vh, 1],
-                                           block_shape=[1, BLOCK_N, 1, BLOCK_D])
+        k_desc = _bshd_descriptor(K, batch, seqlen_k, num_kv_heads, head_dim, stride_kb, stride_ks, stride_kh,
+                                  BLOCK_N, BLOCK_D)
+        v_desc = _bshd_descriptor(V, batch, seqlen_k, num_kv_heads, head_dim, stride_vb, stride_vs, stride_vh,
+                                  BLOCK_N, BLOCK_D)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -482,12 +489,10 @@ def _attn_bwd_dkdv_kernel(
     do_desc = None
     if USE_TMA:  # dense batches only (the launcher checks): rows past seqlen_q arrive as zeros
         num_heads = num_kv_heads * kv_group_size
-        q_desc = tl.make_tensor_descriptor(Q, shape=[batch, seqlen_q, num_heads, head_dim],
-                                           strides=[stride_qb, stride_qs, stride_qh, 1],
-                                           block_shape=[1, BLOCK_M, 1, BLOCK_D])
-        do_desc = tl.make_tensor_descriptor(DOut, shape=[batch, seqlen_q, num_heads, head_dim],
-                                            strides=[stride_dob, stride_dos, stride_doh, 1],
-                                            block_shape=[1, BLOCK_M, 1, BLOCK_D])
+        q_desc = _bshd_descriptor(Q, batch, seqlen_q, num_heads, head_dim, stride_qb, stride_qs, stride_qh,
+                                  BLOCK_M, BLOCK_D)
+        do_desc = _bshd_descriptor(DOut, batch, seqlen_q, num_heads, head_dim, stride_dob, stride_dos, stride_doh,
+                                   BLOCK_M, BLOCK_D)
 
     # Query blocks [m_lo, m_full) cross the causal diagonal (masked); [m_full, m_hi) see the whole
     # key block; a ragged last key block masks everything.
@@ -617,12 +622,10 @@ def _attn_bwd_dq_kernel(
     v_desc = None
     if USE_TMA:
         num_kv_heads = num_heads // kv_group_size
-        k_desc = tl.make_tensor_descriptor(K, shape=[batch, seqlen_k, num_kv_heads, head_dim],
-                                           strides=[stride_kb, stride_ks, stride_kh, 1],
-                                           block_shape=[1, BLOCK_N, 1, BLOCK_D])
-        v_desc = tl.make_tensor_descriptor(V, shape=[batch, seqlen_k, num_kv_heads, head_dim],
-                                           strides=[stride_vb, stride_vs, stride_vh, 1],
-                                           block_shape=[1, BLOCK_N, 1, BLOCK_D])
+        k_desc = _bshd_descriptor(K, batch, seqlen_k, num_kv_heads, head_dim, stride_kb, stride_ks, stride_kh,
+                                  BLOCK_N, BLOCK_D)
+        v_desc = _bshd_descriptor(V, batch, seqlen_k, num_kv_heads, head_dim, stride_vb, stride_vs, stride_vh,
+                                  BLOCK_N, BLOCK_D)
 
     causal_offset = seqlen_k - seqlen_q
     full_hi, hi = _key_ranges(start_m, seqlen_k, causal_offset, IS_CAUSAL, BLOCK_M, BLOCK_N)

@@ -45,20 +45,25 @@ def launch(backend: str, kernel: str, *args, like: torch.Tensor) -> None:
         getattr(_ext._cuda, kernel)(*args, device_index(like), _ext.stream_of(like))
 
 
+def untraced(*tensors: torch.Tensor | None) -> bool:
+    """Nothing traces or transforms a call on these tensors: no torch.compile or make_fx, no
+    torch-function/dispatch mode, no functorch transform, and plain tensors (no subclasses)."""
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack()
+            or torch._C._functorch.peek_interpreter_stack() is not None):
+        return False
+    return all(t is None or type(t) is torch.Tensor for t in tensors)
+
+
 def direct_call_ok(*tensors: torch.Tensor | None) -> bool:
     """True when a public function may call an op's kernel directly instead of through the dispatcher.
 
-    That is equivalent whenever no autograd graph is needed, nothing traces (torch.compile, make_fx)
-    and no torch-function/dispatch mode or tensor subclass is active; it saves the dispatcher and
-    autograd-wrapper hops (tens of microseconds), which matters for ops called once per sampler step.
+    That is equivalent whenever no autograd graph is needed and nothing traces (see untraced); it
+    saves the dispatcher and autograd-wrapper hops (tens of microseconds), which matters for ops
+    called once per sampler step.
     """
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack():
+    if not untraced(*tensors):
         return False
-    grad = torch.is_grad_enabled()
-    for t in tensors:
-        if t is not None and (type(t) is not torch.Tensor or (grad and t.requires_grad)):
-            return False
-    return True
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
 
 
 def as_2d(x: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.library import triton_op, wrap_triton
 
 from genkernels._backend import select
-from genkernels.ops._args import direct_call_ok
+from genkernels.ops._args import direct_call_ok, untraced
 
 BACKENDS = ("torch", "triton")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -157,11 +157,7 @@ def _launcher(*tensors):
     fake-tensor tracing, but in eager mode outside the dispatcher's fast path it cost about 0.6 ms
     per launch on an H100 (bench/attention_overhead.py); with plain tensors and nothing tracing the
     kernels are launched directly."""
-    plain = not (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-                 or torch._C._len_torch_function_stack())
-    if plain and all(t is None or type(t) is torch.Tensor for t in tensors):
-        return _identity
-    return wrap_triton
+    return _identity if untraced(*tensors) else wrap_triton
 
 
 def _identity(kernel):
@@ -334,7 +330,7 @@ class _EagerAttention(torch.autograd.Function):
     """The same forward and backward as the registered ops, without the dispatcher: in eager mode
     torch.library's custom-op wrapper cost about 0.6 ms per call on an H100
     (bench/attention_overhead.py), more than the kernels themselves at short lengths. Used only
-    when nothing traces (see _eager_ok); torch.compile, make_fx and opcheck see the ops."""
+    when nothing traces (_args.untraced); torch.compile, make_fx and opcheck see the ops."""
 
     @staticmethod
     def forward(ctx, *inputs):
@@ -347,21 +343,12 @@ class _EagerAttention(torch.autograd.Function):
         return _backward(ctx, dout, dlse, backward=_backward_impl)
 
 
-def _eager_ok(*tensors) -> bool:
-    """Nothing traces or transforms these calls: no torch.compile, no Python modes, no functorch
-    transform, and plain tensors."""
-    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack()
-            or torch._C._functorch.peek_interpreter_stack() is not None):
-        return False
-    return all(t is None or type(t) is torch.Tensor for t in tensors)
-
-
 def _forward_entry(*tensors):
     """The cheapest correct route for a public call: the kernels directly when no gradient is
     needed, the eager autograd.Function when one is, the registered op whenever anything traces."""
     if direct_call_ok(*tensors):
         return _forward_impl
-    return _EagerAttention.apply if _eager_ok(*tensors) else torch.ops.genkernels.attention_forward
+    return _EagerAttention.apply if untraced(*tensors) else torch.ops.genkernels.attention_forward
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,7 +404,8 @@ def attention(q, k, v, causal=False, scale=None, key_padding_mask=None, layout="
     if use_sdpa and (not causal or q.shape[1] == k.shape[1] or key_padding_mask is not None):
         out, lse = _sdpa(q, k, v, causal, scale, key_padding_mask), None
     else:
-        out, lse = _forward_entry(q, k, v, key_padding_mask)(q, k, v, key_padding_mask, None, None, q.shape[1], k.shape[1], scale, causal, allow_tf32)
+        forward = _forward_entry(q, k, v, key_padding_mask)
+        out, lse = forward(q, k, v, key_padding_mask, None, None, q.shape[1], k.shape[1], scale, causal, allow_tf32)
     if layout == "bhsd":
         out = out.transpose(1, 2)
     return (out, lse) if return_lse else out
@@ -469,7 +457,8 @@ def attention_decode(q, k_cache, v_cache, cache_seqlens, scale=None, causal=Fals
         raise ValueError(f"cache_seqlens must have shape ({q.shape[0]},), got {tuple(cache_seqlens.shape)}")
     if cache_seqlens.device != q.device:
         raise ValueError(f"cache_seqlens must be on {q.device}, got {cache_seqlens.device}")
-    decode = _decode_impl if direct_call_ok(q, k_cache, v_cache, cache_seqlens) else torch.ops.genkernels.attention_decode
+    direct = direct_call_ok(q, k_cache, v_cache, cache_seqlens)
+    decode = _decode_impl if direct else torch.ops.genkernels.attention_decode
     out, lse = decode(q, k_cache, v_cache, cache_seqlens, _default_scale(q.shape[-1], scale), causal, allow_tf32)
     return (out, lse) if return_lse else out
 

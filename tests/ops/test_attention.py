@@ -159,19 +159,25 @@ def test_triton_backward_is_bitwise_repeatable():
         assert torch.equal(a, b)
 
 
-@triton_test
-@pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "tensor-descriptors"])
-def test_triton_forward_load_paths(use_tma):
-    # Both ways of loading K/V (pointer arithmetic; TMA tensor descriptors, the Hopper default for
-    # dense inputs) on a ragged length, a non-power-of-two head dim and GQA.
-    from genkernels.kernels import attention as kernels
-
+def _load_path_case(use_tma):
+    """Inputs for the load-path tests: a ragged length, a non-power-of-two head dim and GQA; and
+    whether the tiles must stay interpreter-small."""
     if use_tma and q_device().type == "cuda" and torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("tensor descriptors need sm_90 or newer")
     q, k, v = (t.detach() for t in _qkv(2, 37, 45, 4, 2, 40, torch.float16))
+    return q, k, v, q.device.type == "cpu"
+
+
+@triton_test
+@pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "tensor-descriptors"])
+def test_triton_forward_load_paths(use_tma):
+    # Both ways of loading K/V: pointer arithmetic, and TMA tensor descriptors (an autotune
+    # candidate on Hopper for dense inputs).
+    from genkernels.kernels import attention as kernels
+
+    q, k, v, small = _load_path_case(use_tma)
     out = torch.empty_like(q)
     lse = torch.empty(2, 4, 37)
-    small = q.device.type == "cpu"
     config = dict(BLOCK_M=16 if small else 64, BLOCK_N=16 if small else 32, num_warps=1 if small else 4,
                   num_stages=1 if small else 2, USE_TMA=use_tma)
     kernels.attention_forward(lambda f: f, q, k, v, out, lse, None, None, None, 2, 37, 45, 40 ** -0.5, True,
@@ -187,12 +193,9 @@ def test_triton_forward_load_paths(use_tma):
 def test_triton_backward_load_paths(use_tma):
     from genkernels.kernels import attention as kernels
 
-    if use_tma and q_device().type == "cuda" and torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("tensor descriptors need sm_90 or newer")
-    q, k, v = (t.detach() for t in _qkv(2, 37, 45, 4, 2, 40, torch.float16))
+    q, k, v, small = _load_path_case(use_tma)
     dout = torch.randn(q.shape, dtype=torch.float16)
     out, lse = attention(q, k, v, causal=True, return_lse=True)
-    small = q.device.type == "cpu"
     config = dict(DKDV_M=16, DKDV_N=16 if small else 64, DQ_M=16 if small else 64, DQ_N=16,
                   num_warps=1 if small else 4, num_stages=1 if small else 2, USE_TMA=use_tma)
     grads = [torch.empty_like(t) for t in (q, k, v)]
