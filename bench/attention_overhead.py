@@ -4,7 +4,8 @@ microseconds, so the wall time per call is the host's).
     python bench/attention_overhead.py
 
 Rows: the raw Triton launchers (kernels.attention_forward / attention_backward with no wrapper),
-the same through torch.library's wrap_triton, the registered ops, and the public function with and
+the same through torch.library's wrap_triton, the registered op, the routed op (ops/_library: the
+kernels directly when nothing traces and no gradient is needed), and the public function with and
 without autograd; SDPA (flash) beside them.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch.library import wrap_triton
 
 from genkernels.kernels import attention as kernels
-from genkernels.ops.attention import attention
+from genkernels.ops.attention import attention, attention_forward_op
 
 
 def per_call_us(fn, calls=200, repeat=7):
@@ -64,6 +65,8 @@ def main():
         "backward launchers (3 kernels), direct": bwd(lambda f: f),
         "backward launchers (3 kernels), wrap_triton": bwd(wrap_triton),
         "torch.ops.genkernels.attention_forward": lambda: torch.ops.genkernels.attention_forward(
+            q, k, v, None, None, None, 128, 128, scale, True, False),
+        "routed op (ops/_library route 1), no grad": lambda: attention_forward_op(
             q, k, v, None, None, None, 128, 128, scale, True, False),
         "public attention(), no grad": lambda: attention(q, k, v, causal=True),
         "public attention(), forward + backward": public_fwd_bwd,

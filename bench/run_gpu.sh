@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Run on a lent GPU machine, in stages (default: all but tune):
-#   bash bench/run_gpu.sh [build] [test] [tune] [bench]
+#   bash bench/run_gpu.sh [build] [test] [sanitize] [tune] [bench]
 # build: the CUDA module (sm_90 only, to build fast); test: the GPU-relevant suites (parallel);
+# sanitize: the out-of-range varlen offsets / decode cache lengths under compute-sanitizer memcheck
+# (log committed as bench/results/<device>-memcheck.txt);
 # tune: bench/tune_attention.py's config sweep; bench: the diffusion and attention tables, JSON
 # under bench/results/. Logs and JSON are also copied to $OUT when the device tool sets it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/genkernels-out}
 mkdir -p "$OUT" bench/results
-stages=${*:-build test bench}
+stages=${*:-build test sanitize bench}
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # stages after a build elsewhere still import genkernels
 device=$(python -c "import torch; print(torch.cuda.get_device_name().replace(' ', '_'))")
@@ -26,6 +28,15 @@ for stage in $stages; do
       timeout ${TEST_TIMEOUT:-420} python -m pytest -q -n 8 -p no:cacheprovider --timeout 600 tests/ops tests/nn tests/test_backend.py \
         tests/diffusion tests/test_compile.py > "$OUT/pytest.log" 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest.log" | tail -40
+      ;;
+    sanitize)
+      # Triton's launcher and torch's caching allocator both keep memcheck usable; the cases write
+      # canaries around the outputs and compare them afterwards, so a silent overrun fails too.
+      compute-sanitizer --tool memcheck --error-exitcode 3 --log-file "$OUT/memcheck.txt" \
+        python -m pytest -q -p no:cacheprovider tests/ops/test_attention.py tests/ops/test_attention_decode.py \
+        -k "stay_in_bounds or uncovered_rows" > "$OUT/memcheck-pytest.log" 2>&1
+      echo "memcheck exit $?"; tail -5 "$OUT/memcheck-pytest.log"; tail -5 "$OUT/memcheck.txt"
+      cp "$OUT/memcheck.txt" "bench/results/${device}-memcheck.txt"
       ;;
     tune)
       python bench/tune_attention.py ${TUNE_ARGS:-} --json "$OUT/tune-${device}.json" > "$OUT/tune.log" 2>&1

@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "attention": "genkernels.ops.attention",
     "attention_varlen": "genkernels.ops.attention",
-    "attention_decode": "genkernels.ops.attention",
+    "attention_decode": "genkernels.ops.attention_decode",
 }
 
 

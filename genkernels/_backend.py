@@ -8,7 +8,9 @@ Backends:
 
 The default for an op is the fastest backend it has for its tensors' device. The environment
 variable GENKERNELS_BACKEND or the context manager `use_backend(name)` forces one; forcing one that
-cannot run the op raises a ValueError that says why.
+cannot run the op raises a ValueError that says why. GENKERNELS_BACKEND is read once, when
+genkernels is imported (every op call asks for its backend, and reading os.environ costs more than
+the rest of the choice); after changing it in a running process call `reload_environment()`.
 """
 from __future__ import annotations
 
@@ -24,6 +26,16 @@ from genkernels import _ext
 
 BACKENDS = ("torch", "cpu", "cuda", "triton")
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("genkernels_backend", default=None)
+_environment: str | None = None  # GENKERNELS_BACKEND as read by reload_environment (validated on use)
+
+
+def reload_environment() -> None:
+    """Re-read GENKERNELS_BACKEND (it is read once at import)."""
+    global _environment
+    _environment = os.environ.get("GENKERNELS_BACKEND", "").strip() or None
+
+
+reload_environment()
 
 
 def _check_name(name: str) -> str:
@@ -46,8 +58,7 @@ def forced_backend() -> str | None:
     name = _override.get()
     if name is not None:
         return name
-    env = os.environ.get("GENKERNELS_BACKEND", "").strip()
-    return _check_name(env) if env else None
+    return None if _environment is None else _check_name(_environment)
 
 
 def triton_interpret() -> bool:
@@ -97,22 +108,29 @@ _default_choice: dict[tuple[str, tuple[str, ...]], str] = {}
 
 def select(op: str, device: torch.device, supported: tuple[str, ...]) -> str:
     """The backend op `op` uses for tensors on `device`, given the backends it implements."""
+    return select_for(op, torch.device(device).type, supported)
+
+
+def select_for(op: str, device_type: str, supported: tuple[str, ...]) -> str:
+    """select() for a device type ("cpu", "cuda", ...): the per-call fast path of the ops."""
+    if _override.get() is None and _environment is None:
+        choice = _default_choice.get((device_type, supported))
+        if choice is not None:
+            return choice
     forced = forced_backend()
     if forced is not None:
         if forced not in supported:
             raise ValueError(
                 f"genkernels backend {forced!r} was requested but {op} implements only {supported}"
             )
-        reason = backend_status(forced, device.type)
+        reason = backend_status(forced, device_type)
         if reason is not None:
             raise ValueError(f"genkernels backend {forced!r} cannot run {op}: {reason}")
         return forced
-    key = (device.type, supported)
-    choice = _default_choice.get(key)
-    if choice is None:  # availability is fixed for the process, so the automatic choice is cached
-        preference = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
-        choice = next((n for n in preference if n in supported and backend_status(n, device.type) is None), "torch")
-        _default_choice[key] = choice
+    # Availability is fixed for the process, so the automatic choice is cached.
+    preference = ("cuda", "triton") if device_type == "cuda" else ("cpu",)
+    choice = next((n for n in preference if n in supported and backend_status(n, device_type) is None), "torch")
+    _default_choice[(device_type, supported)] = choice
     return choice
 
 

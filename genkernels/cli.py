@@ -3,13 +3,15 @@
     genkernels train vae                      # CPU-friendly defaults, writes runs/vae/
     genkernels train gan --steps 500 --out runs/gan-short
     genkernels train vae --resume             # continue runs/vae/checkpoint
-    genkernels sample runs/vae -n 64          # runs/vae/samples/samples.png
+    genkernels sample runs/vae -n 64          # runs/vae/samples/samples.png (+ the model's figures)
     genkernels eval runs/vae --split test     # JSON metrics on stdout
     torchrun --nproc_per_node 2 -m genkernels train vae   # data-parallel
     genkernels info | genkernels bench ...    # environment report / kernel benchmarks
 
-Errors the user can fix (unknown model or data, bad flag, missing checkpoint) print one line on
-stderr and exit non-zero; set GENKERNELS_DEBUG=1 to see the traceback instead.
+Errors the user can fix (unknown model or data, bad flag or value, missing or mismatched
+checkpoint) print one line on stderr and exit non-zero; set GENKERNELS_DEBUG=1 to see the traceback
+instead. The CLI holds no per-family code: models fit themselves to the data
+(`config_for_data`), return their figures (`figures`) and name their sampling keywords.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ _DELEGATED = {"info": "genkernels.info", "bench": "genkernels.bench"}
 _TRAIN_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "betas", "warmup_steps", "min_lr_ratio",
                 "grad_clip", "precision", "ema_decay", "eval_every", "eval_max_items", "log_every",
                 "sample_every", "checkpoint_every", "compile", "device", "seed", "num_workers",
-                "num_samples", "progress")
+                "num_samples", "progress", "skip_nonfinite")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,11 +47,40 @@ class UsageError(ValueError):
     """A mistake in the command line found after parsing; reported in one line."""
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (argparse reports anything else in one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 # -- parser ----------------------------------------------------------------------------------
 def _model_names() -> str:
     from genkernels.models import REGISTRY
 
     return ", ".join(sorted(REGISTRY)) or "none registered yet"
+
+
+def _conditions_of(model_class) -> str:
+    names = model_class.sample_conditions()
+    return ", ".join(names) if names else "none"
+
+
+def _conditions_help() -> str:
+    """Each registered family's sampling keywords; imports the models, so built only for --help."""
+    from genkernels.models import REGISTRY, get_model_class
+
+    lines = ["--condition keys by model:"]
+    for name in sorted(REGISTRY):
+        try:
+            lines.append(f"  {name}: {_conditions_of(get_model_class(name))}")
+        except Exception as error:  # a broken family must not break --help
+            lines.append(f"  {name}: (cannot import: {error})")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,37 +138,49 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"steps between checkpoints, 0 = only at the end (default {defaults.checkpoint_every})")
     runtime.add_argument("--num-samples", type=int, help=f"images in sample grids (default {defaults.num_samples})")
     runtime.add_argument("--progress", action=argparse.BooleanOptionalAction, help="show a progress bar")
+    runtime.add_argument("--skip-nonfinite", action=argparse.BooleanOptionalAction,
+                         help="skip (and count) steps whose loss is NaN or inf instead of stopping "
+                              "with an error (default: stop)")
     train.set_defaults(handler=_train)
 
     sample = commands.add_parser(
         "sample", help="draw samples from a checkpoint",
-        description="Draw samples from a trained model and write OUT/samples.png, the model's "
-                    "figures and OUT/samples.safetensors (the raw tensor).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Draw samples from a trained model and write, under --out (a directory): "
+                    "samples.png, the model's other figures (rewritten on every run) and "
+                    "samples.safetensors (the raw tensor).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sample.add_argument("checkpoint", help="checkpoint directory, or a run directory holding checkpoint/")
-    sample.add_argument("-n", "--num-samples", type=int, default=64, help="number of samples")
+    sample.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of samples (default 64)")
     sample.add_argument("--out", metavar="DIR", help="output directory (default: RUN/samples)")
-    sample.add_argument("--seed", type=int, default=0, help="sampling seed")
-    sample.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    sample.add_argument("--nrow", type=int, help="images per grid row (default: square grid)")
+    sample.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    sample.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    sample.add_argument("--nrow", type=_positive_int, help="images per grid row (default: the model's choice)")
     sample.add_argument("--live-weights", action="store_true", help="use the live weights instead of the EMA")
     sample.add_argument("--condition", action="append", default=[], metavar="KEY=VALUE",
                         help="keyword for model.sample (repeatable, Python literal values), "
-                             "e.g. --condition temperature=0.8")
+                             "e.g. --condition temperature=0.8; the keys of each model are listed below")
     sample.set_defaults(handler=_sample)
+    sample_help = sample.format_help
+
+    def sample_help_with_conditions() -> str:  # the keys need the models imported: only for --help
+        sample.epilog = _conditions_help()
+        return sample_help()
+
+    sample.format_help = sample_help_with_conditions
 
     evaluate = commands.add_parser(
         "eval", help="evaluate a checkpoint on a dataset split",
-        description="Compute the mean losses and the model's metrics on a dataset split; print "
-                    "them as JSON (and write --out FILE).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Compute the mean losses (for families whose held-out loss means something) "
+                    "and the model's metrics on a dataset split; print them as JSON (and write --out FILE).")
     evaluate.add_argument("checkpoint", help="checkpoint directory, or a run directory holding checkpoint/")
     evaluate.add_argument("--data", metavar="NAME|PATH", help="dataset (default: the one it was trained on)")
-    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"), help="dataset split")
-    evaluate.add_argument("--max-items", type=int, help="evaluate on at most this many items")
-    evaluate.add_argument("--batch-size", type=int, default=256, help="batch size of the loss pass")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of any sampling the metrics do")
-    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"),
+                          help="dataset split (default test)")
+    evaluate.add_argument("--max-items", type=_positive_int, help="evaluate on at most this many items (default: all)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=256,
+                          help="batch size of the loss pass (default 256)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of any sampling the metrics do (default 0)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     evaluate.add_argument("--out", metavar="FILE", help="also write the JSON here")
     evaluate.add_argument("--live-weights", action="store_true", help="use the live weights instead of the EMA")
     evaluate.set_defaults(handler=_eval)
@@ -151,14 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- train -----------------------------------------------------------------------------------
 def _parse_value(text: str) -> Any:
-    """Python literal when it parses (16, 1e-3, (64, 64), True), else the raw string."""
+    """Python literal when it parses (16, 1e-3, (64, 64), True), a float for nan / inf (so the
+    config can say why it refuses them), else the raw string."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
+        pass
+    try:
+        return float(text)
+    except ValueError:
         return text
 
 
-def _model_config(model_class, options: Sequence[str]):
+def _model_overrides(model_class, options: Sequence[str]) -> dict[str, Any]:
+    """--set KEY=VALUE options as config fields (values parsed as Python literals)."""
     fields = {f.name for f in dataclasses.fields(model_class.config_class)} \
         if dataclasses.is_dataclass(model_class.config_class) else set()
     values = {}
@@ -170,33 +219,13 @@ def _model_config(model_class, options: Sequence[str]):
             raise UsageError(f"--set {key}: {model_class.name} config has no field {key!r}; "
                              f"fields: {', '.join(sorted(fields))}")
         values[key] = _parse_value(text)
-    try:
-        return model_class.from_config_dict(values)
-    except TypeError as error:
-        raise UsageError(f"invalid {model_class.name} config {values}: {error}") from error
+    return values
 
 
-def _fit_to_data(model_class, options: Sequence[str], dataset, data_name) -> list[str]:
-    """Add --set options so an image model matches the data: image_shape from the first item and,
-    for 8-bit image folders, num_levels=256. Options the user gave win. Non-image data for an image
-    model is a usage error rather than a shape mismatch deep inside the model."""
-    fields = {f.name for f in dataclasses.fields(model_class.config_class)} \
-        if dataclasses.is_dataclass(model_class.config_class) else set()
-    if "image_shape" not in fields:
-        return list(options)
-    kind = getattr(dataset, "kind", None)
-    if kind not in ("image", "image-levels"):
-        raise UsageError(f"{model_class.name} trains on images, but data {str(data_name)!r} is {kind or 'not images'}; "
-                         f"use --data digits or a folder of images")
-    given = {option.partition("=")[0] for option in options}
-    item = dataset[0]
-    image = item[0] if isinstance(item, (tuple, list)) else item
-    extra = []
-    if "image_shape" not in given:
-        extra.append(f"image_shape={tuple(int(s) for s in image.shape)}")
-    if "num_levels" in fields and "num_levels" not in given:
-        extra.append(f"num_levels={int(getattr(dataset, 'num_levels', 256))}")
-    return list(options) + extra
+def _model_for_data(model_class, options: Sequence[str], dataset, data_name):
+    """A fresh model fitted to the data by its family (`config_for_data`); --set values win."""
+    overrides = _model_overrides(model_class, options)
+    return model_class(model_class.config_for_data(dataset, overrides, data_name=str(data_name)))
 
 
 def _train_config(args, model_class, base: Optional[dict[str, Any]], out_dir: Path):
@@ -244,7 +273,8 @@ def _train(args) -> int:
 
     torch.manual_seed(train_config.seed)  # the initial weights
     model = (model_class.from_config_dict(checkpoint.model_config) if checkpoint
-             else _model_config(model_class, _fit_to_data(model_class, args.model_options, train_set, data)))
+             else _model_for_data(model_class, args.model_options, train_set, data))
+    model.check_dataset(train_set, data)  # a resumed model meeting other data, say
     try:
         trainer = Trainer(model, train_set, val_set, train_config, metadata={"data": str(data)})
         if checkpoint is not None:
@@ -262,23 +292,18 @@ def _train(args) -> int:
 
 
 def _write_samples(model, samples, out_dir: Path, nrow: Optional[int] = None) -> list[str]:
-    """The model's figures, plus samples.png when the model wrote none and samples are images."""
-    from genkernels.train.figures import save_image_grid
+    """The model's figures (samples.png and the family's own), written afresh: a figure of an
+    earlier run or checkpoint is never left standing beside new ones. Returns the file names."""
+    from genkernels.figures import save_figures
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = [Path(p).name for p in model.save_figures(out_dir, samples) or []]
-    grid = out_dir / "samples.png"
-    if not grid.exists() and samples.ndim == 4 and samples.shape[1] in (1, 3):
-        save_image_grid(samples.float().clamp(0, 1), grid, nrow)
-        written.append(grid.name)
-    return written
+    return [Path(p).name for p in save_figures(model.figures(samples, nrow=nrow), out_dir)]
 
 
 def _write_run_outputs(trainer, out_dir: Path, data: str) -> list[str]:
-    from genkernels.train.figures import plot_loss_curve
+    from genkernels.figures import plot_loss_curve
 
     written = _write_samples(trainer.model, trainer.sample(trainer.config.num_samples), out_dir)
-    plot_loss_curve(trainer.history, out_dir / "loss.png")
+    plot_loss_curve(trainer.history, out_dir / "loss.png", units=trainer.model.metric_units)
     last = {kind: next((e for e in reversed(trainer.history) if e["kind"] == kind), {}) for kind in ("train", "eval")}
     summary = {"model": trainer.model.name, "data": data, "step": trainer.step,
                "train": last["train"], "eval": last["eval"]}
@@ -306,8 +331,6 @@ def _sample(args) -> int:
 
     from genkernels.train.trainer import seed_everything
 
-    if args.num_samples <= 0:
-        raise UsageError(f"-n must be > 0, got {args.num_samples}")
     conditions = {}
     for option in args.condition:
         key, sep, text = option.partition("=")
@@ -315,6 +338,11 @@ def _sample(args) -> int:
             raise UsageError(f"--condition expects KEY=VALUE, got {option!r}")
         conditions[key] = _parse_value(text)
     path, device, model = _load_for_inference(args)
+    valid = model.sample_conditions()
+    unknown = sorted(set(conditions) - set(valid))
+    if unknown:
+        raise UsageError(f"--condition {', '.join(unknown)}: {model.name} sample takes "
+                         f"{', '.join(valid) if valid else 'no conditions'}")
     seed_everything(args.seed)
     with torch.no_grad():
         try:
@@ -341,11 +369,14 @@ def _eval(args) -> int:
     meta = load_checkpoint(path, weights_only=True).meta
     data = args.data or meta.get("metadata", {}).get("data") or model.default_data
     dataset = _load_data(data, args.split)
+    model.check_dataset(dataset, data)
     seed_everything(args.seed)
     groups = list(model.optimizer_groups())
+    model.eval()
     with torch.no_grad():
-        losses = validation_losses(model, dataset, batch_size=args.batch_size, max_items=args.max_items,
-                                   device=device, groups=groups if len(groups) > 1 else None)
+        losses = (validation_losses(model, dataset, batch_size=args.batch_size, max_items=args.max_items,
+                                    device=device, groups=groups if len(groups) > 1 else None)
+                  if model.reports_validation_loss else {})
         metrics = model.evaluate(dataset, max_items=args.max_items)
     result = {"model": model.name, "checkpoint": str(path), "step": meta["step"], "data": str(data),
               "split": args.split, "losses": losses, "metrics": {k: float(v) for k, v in metrics.items()}}
@@ -387,7 +418,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except SystemExit as exit:  # --help, --version or a parse error (already reported)
             return exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 2
         return args.handler(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, TypeError, OSError) as error:
         if os.environ.get("GENKERNELS_DEBUG"):
             raise
         command = argv[0] if argv else ""

@@ -2,7 +2,7 @@
 its samples with the digits classifier: accuracy of samples of the class asked for, and the
 Fréchet distance to held-out digits. Writes sample grids (one row per class) and a loss curve.
 
-    python python/train_gan.py --steps 3000 --out runs/gan
+    python python/train_gan.py --steps 3000      # writes runs/examples/train_gan/
 
 (About 70 s for 3000 steps on 2 CPU cores; `genkernels train gan --set num_classes=10` is the same
 model with the CLI's 1000 steps.)
@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from genkernels.data import get_dataset
+from genkernels.figures import plot_loss_curve, save_figures
 from genkernels.models.gan import GAN, GANConfig
 from genkernels.train import TrainConfig, Trainer
-from genkernels.train.figures import plot_loss_curve
 
 
 def parse_args():
@@ -26,7 +26,8 @@ def parse_args():
     parser.add_argument("--unconditional", action="store_true")
     parser.add_argument("--channels", type=int, default=GANConfig.channels)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default="runs/gan")
+    # its own folder: `genkernels train gan` writes runs/gan, and two runs must not mix
+    parser.add_argument("--out", default="runs/examples/train_gan")
     return parser.parse_args()
 
 
@@ -47,8 +48,8 @@ def main():
         metrics = model.evaluate(test)
         print("test: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         labels = None if args.unconditional else torch.arange(64) % 10
-        paths = model.save_figures(args.out, model.sample(64, labels=labels).cpu())
-    paths.append(plot_loss_curve(history, Path(args.out) / "loss.png"))
+        paths = save_figures(model.figures(model.sample(64, labels=labels).cpu()), args.out)
+    paths.append(plot_loss_curve(history, Path(args.out) / "loss.png", units=model.metric_units))
     print("figures:", *paths, sep="\n  ")
 
 

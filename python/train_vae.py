@@ -2,7 +2,7 @@
 anomaly score separating clean from corrupted digits, and write sample, reconstruction and
 interpolation figures.
 
-    python python/train_vae.py --steps 3000 --out runs/vae
+    python python/train_vae.py --steps 3000      # writes runs/examples/train_vae/
 """
 import argparse
 from pathlib import Path
@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 
 from genkernels.data import get_dataset
+from genkernels.figures import plot_loss_curve, save_figures
 from genkernels.metrics import digits_sample_metrics
 from genkernels.models.vae import VAE, VAEConfig
 from genkernels.train import TrainConfig, Trainer
-from genkernels.train.figures import plot_loss_curve
 
 
 def parse_args():
@@ -24,7 +24,8 @@ def parse_args():
     parser.add_argument("--latent-dim", type=int, default=16)
     parser.add_argument("--beta", type=float, default=1.0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default="runs/vae")
+    # its own folder: `genkernels train vae` writes runs/vae, and two runs must not mix
+    parser.add_argument("--out", default="runs/examples/train_vae")
     return parser.parse_args()
 
 
@@ -56,8 +57,8 @@ def main():
         noisy_score = model.anomaly_score(corrupt(test.images[:200]).to(trainer.device))
         print(f"anomaly score (-ELBO, nats): clean {clean_score.mean():.1f}, corrupted {noisy_score.mean():.1f}; "
               f"corrupted copy scores higher for {(noisy_score > clean_score).float().mean():.0%} of digits")
-        paths = model.save_figures(args.out, samples)
-    paths.append(plot_loss_curve(history, Path(args.out) / "loss.png"))
+        paths = save_figures(model.figures(samples), args.out)
+    paths.append(plot_loss_curve(history, Path(args.out) / "loss.png", units=model.metric_units))
     print("figures:", *paths, sep="\n  ")
 
 

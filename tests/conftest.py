@@ -25,7 +25,9 @@ def pytest_configure(config):
 def _seed():
     import torch
 
-    torch.manual_seed(0)
+    # GENKERNELS_TEST_SEED reruns the suite on other random inputs: how the accuracy rule's
+    # margins are checked not to depend on one lucky draw
+    torch.manual_seed(int(os.environ.get("GENKERNELS_TEST_SEED", "0")))
     yield
 
 

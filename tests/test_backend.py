@@ -35,10 +35,32 @@ def test_unavailable_backend_raises_with_reason():
 
 def test_environment_variable(monkeypatch):
     monkeypatch.setenv("GENKERNELS_BACKEND", "torch")
-    assert _backend.select("q_sample", torch.device("cpu"), ("torch", "cpu")) == "torch"
-    monkeypatch.setenv("GENKERNELS_BACKEND", "nope")
-    with pytest.raises(ValueError, match="backend must be one of"):
-        _backend.forced_backend()
+    _backend.reload_environment()  # read once at import (it is on every op call's path)
+    try:
+        assert _backend.select("q_sample", torch.device("cpu"), ("torch", "cpu")) == "torch"
+        x_t, _ = q_sample(torch.ones(1, 3), torch.ones(1, 3), 0, make_schedule("linear", 10))
+        with genkernels.use_backend("cpu"):  # the context manager wins over the environment
+            assert _backend.select("q_sample", torch.device("cpu"), ("torch", "cpu")) == "cpu"
+        monkeypatch.setenv("GENKERNELS_BACKEND", "nope")
+        assert _backend.forced_backend() == "torch"  # not re-read until reload_environment
+        _backend.reload_environment()
+        with pytest.raises(ValueError, match="backend must be one of"):
+            _backend.forced_backend()
+        with pytest.raises(ValueError, match="backend must be one of"):
+            q_sample(torch.ones(1, 3), torch.ones(1, 3), 0, make_schedule("linear", 10))
+    finally:
+        monkeypatch.undo()
+        _backend.reload_environment()
+    assert _backend.forced_backend() is None
+
+
+def test_environment_variable_is_read_at_import():
+    code = ("import torch, genkernels\nfrom genkernels import _backend\n"
+            "print(_backend.select('q_sample', torch.device('cpu'), ('torch', 'cpu')))\n")
+    env = dict(os.environ, GENKERNELS_BACKEND="torch")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "torch"
 
 
 def test_float64_uses_reference_automatically():
@@ -88,4 +110,4 @@ def test_cuda_kernels_raise_a_clear_error_without_a_gpu():
     if _ext._cuda is None or torch.cuda.is_available():
         pytest.skip("needs the CUDA module built on a machine without a GPU")
     with pytest.raises(RuntimeError, match="genkernels"):
-        _ext._cuda.philox_normal(0, 1, 4, 0, 0, 0, 0, 0)
+        _ext._cuda.philox_normal(out=0, N=1, D=4, seed=0, offset=0, dtype=0, device=0, stream=0)

@@ -43,9 +43,19 @@ def test_train_help_documents_the_flags(capsys):
     code, out, _ = run(capsys, "train", "--help")
     assert code == 0
     for flag in ("--data", "--steps", "--batch-size", "--lr", "--device", "--precision", "--compile",
-                 "--out", "--resume", "--seed", "--eval-every", "--set", "samples.png", "loss.png",
-                 "metrics.json", "checkpoint/"):
+                 "--out", "--resume", "--seed", "--eval-every", "--set", "--skip-nonfinite", "samples.png",
+                 "loss.png", "metrics.json", "checkpoint/"):
         assert flag in out, flag
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_sample_and_eval_help_state_each_default_once(capsys, command):
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0
+    options = " ".join(out.split()).split(" -")  # one chunk per option, wrapped lines joined
+    assert all(chunk.count("default") <= 1 for chunk in options), out
+    if command == "sample":  # the --condition keys of every model
+        assert "vae: mode, temperature" in out and "gan: labels" in out
 
 
 def test_python_dash_m_genkernels():
@@ -63,8 +73,19 @@ def test_python_dash_m_genkernels():
     ["train", "toy", "--set", "no_such_field=1"],
     ["train", "toy", "--steps", "0"],
     ["train", "toy", "--resume", "--out", "nowhere"],
+    ["train", "toy", "--lr", "inf"],
+    ["train", "toy", "--grad-clip", "nan"],
+    ["train", "toy", "--steps", "-3"],
+    ["train", "vae", "--set", "latent_dim=2.5"],
+    ["train", "vae", "--set", "beta=nan"],
+    ["train", "gan", "--set", "gp_weight=-1"],
     ["sample", "no/such/checkpoint"],
+    ["sample", "run", "--nrow", "0"],
+    ["sample", "run", "-n", "0"],
     ["eval", "no/such/checkpoint"],
+    ["eval", "run", "--batch-size", "0"],
+    ["eval", "run", "--max-items", "0"],
+    ["eval", "run", "--max-items", "-5"],
     ["frobnicate"],
     [],
 ])
@@ -105,6 +126,7 @@ def test_train_sample_eval_resume(capsys, toy_model, tmp_path, monkeypatch):
     assert (tmp_path / "cold" / "samples.png").exists()
     code, _, err = run(capsys, "sample", str(run_dir), "--condition", "colour=3")
     assert code == 2 and "colour" in err and len(err.strip().splitlines()) == 1
+    assert "toy sample takes temperature" in err  # the valid keys
 
     code, out, err = run(capsys, "eval", str(run_dir / "checkpoint"), "--split", "val", "--max-items", "40",
                          "--device", "cpu")
@@ -171,6 +193,78 @@ def test_image_model_on_non_image_data_fails_in_one_line(capsys, tmp_path):
     code, _, err = run(capsys, "train", "vae", "--data", "moons", "--out", str(tmp_path / "r"), *QUICK)
     assert code != 0
     assert "vae trains on images" in err and "moons" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    """A 2-step VAE run on the digits (shared by the eval / sample / checkpoint checks below)."""
+    out = tmp_path_factory.mktemp("vae-run")
+    argv = ["train", "vae", "--out", str(out), "--set", "hidden=16", "--set", "latent_dim=2", *QUICK, "--steps", "2",
+            "--skip-nonfinite"]
+    assert main(argv) == 0
+    return out
+
+
+def test_skip_nonfinite_reaches_the_train_config(vae_run):
+    assert json.loads((vae_run / "checkpoint" / "trainer.json").read_text())["train_config"]["skip_nonfinite"] is True
+
+
+def one_line_error(err: str) -> bool:
+    return len(err.strip().splitlines()) == 1 and "error" in err and "Traceback" not in err
+
+
+def test_eval_on_the_wrong_kind_of_data_fails_in_one_line(capsys, vae_run):
+    code, _, err = run(capsys, "eval", str(vae_run), "--data", "moons", "--device", "cpu")
+    assert code != 0 and one_line_error(err)
+    assert "vae trains on images" in err and "moons" in err
+
+
+def test_resuming_on_another_kind_of_data_fails_in_one_line(capsys, vae_run):
+    code, _, err = run(capsys, "train", "vae", "--resume", str(vae_run / "checkpoint"), "--data", "moons",
+                       "--steps", "3", "--no-progress", "--device", "cpu")
+    assert code != 0 and one_line_error(err) and "moons" in err
+
+
+def test_run_figures_are_rewritten_not_left_stale(capsys, vae_run, tmp_path):
+    """samples.png used to be written only when missing: a second run left the first run's grid."""
+    out = tmp_path / "s"
+    pictures = []
+    for seed in ("1", "2"):
+        code, _, err = run(capsys, "sample", str(vae_run), "-n", "8", "--seed", seed, "--out", str(out),
+                           "--device", "cpu")
+        assert code == 0, err
+        pictures.append({p.name: p.read_bytes() for p in out.glob("*.png")})
+    assert set(pictures[0]) == {"samples.png", "reconstructions.png", "interpolations.png"}
+    assert pictures[0]["samples.png"] != pictures[1]["samples.png"]
+    code, _, err = run(capsys, "sample", str(vae_run), "-n", "8", "--nrow", "2", "--out", str(out), "--device", "cpu")
+    assert code == 0, err
+    from PIL import Image
+
+    with Image.open(out / "samples.png") as image:
+        assert image.height > image.width  # 2 columns, 4 rows
+
+
+def test_wrong_condition_key_lists_the_valid_ones(capsys, vae_run):
+    code, _, err = run(capsys, "sample", str(vae_run), "--condition", "labels=3", "--device", "cpu")
+    assert code == 2 and one_line_error(err)
+    assert "vae sample takes mode, temperature" in err
+    code, _, err = run(capsys, "sample", str(vae_run), "--condition", "temperature=nan", "--device", "cpu")
+    assert code != 0 and one_line_error(err) and "temperature" in err
+
+
+def test_checkpoint_config_that_no_longer_matches_fails_in_one_line(capsys, vae_run, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(vae_run / "checkpoint", broken)
+    meta_file = broken / "trainer.json"
+    meta = json.loads(meta_file.read_text())
+    meta["model"]["config"]["hidden"] = 24  # the tensors were saved with hidden=16
+    meta_file.write_text(json.dumps(meta))
+    for command in ("sample", "eval"):
+        code, _, err = run(capsys, command, str(broken), "--device", "cpu")
+        assert code != 0 and one_line_error(err), err
+        assert "broken" in err and "16" in err and "24" in err  # the file and both shapes
 
 
 # -- delegated commands --------------------------------------------------------------------

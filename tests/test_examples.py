@@ -22,9 +22,12 @@ def cache_dir(tmp_path_factory):
 ])
 def test_example_runs(tmp_path, cache_dir, script, extra, expect):
     args = [sys.executable, str(ROOT / "python" / script), *extra]
-    if script.startswith("train_"):
-        args += ["--out", str(tmp_path / "run")]
     env = {**os.environ, "GENKERNELS_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert expect in result.stdout
+    if script.startswith("train_"):
+        # the default output folder is the example's own, never the CLI's runs/<model>
+        out = tmp_path / "runs" / "examples" / script.removesuffix(".py")
+        assert (out / "loss.png").is_file() and (out / "checkpoint" / "trainer.json").is_file()
+        assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["examples"]

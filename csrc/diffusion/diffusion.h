@@ -15,6 +15,7 @@
 #include "common/dtype.h"
 #include "common/macros.h"
 #include "common/philox.h"
+#include "diffusion/diffusion_args.h"
 
 namespace gk {
 
@@ -48,18 +49,20 @@ struct Schedule {
 // x0 = p m + q x_t and eps = pe m + qe x_t for model output m under each parameterisation.
 struct PredictionCoef { float p, q, pe, qe; };
 
-GK_HD PredictionCoef prediction_coefficients(int prediction, double ac, double om) {
+template <int kPrediction>
+GK_HD PredictionCoef prediction_coefficients(double ac, double om) {
   const double a = sqrt(ac), s = sqrt(om);
-  switch (prediction) {
-    case kSample: return {1.f, 0.f, float(-a / s), float(1.0 / s)};
-    case kVelocity: return {float(-s), float(a), float(a), float(s)};
-    default: return {float(-s / a), float(1.0 / a), 1.f, 0.f};  // epsilon
-  }
+  if constexpr (kPrediction == kSample) return {1.f, 0.f, float(-a / s), float(1.0 / s)};
+  else if constexpr (kPrediction == kVelocity) return {float(-s), float(a), float(a), float(s)};
+  else return {float(-s / a), float(1.0 / a), 1.f, 0.f};  // epsilon
 }
 
 // The regression target of the training loss: eps, x0 or v.
-GK_HD float training_target(int prediction, float a, float s, float x0, float eps) {
-  return prediction == kEpsilon ? eps : prediction == kSample ? x0 : a * eps - s * x0;
+template <int kPrediction>
+GK_HD float training_target(float a, float s, float x0, float eps) {
+  if constexpr (kPrediction == kEpsilon) return eps;
+  else if constexpr (kPrediction == kSample) return x0;
+  else return a * eps - s * x0;
 }
 
 struct StepCoef {
@@ -69,12 +72,12 @@ struct StepCoef {
 
 // DDPM ancestral step t -> t-1: posterior q(x_{t-1} | x_t, x0) mean and variance (Ho et al. eq. 7).
 // large_variance picks sigma^2 = beta_t instead of the posterior beta~_t. No noise at t = 0.
-GK_HD StepCoef ddpm_coefficients(int prediction, int64_t t, double ac, double om, double ac_prev,
-                                  double om_prev, bool large_variance) {
+template <int kPrediction>
+GK_HD StepCoef ddpm_coefficients(int64_t t, double ac, double om, double ac_prev, double om_prev, bool large_variance) {
   const double beta = (om - om_prev) / ac_prev;  // 1 - alpha_bar_t / alpha_bar_{t-1}, no cancellation
   const double var = large_variance ? beta : beta * om_prev / om;
   StepCoef c;
-  c.pred = prediction_coefficients(prediction, ac, om);
+  c.pred = prediction_coefficients<kPrediction>(ac, om);
   c.c_x0 = float(sqrt(ac_prev) * beta / om);
   c.c_eps = 0.f;
   c.c_x = float(sqrt(1.0 - beta) * om_prev / om);
@@ -83,12 +86,12 @@ GK_HD StepCoef ddpm_coefficients(int prediction, int64_t t, double ac, double om
 }
 
 // DDIM step t -> t_prev (Song et al. eq. 12): eta = 0 deterministic, eta = 1 DDPM-like noise.
-GK_HD StepCoef ddim_coefficients(int prediction, double ac, double om, double ac_prev, double om_prev,
-                                  double eta) {
+template <int kPrediction>
+GK_HD StepCoef ddim_coefficients(double ac, double om, double ac_prev, double om_prev, double eta) {
   const double sigma = eta * sqrt(om_prev / om * (om - om_prev) / ac_prev);
   const double dir = om_prev - sigma * sigma;
   StepCoef c;
-  c.pred = prediction_coefficients(prediction, ac, om);
+  c.pred = prediction_coefficients<kPrediction>(ac, om);
   c.c_x0 = float(sqrt(ac_prev));
   c.c_eps = float(sqrt(dir > 0.0 ? dir : 0.0));
   c.c_x = 0.f;
@@ -102,6 +105,8 @@ GK_HD float clip_value(float x, float clip) { return x > clip ? clip : (x < -cli
 // ---------------------------------------------------------------------------------------------
 // Functors for the per-sample loops (common/per_sample_cpu.h, common/per_sample_cuda.cuh).
 // Element k = n * D + i of every (N, D) tensor; outputs that may be absent are null pointers.
+// Each is built from its op's Args (diffusion_args.h) by name; the codes that pick a formula
+// (prediction, sampler kind) are template parameters, dispatched once per call.
 
 struct ScaleShift { float a, s; };
 
@@ -111,6 +116,9 @@ GK_HD ScaleShift alpha_scales(const Schedule& sched, int64_t t) {
   return {float(sqrt(ac)), float(sqrt(om))};
 }
 
+inline StepIndex step_index(uintptr_t ptr, int64_t scalar) { return {as<const int64_t>(ptr), scalar}; }
+inline Schedule schedule(uintptr_t table, int64_t T) { return {as<const double>(table), T}; }
+
 template <typename T>
 struct QSampleForward {
   const T *x0, *noise;
@@ -118,6 +126,9 @@ struct QSampleForward {
   StepIndex t;
   Schedule sched;
   int64_t D;
+  explicit QSampleForward(const ops::q_sample::Args& a)
+      : x0(as<const T>(a.x0)), noise(as<const T>(a.noise)), x_t(as<T>(a.x_t)), velocity(as<T>(a.velocity)),
+        t(step_index(a.t, a.t_scalar)), sched(schedule(a.table, a.T)), D(a.D) {}
   GK_HD ScaleShift begin(int64_t n) const { return alpha_scales(sched, t.at(n)); }
   GK_HD void apply(const ScaleShift& c, int64_t n, int64_t i) const {
     const int64_t k = n * D + i;
@@ -134,6 +145,10 @@ struct QSampleBackward {
   StepIndex t;
   Schedule sched;
   int64_t D;
+  explicit QSampleBackward(const ops::q_sample_backward::Args& a)
+      : grad_x_t(as<const T>(a.grad_x_t)), grad_velocity(as<const T>(a.grad_velocity)),
+        grad_x0(as<T>(a.grad_x0)), grad_noise(as<T>(a.grad_noise)), t(step_index(a.t, a.t_scalar)),
+        sched(schedule(a.table, a.T)), D(a.D) {}
   GK_HD ScaleShift begin(int64_t n) const { return alpha_scales(sched, t.at(n)); }
   GK_HD void apply(const ScaleShift& c, int64_t n, int64_t i) const {
     const int64_t k = n * D + i;
@@ -144,32 +159,37 @@ struct QSampleBackward {
 };
 
 // Per-sample sum of squared errors between the model output and the training target.
-template <typename T>
+template <typename T, int kPrediction>
 struct DiffusionSSE {
   const T *model_output, *x0, *noise;
   StepIndex t;
   Schedule sched;
-  int prediction;
   int64_t D;
+  explicit DiffusionSSE(const ops::diffusion_sse::Args& a)
+      : model_output(as<const T>(a.model_output)), x0(as<const T>(a.x0)), noise(as<const T>(a.noise)),
+        t(step_index(a.t, a.t_scalar)), sched(schedule(a.table, a.T)), D(a.D) {}
   GK_HD ScaleShift begin(int64_t n) const { return alpha_scales(sched, t.at(n)); }
   GK_HD float term(const ScaleShift& c, int64_t n, int64_t i) const {
     const int64_t k = n * D + i;
-    const float d = load(model_output, k) - training_target(prediction, c.a, c.s, load(x0, k), load(noise, k));
+    const float d = load(model_output, k) - training_target<kPrediction>(c.a, c.s, load(x0, k), load(noise, k));
     return d * d;
   }
 };
 
 struct ScaledScales { float a, s, scale; };
 
-template <typename T>
+template <typename T, int kPrediction>
 struct DiffusionSSEBackward {
   const float* grad_sse;  // (N,) upstream gradient of each sample's SSE
   const T *model_output, *x0, *noise;
   T *grad_output, *grad_x0, *grad_noise;
   StepIndex t;
   Schedule sched;
-  int prediction;
   int64_t D;
+  explicit DiffusionSSEBackward(const ops::diffusion_sse_backward::Args& a)
+      : grad_sse(as<const float>(a.grad_sse)), model_output(as<const T>(a.model_output)), x0(as<const T>(a.x0)),
+        noise(as<const T>(a.noise)), grad_output(as<T>(a.grad_output)), grad_x0(as<T>(a.grad_x0)),
+        grad_noise(as<T>(a.grad_noise)), t(step_index(a.t, a.t_scalar)), sched(schedule(a.table, a.T)), D(a.D) {}
   GK_HD ScaledScales begin(int64_t n) const {
     const ScaleShift c = alpha_scales(sched, t.at(n));
     return {c.a, c.s, 2.f * grad_sse[n]};
@@ -177,35 +197,51 @@ struct DiffusionSSEBackward {
   GK_HD void apply(const ScaledScales& c, int64_t n, int64_t i) const {
     const int64_t k = n * D + i;
     const float x = load(x0, k), e = load(noise, k);
-    const float g = c.scale * (load(model_output, k) - training_target(prediction, c.a, c.s, x, e));
+    const float g = c.scale * (load(model_output, k) - training_target<kPrediction>(c.a, c.s, x, e));
     if (grad_output) store(grad_output, k, g);
     // d target / d x0 and d target / d eps per parameterisation
-    if (grad_x0) store(grad_x0, k, prediction == kEpsilon ? 0.f : prediction == kSample ? -g : c.s * g);
-    if (grad_noise) store(grad_noise, k, prediction == kEpsilon ? -g : prediction == kSample ? 0.f : -c.a * g);
+    if constexpr (kPrediction == kEpsilon) {
+      if (grad_x0) store(grad_x0, k, 0.f);
+      if (grad_noise) store(grad_noise, k, -g);
+    } else if constexpr (kPrediction == kSample) {
+      if (grad_x0) store(grad_x0, k, -g);
+      if (grad_noise) store(grad_noise, k, 0.f);
+    } else {
+      if (grad_x0) store(grad_x0, k, c.s * g);
+      if (grad_noise) store(grad_noise, k, -c.a * g);
+    }
   }
 };
 
+// Per-call sampler parameters, from sampler_step::Args or sampler_step_backward::Args (the
+// backward draws no noise: seed and offset 0).
 struct SamplerParams {
-  int kind, prediction;
   StepIndex t, t_prev;  // t_prev used by DDIM only
   Schedule sched;
   float guidance;       // classifier-free guidance scale w (used when an unconditional output is given)
   float clip;           // |x0| clip, +inf for none
-  float eta;            // DDIM noise scale
+  double eta;           // DDIM noise scale (kept in double: sigma is computed in double from it)
   bool large_variance;  // DDPM sigma^2 = beta_t
   uint64_t seed, offset;
+  template <class Args>
+  SamplerParams(const Args& a, uint64_t seed_, uint64_t offset_)
+      : t(step_index(a.t, a.t_scalar)), t_prev(step_index(a.t_prev, a.t_prev_scalar)), sched(schedule(a.table, a.T)),
+        guidance(float(a.guidance)), clip(float(a.clip)), eta(a.eta), large_variance(a.large_variance),
+        seed(seed_), offset(offset_) {}
 };
 
+template <int kKind, int kPrediction>
 GK_HD StepCoef step_coefficients(const SamplerParams& p, int64_t n) {
   const int64_t t = p.t.at(n);
   double ac, om, ac_prev, om_prev;
   p.sched.at(t, ac, om);
-  if (p.kind == kDDPM) {
+  if constexpr (kKind == kDDPM) {
     p.sched.at_prev(t - 1, ac_prev, om_prev);
-    return ddpm_coefficients(p.prediction, t, ac, om, ac_prev, om_prev, p.large_variance);
+    return ddpm_coefficients<kPrediction>(t, ac, om, ac_prev, om_prev, p.large_variance);
+  } else {
+    p.sched.at_prev(p.t_prev.at(n), ac_prev, om_prev);
+    return ddim_coefficients<kPrediction>(ac, om, ac_prev, om_prev, p.eta);
   }
-  p.sched.at_prev(p.t_prev.at(n), ac_prev, om_prev);
-  return ddim_coefficients(p.prediction, ac, om, ac_prev, om_prev, p.eta);
 }
 
 // m = u + w (c - u) when an unconditional output u is given (classifier-free guidance).
@@ -222,31 +258,43 @@ struct StepState {
   NormalStream rng;
 };
 
-template <typename T>
+template <typename T, int kKind, int kPrediction>
 struct SamplerStepForward {
   const T *model_output, *model_output_uncond, *x_t;
   T* out;
   SamplerParams p;
   int64_t D;
-  GK_HD StepState begin(int64_t n) const { return {step_coefficients(p, n), NormalStream(p.seed, p.offset, n)}; }
+  explicit SamplerStepForward(const ops::sampler_step::Args& a)
+      : model_output(as<const T>(a.model_output)), model_output_uncond(as<const T>(a.model_output_uncond)),
+        x_t(as<const T>(a.x_t)), out(as<T>(a.out)), p(a, a.seed, a.offset), D(a.D) {}
+  GK_HD StepState begin(int64_t n) const {
+    return {step_coefficients<kKind, kPrediction>(p, n), NormalStream(p.seed, p.offset, n)};
+  }
   GK_HD void apply(StepState& st, int64_t n, int64_t i) const {
     const int64_t k = n * D + i;
     const StepCoef& c = st.c;
     const float m = guided_output(model_output, model_output_uncond, p.guidance, k), x = load(x_t, k);
     float y = c.c_x0 * clip_value(c.pred.p * m + c.pred.q * x, p.clip) + c.c_x * x;
-    if (c.c_eps != 0.f) y += c.c_eps * (c.pred.pe * m + c.pred.qe * x);
+    if constexpr (kKind == kDDIM) {  // DDPM's c_eps is always 0
+      if (c.c_eps != 0.f) y += c.c_eps * (c.pred.pe * m + c.pred.qe * x);
+    }
     if (c.sigma != 0.f) y += c.sigma * st.rng.at(static_cast<uint64_t>(i));
     store(out, k, y);
   }
 };
 
-template <typename T>
+template <typename T, int kKind, int kPrediction>
 struct SamplerStepBackward {
   const T *grad, *model_output, *model_output_uncond, *x_t;
   T *grad_output, *grad_output_uncond, *grad_x_t;  // grad_output_uncond / grad_x_t may be null
   SamplerParams p;
   int64_t D;
-  GK_HD StepCoef begin(int64_t n) const { return step_coefficients(p, n); }
+  explicit SamplerStepBackward(const ops::sampler_step_backward::Args& a)
+      : grad(as<const T>(a.grad)), model_output(as<const T>(a.model_output)),
+        model_output_uncond(as<const T>(a.model_output_uncond)), x_t(as<const T>(a.x_t)),
+        grad_output(as<T>(a.grad_output)), grad_output_uncond(as<T>(a.grad_output_uncond)),
+        grad_x_t(as<T>(a.grad_x_t)), p(a, 0, 0), D(a.D) {}
+  GK_HD StepCoef begin(int64_t n) const { return step_coefficients<kKind, kPrediction>(p, n); }
   GK_HD void apply(const StepCoef& c, int64_t n, int64_t i) const {
     const int64_t k = n * D + i;
     const float g = load(grad, k), m = guided_output(model_output, model_output_uncond, p.guidance, k);
@@ -262,16 +310,6 @@ struct SamplerStepBackward {
       store(grad_output, k, g_m);
     }
   }
-};
-
-// out[n, i] = standard normal at (seed, offset, n, i): the noise the sampler steps add.
-template <typename T>
-struct PhiloxNormalFill {
-  T* out;
-  uint64_t seed, offset;
-  int64_t D;
-  GK_HD NormalStream begin(int64_t n) const { return NormalStream(seed, offset, n); }
-  GK_HD void apply(NormalStream& rng, int64_t n, int64_t i) const { store(out, n * D + i, rng.at(i)); }
 };
 
 }  // namespace gk

@@ -14,6 +14,7 @@
 #include "common/dtype.h"
 #include "common/macros.h"
 #include "common/philox.h"
+#include "vae/vae_args.h"
 
 namespace gk {
 
@@ -31,8 +32,8 @@ GK_HD void reparam_kl_grads(float mu, float logvar, float eps, float grad_z, flo
 }
 
 // ---------------------------------------------------------------------------------------------
-// Functors for the per-sample loops (common/per_sample_cpu.h, common/per_sample_cuda.cuh).
-// Element k = n * D + i of every (N, D) tensor.
+// Functors for the per-sample loops (common/per_sample_cpu.h, common/per_sample_cuda.cuh), built
+// from their op's Args (vae_args.h) by name. Element k = n * D + i of every (N, D) tensor.
 
 // A reduction whose term also writes z, so the forward is a single pass: partial KL sums per
 // (sample, chunk) unit come back and the host adds a sample's chunks.
@@ -42,6 +43,9 @@ struct ReparamKLForward {
   T* z;
   uint64_t seed, offset;
   int64_t D;
+  explicit ReparamKLForward(const ops::reparam_kl::Args& a)
+      : mu(as<const T>(a.mu)), logvar(as<const T>(a.logvar)), z(as<T>(a.z)), seed(a.seed), offset(a.offset),
+        D(a.D) {}
   GK_HD NormalStream begin(int64_t n) const { return NormalStream(seed, offset, n); }
   GK_HD float term(NormalStream& rng, int64_t n, int64_t i) const {
     const int64_t k = n * D + i;
@@ -64,6 +68,10 @@ struct ReparamKLBackward {
   T *grad_mu, *grad_logvar;
   uint64_t seed, offset;
   int64_t D;
+  explicit ReparamKLBackward(const ops::reparam_kl_backward::Args& a)
+      : grad_z(as<const T>(a.grad_z)), grad_kl(as<const float>(a.grad_kl)), mu(as<const T>(a.mu)),
+        logvar(as<const T>(a.logvar)), grad_mu(as<T>(a.grad_mu)), grad_logvar(as<T>(a.grad_logvar)), seed(a.seed),
+        offset(a.offset), D(a.D) {}
   GK_HD ReparamKLBackwardState begin(int64_t n) const {
     return {NormalStream(seed, offset, n), grad_kl ? grad_kl[n] : 0.f};
   }

@@ -90,7 +90,8 @@ def main(argv=None) -> int:
         result["attention"] = attention.run_suite(device)
     if "overhead" in args.suite and not args.no_overhead:
         over = overhead.overhead_rows()
-        print("\nper-call host overhead (16-element CPU tensor):\n" + format_table(over, ["case", "us_per_call"]))
+        print("\nper-call host overhead (16-element CPU tensor, CPU time of the calling thread):\n"
+              + format_table(over, ["case", "us_per_call"]))
         result["overhead"] = over
     if args.json:
         with open(args.json, "w") as f:

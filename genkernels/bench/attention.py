@@ -23,7 +23,8 @@ import torch.nn.functional as F
 import genkernels
 from genkernels import use_backend
 from genkernels._backend import backend_status
-from genkernels.ops.attention import attention, attention_decode
+from genkernels.ops.attention import attention
+from genkernels.ops.attention_decode import attention_decode
 
 
 
@@ -220,6 +221,43 @@ def environment(device):
     except ImportError:
         info["triton"] = None
     return info
+
+
+def quick_cases(device) -> dict:
+    """{case: fn()} for bench/bench_attention.py's pytest-benchmark cases, each checked against SDPA
+    first: a causal forward (no grad), forward+backward, and a GQA decode step; GPU sizes on a GPU,
+    tiny ones on CPU. fn synchronises the device so the benchmark times the kernels."""
+    device = torch.device(device)
+    on_gpu = device.type == "cuda"
+    seqlen, head_dim = (4096, 128) if on_gpu else (64, 32)
+    batch, heads = (4, 16) if on_gpu else (1, 2)
+    q, k, v, dout = setup(batch, heads, seqlen, head_dim, torch.bfloat16 if on_gpu else torch.float32, device)
+    check(lambda *a: attention(*a, causal=True), q, k, v, True)
+
+    cache_len = 16384 if on_gpu else 256
+    qd = torch.randn(2, 1, 8, 64, device=device)
+    k_cache, v_cache = torch.randn(2, cache_len, 2, 64, device=device), torch.randn(2, cache_len, 2, 64, device=device)
+    lengths = torch.full((2,), cache_len, dtype=torch.int32, device=device)
+    expected = _sdpa(qd, k_cache.repeat_interleave(4, dim=2), v_cache.repeat_interleave(4, dim=2), False)
+    torch.testing.assert_close(attention_decode(qd, k_cache, v_cache, lengths), expected, rtol=1e-2, atol=1e-2)
+
+    def synced(fn):
+        def run():
+            out = fn()
+            if on_gpu:
+                torch.cuda.synchronize(device)
+            return out
+        return run
+
+    def forward():
+        with torch.no_grad():
+            return attention(q, k, v, causal=True)
+
+    return {
+        "forward": synced(forward),
+        "forward_backward": synced(lambda: torch.autograd.grad(attention(q, k, v, causal=True), (q, k, v), dout)),
+        "decode": synced(lambda: attention_decode(qd, k_cache, v_cache, lengths)),
+    }
 
 
 def run_suite(device) -> dict:

@@ -4,6 +4,10 @@ Images are found recursively and sorted by path; every 20th goes to val and to t
 keeps them all). With `size` given every image is resized to it (bilinear); without it all images
 must already share the first image's size. Files are checked when the dataset is built (a file
 Pillow cannot identify raises at once) and decoded when an item is read.
+
+Values are scaled by the file's bit depth: 8-bit images by 255, 16-bit greyscale (Pillow modes
+"I;16*", and "I" holding values up to 65535) by 65535, so a 16-bit 32768 reads as 0.5, not 1.0.
+Pillow itself reduces 16-bit RGB(A) PNGs to 8 bits per channel.
 """
 from __future__ import annotations
 
@@ -17,6 +21,10 @@ from torch.utils.data import Dataset
 from genkernels.data._splits import check_split, FILE_SPLITS, split_indices
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# Pillow modes of 16-bit greyscale images ("I" is how older Pillows open 16-bit PNGs, and a 32-bit
+# integer mode in general: values above 65535 are refused rather than guessed at)
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_SIXTEEN_BIT_MAX = 65535.0
 
 
 def image_files(path: str | os.PathLike) -> list[Path]:
@@ -90,14 +98,35 @@ class ImageFolderDataset(Dataset):
         path = self.files[index]
         try:
             with Image.open(path) as image:
-                image = image.convert("L" if self.channels == 1 else "RGB")
-                if image.size != (self.size[1], self.size[0]):
-                    image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
-                pixels = np.asarray(image, dtype=np.float32) / 255.0  # (H, W) or (H, W, 3)
+                if image.mode in _SIXTEEN_BIT_MODES:
+                    pixels = self._sixteen_bit_pixels(image, path)
+                else:
+                    image = image.convert("L" if self.channels == 1 else "RGB")
+                    pixels = np.asarray(self._resized(image), dtype=np.float32) / 255.0  # (H, W) or (H, W, 3)
         except (OSError, SyntaxError, ValueError) as error:
             raise ValueError(f"cannot decode image file {str(path)!r}: {error}") from None
         pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(pixels))  # (channels, H, W)
+
+    def _resized(self, image):
+        from PIL import Image
+
+        if image.size != (self.size[1], self.size[0]):
+            image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
+        return image
+
+    def _sixteen_bit_pixels(self, image, path: Path) -> np.ndarray:
+        """A 16-bit greyscale image as (H, W) or (H, W, 3) float32 in [0, 1] (divided by 65535)."""
+        from PIL import Image
+
+        values = np.asarray(image.convert("I"), dtype=np.int64)  # exact for every 16-bit value
+        if values.size and (values.min() < 0 or values.max() > _SIXTEEN_BIT_MAX):
+            raise ValueError(f"image file {str(path)!r} (mode {image.mode!r}) holds values in "
+                             f"[{values.min()}, {values.max()}], outside the 16-bit range [0, 65535]")
+        # mode "F" (float32, exact below 2**24) resizes bilinearly without rounding to 8 bits
+        pixels = np.asarray(self._resized(Image.fromarray(values.astype(np.float32), mode="F")),
+                            dtype=np.float32) / _SIXTEEN_BIT_MAX
+        return pixels if self.channels == 1 else np.repeat(pixels[:, :, None], 3, axis=2)
 
     def __repr__(self) -> str:
         return (f"ImageFolderDataset({str(self.path)!r}, split={self.split!r}, n={len(self)}, "

@@ -7,6 +7,11 @@ by a stable hash of its relative path (zlib.crc32 mod 100: < 90 train, < 95 val,
 the files of a split are concatenated in hash order, so a byte cap still gives a varied sample.
 The few stdlib files that are deliberately not UTF-8 (encoding tests) are skipped.
 
+A user's file that is not UTF-8 text raises ValueError naming it, as an unreadable image or WAV
+file does: not UTF-8, or binary (a NUL byte, or more than 1% of control characters other than
+tab, newline, carriage return, form feed, vertical tab, backspace and escape), which UTF-8
+decoding alone lets through (a file of NUL bytes is valid UTF-8).
+
 A user's file, or all text files under a user's folder (sorted by path), are concatenated and the
 byte stream is split by position: the first 90% train, the next 5% val, the last 5% test.
 """
@@ -59,8 +64,20 @@ def text_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
+# C0 control bytes that plain text does not use (tab, newline, CR, FF, VT, BS and ESC are allowed)
+_BINARY_BYTES = bytes(c for c in range(32) if c not in b"\t\n\r\f\v\b\x1b")
+_MAX_CONTROL_FRACTION = 0.01
+
+
 def _read_utf8(path: Path) -> bytes:
     data = path.read_bytes()
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise ValueError(f"text file {str(path)!r} is binary, not text (NUL byte at offset {nul})")
+    controls = len(data) - len(data.translate(None, _BINARY_BYTES))
+    if controls > _MAX_CONTROL_FRACTION * len(data):
+        raise ValueError(f"text file {str(path)!r} is binary, not text ({controls} of its {len(data)} "
+                         "bytes are control characters)")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -82,8 +99,8 @@ def load_text_bytes(source: str | os.PathLike = "stdlib", split: str = "train",
     """The bytes of one split of a text source, at most `max_bytes` of them (None: no cap).
 
     source is "stdlib" or a path to a UTF-8 text file or a folder of them. Files are joined with a
-    newline. Raises ValueError for a missing path, a folder with no text files, a non-UTF-8 file
-    (naming it) or an empty split.
+    newline. Raises ValueError for a missing path, a folder with no text files, a binary or
+    non-UTF-8 file (naming it) or an empty split.
     """
     _check_max_bytes(max_bytes)
     if str(source) == "stdlib":

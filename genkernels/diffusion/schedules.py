@@ -28,8 +28,10 @@ class NoiseSchedule:
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten().cpu()
         if betas.numel() == 0:
             raise ValueError("betas must have at least one step, got an empty tensor")
-        if not bool(((betas > 0) & (betas < 1)).all()):
-            raise ValueError("betas must lie in (0, 1)")
+        bad = ~((betas > 0) & (betas < 1))  # NaN fails both comparisons
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"betas must lie in (0, 1), got {betas[i].item()!r} at step {i}")
         self.name = name
         self.betas = betas
         self.alphas = 1.0 - betas
@@ -64,6 +66,9 @@ class NoiseSchedule:
 
     def table(self, device) -> torch.Tensor:
         """(T, 2) float64 [alpha-bar, 1 - alpha-bar] on `device`, cached (the fused ops read it)."""
+        cached = self._tables.get(device)  # a tensor's .device, as the ops pass it: every call
+        if cached is not None:
+            return cached
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -79,14 +84,16 @@ def linear_schedule(num_steps: int = 1000, beta_start: float | None = None, beta
     (Nichol & Dhariwal 2021) so the total noise stays comparable."""
     _check_steps(num_steps)
     scale = 1000.0 / num_steps
-    start = beta_start if beta_start is not None else scale * 1e-4
-    end = beta_end if beta_end is not None else min(scale * 0.02, 0.999)
+    start = _check_open_unit("beta_start", beta_start) if beta_start is not None else scale * 1e-4
+    end = _check_open_unit("beta_end", beta_end) if beta_end is not None else min(scale * 0.02, 0.999)
     return NoiseSchedule(torch.linspace(start, end, num_steps, dtype=torch.float64), "linear")
 
 
 def scaled_linear_schedule(num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012):
     """Latent diffusion / Stable Diffusion: sqrt(beta) linear, betas = linspace(sqrt b0, sqrt b1)^2."""
     _check_steps(num_steps)
+    _check_open_unit("beta_start", beta_start)
+    _check_open_unit("beta_end", beta_end)
     betas = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), num_steps, dtype=torch.float64) ** 2
     return NoiseSchedule(betas, "scaled_linear")
 
@@ -100,6 +107,9 @@ def _betas_from_alpha_bar(alpha_bar, num_steps: int, max_beta: float) -> torch.T
 def cosine_schedule(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999):
     """Nichol & Dhariwal (2021): alpha-bar(t) = cos^2(((t/T + s) / (1 + s)) pi/2), betas <= 0.999."""
     _check_steps(num_steps)
+    # s < 0 makes alpha-bar rise over the first steps (negative betas, silently clipped)
+    _check_number("s", s, low=0.0)
+    _check_open_unit("max_beta", max_beta)
     alpha_bar = lambda t: torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
     return NoiseSchedule(_betas_from_alpha_bar(alpha_bar, num_steps, max_beta), "cosine")
 
@@ -109,6 +119,12 @@ def sigmoid_schedule(num_steps: int = 1000, start: float = -3.0, end: float = 3.
     """Chen (2023), "On the importance of noise scheduling": alpha-bar(t) follows a sigmoid over
     [start, end] with temperature tau, normalised to 1 at t=0 and 0 at t=1."""
     _check_steps(num_steps)
+    _check_number("start", start)
+    _check_number("end", end)
+    if not start < end:  # start == end divides by zero; start > end is not Chen's schedule
+        raise ValueError(f"start must be smaller than end, got start={start!r}, end={end!r}")
+    _check_number("tau", tau, low=0.0, open_low=True)
+    _check_open_unit("max_beta", max_beta)
     v_start, v_end = torch.sigmoid(torch.tensor(start / tau)), torch.sigmoid(torch.tensor(end / tau))
 
     def alpha_bar(t):
@@ -132,21 +148,57 @@ def min_snr_weights(schedule: NoiseSchedule, t: torch.Tensor, gamma: float = 5.0
     """Min-SNR-gamma loss weights (Hang et al. 2023) for timesteps t, as float32 on t's device.
 
     The weight min(SNR, gamma) is expressed for the chosen target: divided by SNR for epsilon, by
-    SNR + 1 for v, as is for x0 ("sample").
+    SNR + 1 for v, as is for x0 ("sample"). t: integer tensor of steps in [0, T), checked on CPU;
+    elsewhere (checking would synchronise) an out-of-range step gives a NaN weight. gamma > 0
+    (+inf: no clipping).
     """
-    snr = schedule.snr.to(t.device)[t.long()]
+    if prediction not in ("epsilon", "sample", "v"):
+        raise ValueError(f"prediction must be 'epsilon', 'sample' or 'v', got {prediction!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+        raise TypeError(f"gamma must be a number, got {type(gamma).__name__}")
+    if not gamma > 0:  # NaN fails too; +inf (no clipping: the plain loss) is allowed
+        raise ValueError(f"gamma must be > 0, got {gamma!r}")
+    if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"t must be an integer tensor of timesteps, got "
+                        f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
+    T = schedule.num_steps
+    if t.device.type == "cpu" and t.numel() and not torch.compiler.is_compiling():
+        lo, hi = (int(v) for v in t.aminmax())
+        if lo < 0 or hi >= T:
+            raise ValueError(f"t must be in [0, {T}) for this schedule, got values in [{lo}, {hi}]")
+    # on other devices checking would synchronise: an out-of-range step gives NaN, as in the kernels
+    inside = (t >= 0) & (t < T)
+    snr = schedule.snr.to(t.device)[t.long().clamp(0, T - 1)]
+    snr = torch.where(inside, snr, torch.full_like(snr, math.nan))
     clipped = torch.clamp(snr, max=gamma)
     if prediction == "epsilon":
         w = clipped / snr
     elif prediction == "v":
         w = clipped / (snr + 1)
-    elif prediction == "sample":
-        w = clipped
     else:
-        raise ValueError(f"prediction must be 'epsilon', 'sample' or 'v', got {prediction!r}")
+        w = clipped
     return w.float()
 
 
 def _check_steps(num_steps):
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int):
+        raise TypeError(f"num_steps must be an int, got {type(num_steps).__name__} {num_steps!r}")
+    if num_steps < 1:
         raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+
+
+def _check_number(name, value, low=None, open_low=False):
+    """A finite real number, >= low (> low when open_low)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or (low is not None and (value <= low if open_low else value < low)):
+        expected = "a finite number" if low is None else f"a finite number {'>' if open_low else '>='} {low:g}"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return float(value)
+
+
+def _check_open_unit(name, value):
+    _check_number(name, value)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+    return float(value)

@@ -1,4 +1,4 @@
-"""Triton kernels for fused (flash) attention: forward, backward and split-KV decode.
+"""Triton kernels for fused (flash) attention: forward and backward (decode: attention_decode.py).
 
 Math (FlashAttention-2, Dao 2023, https://arxiv.org/abs/2307.08691): for one query row q_i,
     s_ij = scale * q_i . k_j,   lse_i = log sum_j exp(s_ij),   o_i = sum_j exp(s_ij - lse_i) v_j.
@@ -7,10 +7,9 @@ The forward streams key blocks through an online softmax (running max m_i and su
 p_ij = exp(s_ij - lse_i) block by block:
     dv_j = sum_i p_ij do_i,   dp_ij = do_i . v_j,   ds_ij = p_ij (dp_ij - delta_i),
     delta_i = do_i . o_i - dlse_i,   dq_i = scale sum_j ds_ij k_j,   dk_j = scale sum_i ds_ij q_i.
-Decode (flash-decoding, Dao et al. 2023) splits the key axis over programs, each writing a partial
-output and its lse, and a second kernel combines the splits with the lse weights.
+The split-KV decode kernels (genkernels.kernels.attention_decode) reuse the helpers below.
 
-Conventions shared by every kernel here:
+Conventions shared by every kernel here (and the decode kernels):
   * tensors are addressed as (batch, seq, heads, dim) through strides, so (b, h, s, d) inputs are
     read in place; the last dimension must be contiguous (stride 1).
   * varlen (IS_VARLEN): sequences are packed along the seq axis; CU_SEQLENS_* give the offsets and
@@ -22,6 +21,14 @@ Conventions shared by every kernel here:
   * the head dim is padded to BLOCK_D = next_power_of_2(D) with masked loads, so D in 16..256 works.
   * masks are applied only in the MASKED stage (causal diagonal and the last key block); interior
     blocks run without predicates.
+  * masked keys never reach the output through a product: their scores become -inf and their
+    probabilities 0 through selects, and the V (and, in the backward, K) rows they would multiply
+    are selected away too, so a NaN or inf stored at a masked position (padding, the other side of
+    the causal diagonal, past a sequence's end) cannot turn 0 * garbage into NaN.
+  * bounds: varlen offsets read from CU_SEQLENS_* are clamped into [0, total] and made
+    non-decreasing inside the kernels (see _sequence_bounds), so no value of cu_seqlens makes a
+    kernel read or write outside its tensors; the host wrapper rejects such values when they are
+    on the CPU.
 """
 from __future__ import annotations
 
@@ -32,6 +39,8 @@ import triton
 import triton.language as tl
 
 from genkernels._backend import triton_interpret
+from genkernels.kernels._launch import capability as _capability
+from genkernels.kernels._launch import set_tma_allocator as _set_tma_allocator
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -40,17 +49,6 @@ LN2 = 0.6931471805599453
 # ----------------------------------------------------------------------------------------------
 # Configurations
 # ----------------------------------------------------------------------------------------------
-def _capability() -> tuple[int, int]:
-    if triton_interpret() or not torch.cuda.is_available():
-        return (0, 0)
-    return _device_capability(torch.cuda.current_device())
-
-
-@functools.lru_cache(maxsize=None)
-def _device_capability(index: int) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)  # queried once per device, not per launch
-
-
 def _cfg(block_m, block_n, num_warps, num_stages, tma=False):
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "USE_TMA": tma},
                          num_warps=num_warps, num_stages=num_stages)
@@ -115,15 +113,6 @@ def backward_config(block_d: int, elem_bytes: int = 2) -> dict:
     return cfg
 
 
-def decode_config(block_d: int, elem_bytes: int = 2) -> dict:
-    if triton_interpret():
-        return dict(BLOCK_N=16, num_warps=1, num_stages=1)
-    row_bytes = block_d * elem_bytes  # one K or V row; wider rows get fewer keys per block
-    if row_bytes <= 256:
-        return dict(BLOCK_N=64, num_warps=4, num_stages=3)
-    return dict(BLOCK_N=32 if row_bytes <= 512 else 16, num_warps=4, num_stages=2)
-
-
 @functools.lru_cache(maxsize=None)
 def forward_kernel(block_d: int, elem_bytes: int, tma: bool = False):
     """The forward kernel autotuned over the configs for this head-dim class (built on first use)."""
@@ -183,16 +172,52 @@ def _bshd_descriptor(T, batch, seqlen, heads, head_dim, stride_b, stride_s, stri
 
 
 @triton.jit
-def _sequence_bounds(CU_SEQLENS_Q, CU_SEQLENS_K, b, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
-    """(q_start, seqlen_q, k_start, seqlen_k) of batch entry b: packed offsets for varlen, else 0."""
+def _sequence_bounds(CU_SEQLENS_Q, CU_SEQLENS_K, b, seqlen_q, seqlen_k, total_q, total_k, IS_VARLEN: tl.constexpr):
+    """(q_start, seqlen_q, k_start, seqlen_k) of batch entry b: packed offsets for varlen, else 0.
+
+    Varlen offsets are clamped so that start <= end stay within [0, total]: offsets that overrun
+    the packed tensors, decrease, or do not start at 0 (possible only when cu_seqlens live on the
+    GPU, where the host cannot check them without a sync) give shorter or empty sequences, never an
+    access outside the tensors."""
     q_start = tl.full((), 0, tl.int32)
     k_start = tl.full((), 0, tl.int32)
     if IS_VARLEN:
-        q_start = tl.load(CU_SEQLENS_Q + b)
-        seqlen_q = tl.load(CU_SEQLENS_Q + b + 1) - q_start
-        k_start = tl.load(CU_SEQLENS_K + b)
-        seqlen_k = tl.load(CU_SEQLENS_K + b + 1) - k_start
+        q_start = tl.minimum(tl.maximum(tl.load(CU_SEQLENS_Q + b), 0), total_q)
+        seqlen_q = tl.minimum(tl.maximum(tl.load(CU_SEQLENS_Q + b + 1), q_start), total_q) - q_start
+        k_start = tl.minimum(tl.maximum(tl.load(CU_SEQLENS_K + b), 0), total_k)
+        seqlen_k = tl.minimum(tl.maximum(tl.load(CU_SEQLENS_K + b + 1), k_start), total_k) - k_start
     return q_start, seqlen_q, k_start, seqlen_k
+
+
+@triton.jit
+def _online_softmax_step(s, m_i, l_i):
+    """One key block of the online softmax in base 2: (p, alpha, l_i, m_i) updated by scores s.
+
+    A row with every key masked so far keeps m = -inf; shifting by 0 instead keeps exp2 finite
+    (p = 0, alpha = 0) rather than producing inf - inf = NaN."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s - m_shift[:, None])
+    alpha = tl.math.exp2(m_i - m_shift)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    return p, alpha, l_i, m_new
+
+
+@triton.jit
+def _split_nonfinite_values(acc, v, keep, DOT_MODE: tl.constexpr):
+    """(acc, v) with v's non-finite entries moved out of the product p @ v.
+
+    Where a tile's keep mask differs between rows (the causal diagonal), a NaN or inf V row that
+    some rows see sits in the same tile as rows that must not see it, and p = 0 for those rows
+    would still give 0 * NaN = NaN through the dot. So such entries are zeroed in v, and the
+    output entries of the rows that do see one become NaN (an inf in a visible V row thus gives
+    NaN, not inf). Only tiles that hold a non-finite value pay for the extra dot."""
+    bad = (v != v) | (tl.abs(v.to(tl.float32)) == float("inf"))
+    if tl.max(tl.max(bad.to(tl.int32), 1), 0) > 0:
+        seen = _dot(keep.to(v.dtype), bad.to(v.dtype), tl.zeros(acc.shape, tl.float32), DOT_MODE)
+        acc = tl.where(seen > 0, float("nan"), acc)
+        v = tl.where(bad, tl.zeros_like(v), v)
+    return acc, v
 
 
 @triton.jit
@@ -239,21 +264,20 @@ def _attn_fwd_inner(
                 keep = keep & (cols[None, :] <= offs_m[:, None] + causal_offset)
             s = tl.where(keep, s, float("-inf"))
         if HAS_KEY_MASK:
-            padded = tl.load(mask_base + cols * stride_mn, mask=col_ok, other=1)
-            s = tl.where(padded[None, :] != 0, float("-inf"), s)
-        # Online softmax in base 2. A row with every key masked so far keeps m = -inf; shifting by
-        # 0 instead keeps exp2 finite (p = 0, alpha = 0) rather than producing inf - inf = NaN.
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_shift[:, None])
-        alpha = tl.math.exp2(m_i - m_shift)
-        l_i = l_i * alpha + tl.sum(p, 1)
+            padded = tl.load(mask_base + cols * stride_mn, mask=col_ok, other=1) != 0
+            s = tl.where(padded[None, :], float("-inf"), s)
+        p, alpha, l_i, m_new = _online_softmax_step(s, m_i, l_i)
         if USE_TMA:
             v = v_desc.load([desc_b, start_n, desc_h, 0]).reshape(BLOCK_N, q.shape[1])
         else:
             v = _load_2d(v_base + cols[:, None] * stride_vs + offs_d[None, :],  # (N, D)
                          col_ok[:, None], d_ok[None, :], MASKED, not EVEN_D)
-        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_MODE)
+        acc = acc * alpha[:, None]
+        if HAS_KEY_MASK:  # a padded key's V row is seen by no row: select it away
+            v = tl.where(padded[:, None], tl.zeros_like(v), v)
+        if MASKED and IS_CAUSAL:
+            acc, v = _split_nonfinite_values(acc, v, keep, DOT_MODE)
+        acc = _dot(p.to(v.dtype), v, acc, DOT_MODE)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -263,7 +287,8 @@ def _attn_fwd_kernel(
     # pointers
     Q, K, V, Out, LSE, KEY_MASK, CU_SEQLENS_Q, CU_SEQLENS_K,
     # sizes
-    batch, seqlen_q, seqlen_k, num_heads, kv_group_size, head_dim, qk_scale_log2, seqlen_bucket,
+    batch, seqlen_q, seqlen_k, total_q, total_k, num_heads, kv_group_size, head_dim, qk_scale_log2,
+    seqlen_bucket,
     # strides
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
@@ -291,7 +316,7 @@ def _attn_fwd_kernel(
     h = off_bh % num_heads
     h_kv = h // kv_group_size
     q_start, seqlen_q, k_start, seqlen_k = _sequence_bounds(CU_SEQLENS_Q, CU_SEQLENS_K, b, seqlen_q, seqlen_k,
-                                                            IS_VARLEN)
+                                                            total_q, total_k, IS_VARLEN)
     if start_m >= seqlen_q:
         return
     b64 = b.to(tl.int64)
@@ -351,21 +376,20 @@ def _attn_fwd_kernel(
 @triton.jit
 def _attn_bwd_preprocess_kernel(
     Out, DOut, DLSE, Delta, CU_SEQLENS_Q,
-    seqlen_q, num_heads, head_dim,
+    seqlen_q, total_q, num_heads, head_dim,
     stride_ob, stride_os, stride_oh,
     stride_dob, stride_dos, stride_doh,
     stride_lb, stride_lh, stride_ls,
-    HAS_DLSE: tl.constexpr, IS_VARLEN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    HAS_DLSE: tl.constexpr, IS_VARLEN: tl.constexpr, FP64_DS: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     """delta_i = do_i . o_i - dlse_i (the row term of the softmax gradient), in lse's layout."""
     start_m = tl.program_id(0) * BLOCK_M
     off_bh = tl.program_id(1)
     b = off_bh // num_heads
     h = off_bh % num_heads
-    q_start = tl.full((), 0, tl.int32)
-    if IS_VARLEN:
-        q_start = tl.load(CU_SEQLENS_Q + b)
-        seqlen_q = tl.load(CU_SEQLENS_Q + b + 1) - q_start
+    q_start, seqlen_q, _, _ = _sequence_bounds(CU_SEQLENS_Q, CU_SEQLENS_Q, b, seqlen_q, seqlen_q, total_q, total_q,
+                                               IS_VARLEN)
     if start_m >= seqlen_q:
         return
     b64 = b.to(tl.int64)
@@ -377,11 +401,23 @@ def _attn_bwd_preprocess_kernel(
                 mask=ok, other=0.0).to(tl.float32)
     do = tl.load(DOut + b64 * stride_dob + rows[:, None] * stride_dos + h * stride_doh + offs_d[None, :],
                  mask=ok, other=0.0).to(tl.float32)
-    delta = tl.sum(o * do, 1)
+    if FP64_DS:
+        delta = tl.sum(o.to(tl.float64) * do.to(tl.float64), 1)
+    else:
+        delta = tl.sum(o * do, 1)
     lse_ptrs = b64 * stride_lb + h * stride_lh + rows * stride_ls
     if HAS_DLSE:
         delta -= tl.load(DLSE + lse_ptrs, mask=offs_m < seqlen_q, other=0.0)
     tl.store(Delta + lse_ptrs, delta, mask=offs_m < seqlen_q)
+
+
+@triton.jit
+def _dot_fp64(a, b):
+    """a @ b in float64, for dp = do . v of fp32 inputs (FP64_DS): ds = p (dp - delta) subtracts two
+    nearly equal terms, and dp from an fp32 matmul and delta from an fp32 row sum round differently
+    enough to fail the 2x rule against torch's fp32 gradient (with one key torch cancels exactly)."""
+    return tl.dot(a.to(tl.float64), b.to(tl.float64), tl.zeros((a.shape[0], b.shape[1]), tl.float64),
+                  input_precision="ieee")
 
 
 @triton.jit
@@ -400,7 +436,7 @@ def _attn_bwd_dkdv_inner(
     lo, hi, seqlen_q, seqlen_k, causal_offset, qk_scale_log2,
     offs_n, offs_d, head_dim,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
-    DOT_MODE: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+    DOT_MODE: tl.constexpr, USE_TMA: tl.constexpr, FP64_DS: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     d_ok = offs_d < head_dim
     for start_m in range(lo, hi, BLOCK_M):
@@ -429,8 +465,14 @@ def _attn_bwd_dkdv_inner(
                          mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         dv = _dot(p_t.to(do.dtype), do, dv, DOT_MODE)
         delta = tl.load(delta_base + rows * stride_ls, mask=row_ok, other=0.0)
-        dp_t = _dot(v, tl.trans(do), tl.zeros((k.shape[0], BLOCK_M), tl.float32), DOT_MODE)
-        ds_t = (p_t * (dp_t - delta[None, :])).to(k.dtype)
+        if FP64_DS:
+            dp_t = _dot_fp64(v, tl.trans(do))
+        else:
+            dp_t = _dot(v, tl.trans(do), tl.zeros((k.shape[0], BLOCK_M), tl.float32), DOT_MODE)
+        ds_t = p_t * (dp_t - delta[None, :])
+        if MASKED:  # a select, not p = 0 alone: dp of a NaN V row (or q . k of a NaN K row) may be NaN
+            ds_t = tl.where(keep, ds_t, 0.0)
+        ds_t = ds_t.to(k.dtype)
         dk = _dot(ds_t, tl.trans(q_t), dk, DOT_MODE)
     return dk, dv
 
@@ -440,7 +482,7 @@ def _attn_bwd_dkdv_kernel(
     # pointers
     Q, K, V, DOut, LSE, Delta, DK, DV, KEY_MASK, CU_SEQLENS_Q, CU_SEQLENS_K,
     # sizes
-    batch, seqlen_q, seqlen_k, num_kv_heads, kv_group_size, head_dim, qk_scale_log2, scale,
+    batch, seqlen_q, seqlen_k, total_q, total_k, num_kv_heads, kv_group_size, head_dim, qk_scale_log2, scale,
     # strides
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
@@ -452,8 +494,8 @@ def _attn_bwd_dkdv_kernel(
     stride_mb, stride_mn,
     # meta-parameters
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    DOT_MODE: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    DOT_MODE: tl.constexpr, USE_TMA: tl.constexpr, FP64_DS: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: dK, dV of BLOCK_N keys of one KV head, summed over its query-head group.
 
@@ -467,7 +509,7 @@ def _attn_bwd_dkdv_kernel(
     b = off_bh // num_kv_heads
     h_kv = off_bh % num_kv_heads
     q_start, seqlen_q, k_start, seqlen_k = _sequence_bounds(CU_SEQLENS_Q, CU_SEQLENS_K, b, seqlen_q, seqlen_k,
-                                                            IS_VARLEN)
+                                                            total_q, total_k, IS_VARLEN)
     if start_n >= seqlen_k:
         return
     b64 = b.to(tl.int64)
@@ -483,6 +525,10 @@ def _attn_bwd_dkdv_kernel(
     key_padded = offs_n < 0  # all False; replaced below when a padding mask is given
     if HAS_KEY_MASK:
         key_padded = tl.load(KEY_MASK + b64 * stride_mb + offs_n * stride_mn, mask=offs_n < seqlen_k, other=1) != 0
+        # A padded key gets zero gradients whatever its K/V rows hold (p = 0 alone would leave
+        # 0 * NaN in ds for a NaN stored there).
+        k = tl.where(key_padded[:, None], tl.zeros_like(k), k)
+        v = tl.where(key_padded[:, None], tl.zeros_like(v), v)
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     q_desc = None
@@ -519,13 +565,13 @@ def _attn_bwd_dkdv_kernel(
             dk, dv, k, v, key_padded, q_base, do_base, lse_base, delta_base,
             stride_qs, stride_dos, stride_ls, q_desc, do_desc, b, h,
             m_lo, m_full, seqlen_q, seqlen_k, causal_offset, qk_scale_log2, offs_n, offs_d, head_dim,
-            True, IS_CAUSAL, HAS_KEY_MASK, DOT_MODE, USE_TMA, BLOCK_M,
+            True, IS_CAUSAL, HAS_KEY_MASK, DOT_MODE, USE_TMA, FP64_DS, BLOCK_M,
         )
         dk, dv = _attn_bwd_dkdv_inner(
             dk, dv, k, v, key_padded, q_base, do_base, lse_base, delta_base,
             stride_qs, stride_dos, stride_ls, q_desc, do_desc, b, h,
             m_full, m_hi, seqlen_q, seqlen_k, causal_offset, qk_scale_log2, offs_n, offs_d, head_dim,
-            False, IS_CAUSAL, HAS_KEY_MASK, DOT_MODE, USE_TMA, BLOCK_M,
+            False, IS_CAUSAL, HAS_KEY_MASK, DOT_MODE, USE_TMA, FP64_DS, BLOCK_M,
         )
     dk = dk * scale
     tl.store(DK + b64 * stride_dkb + (k_row0 + offs_n[:, None]) * stride_dks + h_kv * stride_dkh + offs_d[None, :],
@@ -542,7 +588,8 @@ def _attn_bwd_dq_inner(
     lo, hi, seqlen_k, causal_offset, qk_scale_log2,
     offs_m, offs_d, head_dim,
     MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr,
-    EVEN_D: tl.constexpr, DOT_MODE: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_D: tl.constexpr, DOT_MODE: tl.constexpr, USE_TMA: tl.constexpr, FP64_DS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     d_ok = offs_d < head_dim
     for start_n in range(lo, hi, BLOCK_N):
@@ -556,19 +603,31 @@ def _attn_bwd_dq_inner(
                            col_ok[None, :], d_ok[:, None], MASKED, not EVEN_D)
             v_t = _load_2d(v_base + cols[None, :] * stride_vs + offs_d[:, None],
                            col_ok[None, :], d_ok[:, None], MASKED, not EVEN_D)
+        if HAS_KEY_MASK:  # padded keys' K/V rows are selected away (see the dK/dV kernel)
+            padded = tl.load(mask_base + cols * stride_mn, mask=col_ok, other=1) != 0
+            k_t = tl.where(padded[None, :], tl.zeros_like(k_t), k_t)
+            v_t = tl.where(padded[None, :], tl.zeros_like(v_t), v_t)
         s = _dot(q, k_t, tl.zeros((q.shape[0], BLOCK_N), tl.float32), DOT_MODE) * qk_scale_log2
         p = tl.math.exp2(s - lse2[:, None])
+        if HAS_KEY_MASK:
+            p = tl.where(padded[None, :], 0.0, p)
+        if FP64_DS:
+            dp = _dot_fp64(do, v_t)
+        else:
+            dp = _dot(do, v_t, tl.zeros((q.shape[0], BLOCK_N), tl.float32), DOT_MODE)
+        ds = p * (dp - delta[:, None])
         if MASKED:
             keep = col_ok[None, :]
             if IS_CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None] + causal_offset)
-            p = tl.where(keep, p, 0.0)
-        if HAS_KEY_MASK:
-            padded = tl.load(mask_base + cols * stride_mn, mask=col_ok, other=1)
-            p = tl.where(padded[None, :] != 0, 0.0, p)
-        dp = _dot(do, v_t, tl.zeros((q.shape[0], BLOCK_N), tl.float32), DOT_MODE)
-        ds = (p * (dp - delta[:, None])).to(k_t.dtype)
-        dq = _dot(ds, tl.trans(k_t), dq, DOT_MODE)
+            # A select, not p = 0: dp of a key this row does not see may be NaN (a NaN V row below
+            # the diagonal), and 0 * NaN would reach dQ.
+            ds = tl.where(keep, ds, 0.0)
+        ds = ds.to(k_t.dtype)
+        k_rows = tl.trans(k_t)  # (N, D)
+        if MASKED and IS_CAUSAL:  # likewise a NaN K row below the diagonal times ds = 0
+            dq, k_rows = _split_nonfinite_values(dq, k_rows, keep, DOT_MODE)
+        dq = _dot(ds, k_rows, dq, DOT_MODE)
     return dq
 
 
@@ -577,7 +636,7 @@ def _attn_bwd_dq_kernel(
     # pointers
     Q, K, V, DOut, LSE, Delta, DQ, KEY_MASK, CU_SEQLENS_Q, CU_SEQLENS_K,
     # sizes
-    batch, seqlen_q, seqlen_k, num_heads, kv_group_size, head_dim, qk_scale_log2, scale,
+    batch, seqlen_q, seqlen_k, total_q, total_k, num_heads, kv_group_size, head_dim, qk_scale_log2, scale,
     # strides
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
@@ -588,8 +647,8 @@ def _attn_bwd_dq_kernel(
     stride_mb, stride_mn,
     # meta-parameters
     IS_CAUSAL: tl.constexpr, HAS_KEY_MASK: tl.constexpr, IS_VARLEN: tl.constexpr,
-    EVEN_D: tl.constexpr, DOT_MODE: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_D: tl.constexpr, DOT_MODE: tl.constexpr, USE_TMA: tl.constexpr, FP64_DS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: dQ of BLOCK_M query rows of one head, keys streamed in order (deterministic)."""
     start_m = tl.program_id(0) * BLOCK_M
@@ -598,7 +657,7 @@ def _attn_bwd_dq_kernel(
     h = off_bh % num_heads
     h_kv = h // kv_group_size
     q_start, seqlen_q, k_start, seqlen_k = _sequence_bounds(CU_SEQLENS_Q, CU_SEQLENS_K, b, seqlen_q, seqlen_k,
-                                                            IS_VARLEN)
+                                                            total_q, total_k, IS_VARLEN)
     if start_m >= seqlen_q:
         return
     b64 = b.to(tl.int64)
@@ -632,126 +691,16 @@ def _attn_bwd_dq_kernel(
     dq = _attn_bwd_dq_inner(
         dq, q, do, lse2, delta, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn, k_desc, v_desc, b, h_kv,
         0, full_hi, seqlen_k, causal_offset, qk_scale_log2, offs_m, offs_d, head_dim,
-        False, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, DOT_MODE, USE_TMA, BLOCK_N,
+        False, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, DOT_MODE, USE_TMA, FP64_DS, BLOCK_N,
     )
     dq = _attn_bwd_dq_inner(
         dq, q, do, lse2, delta, k_base, v_base, mask_base, stride_ks, stride_vs, stride_mn, k_desc, v_desc, b, h_kv,
         full_hi, hi, seqlen_k, causal_offset, qk_scale_log2, offs_m, offs_d, head_dim,
-        True, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, DOT_MODE, USE_TMA, BLOCK_N,
+        True, IS_CAUSAL, HAS_KEY_MASK, EVEN_D, DOT_MODE, USE_TMA, FP64_DS, BLOCK_N,
     )
     dq = dq * scale
     tl.store(DQ + b64 * stride_dqb + (q_row0 + offs_m[:, None]) * stride_dqs + h * stride_dqh + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=md_ok)
-
-
-# ----------------------------------------------------------------------------------------------
-# Decode (flash-decoding)
-# ----------------------------------------------------------------------------------------------
-@triton.jit
-def _attn_decode_split_kernel(
-    # pointers
-    Q, K, V, CACHE_SEQLENS, OutPartial, LSEPartial,
-    # sizes
-    seqlen_q, num_kv_heads, kv_group_size, head_dim, split_size, qk_scale_log2,
-    # strides
-    stride_qb, stride_qs, stride_qh,
-    stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh,
-    stride_pb, stride_ph, stride_ps, stride_psplit,  # OutPartial (B, Hq, Sq, splits, D), D contiguous
-    stride_lb, stride_lh, stride_ls,                  # LSEPartial (B, Hq, Sq, splits), splits contiguous
-    # meta-parameters
-    IS_CAUSAL: tl.constexpr, DOT_MODE: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """One program: one key split of one (batch, KV head) for all its query heads and new tokens.
-
-    The G query heads sharing a KV head and the Sq new tokens are stacked into the M dimension
-    (row r -> head h_kv * G + r // Sq, token r % Sq), so each cached key is read once per group and
-    tl.dot gets a tile of at least 16 rows even for a single token.
-    """
-    split = tl.program_id(0)
-    off_bh = tl.program_id(1)
-    b = off_bh // num_kv_heads
-    h_kv = off_bh % num_kv_heads
-    b64 = b.to(tl.int64)
-    seqlen_k = tl.load(CACHE_SEQLENS + b).to(tl.int32)
-    rows = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < kv_group_size * seqlen_q
-    token = rows % seqlen_q
-    h = h_kv * kv_group_size + rows // seqlen_q
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < head_dim
-    q = tl.load(Q + b64 * stride_qb + token[:, None] * stride_qs + h[:, None] * stride_qh + offs_d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    k_base = K + b64 * stride_kb + h_kv * stride_kh
-    v_base = V + b64 * stride_vb + h_kv * stride_vh
-    # New token t sits at cache position seqlen_k - Sq + t (the cache already holds it).
-    row_limit = seqlen_k - seqlen_q + token
-
-    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    l_i = tl.zeros((BLOCK_M,), tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    lo = split * split_size
-    hi = tl.minimum(lo + split_size, seqlen_k)
-    for start_n in range(lo, hi, BLOCK_N):
-        cols = start_n + tl.arange(0, BLOCK_N)
-        col_ok = cols < hi
-        k_t = tl.load(k_base + cols[None, :].to(tl.int64) * stride_ks + offs_d[:, None],
-                      mask=col_ok[None, :] & d_ok[:, None], other=0.0)
-        s = _dot(q, k_t, tl.zeros((BLOCK_M, BLOCK_N), tl.float32), DOT_MODE) * qk_scale_log2
-        keep = col_ok[None, :]
-        if IS_CAUSAL:
-            keep = keep & (cols[None, :] <= row_limit[:, None])
-        s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_shift[:, None])
-        alpha = tl.math.exp2(m_i - m_shift)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + cols[:, None].to(tl.int64) * stride_vs + offs_d[None, :],
-                    mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_MODE)
-        m_i = m_new
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    # base 2 here (the combine kernel converts); -inf for a row that saw no key in this split
-    lse2 = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(tl.where(l_i == 0.0, 1.0, l_i)))
-    tl.store(OutPartial + b64 * stride_pb + h[:, None] * stride_ph + token[:, None] * stride_ps
-             + split * stride_psplit + offs_d[None, :], out, mask=row_ok[:, None] & d_ok[None, :])
-    tl.store(LSEPartial + b64 * stride_lb + h * stride_lh + token * stride_ls + split, lse2, mask=row_ok)
-
-
-@triton.jit
-def _attn_decode_combine_kernel(
-    OutPartial, LSEPartial, Out, LSE,
-    num_heads, seqlen_q, num_splits, head_dim,
-    stride_pb, stride_ph, stride_ps, stride_psplit,
-    stride_lpb, stride_lph, stride_lps,
-    stride_ob, stride_os, stride_oh,
-    stride_lb, stride_lh, stride_ls,
-    BLOCK_D: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
-):
-    """One program: one (batch, head, token); o = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - max)."""
-    pid = tl.program_id(0)
-    t = pid % seqlen_q
-    h = (pid // seqlen_q) % num_heads
-    b = (pid // (seqlen_q * num_heads)).to(tl.int64)
-    splits = tl.arange(0, BLOCK_SPLITS)
-    offs_d = tl.arange(0, BLOCK_D)
-    split_ok = splits < num_splits
-    lse2 = tl.load(LSEPartial + b * stride_lpb + h * stride_lph + t * stride_lps + splits,
-                   mask=split_ok, other=float("-inf"))
-    m = tl.max(lse2, 0)
-    m_shift = tl.where(m == float("-inf"), 0.0, m)
-    w = tl.math.exp2(lse2 - m_shift)
-    total = tl.sum(w, 0)
-    o = tl.load(OutPartial + b * stride_pb + h * stride_ph + t * stride_ps + splits[:, None] * stride_psplit
-                + offs_d[None, :], mask=split_ok[:, None] & (offs_d[None, :] < head_dim), other=0.0)
-    out = tl.sum(o * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)
-    tl.store(Out + b * stride_ob + t * stride_os + h * stride_oh + offs_d, out.to(Out.dtype.element_ty),
-             mask=offs_d < head_dim)
-    log_total = tl.math.log2(tl.where(total == 0.0, 1.0, total))
-    lse = tl.where(total == 0.0, float("-inf"), (m + log_total) * 0.6931471805599453)
-    tl.store(LSE + b * stride_lb + h * stride_lh + t * stride_ls, lse)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -766,15 +715,6 @@ def tma_ok(varlen: bool, *tensors) -> bool:
         return False
     return all(t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0 for st in t.stride()[:3])
                for t in tensors)
-
-
-def _tma_scratch(size: int, alignment: int, stream):
-    return torch.empty(size, dtype=torch.int8, device="cpu" if triton_interpret() else "cuda")
-
-
-def _set_tma_allocator():
-    # triton keeps the allocator in a ContextVar: each thread (autograd's included) needs it set.
-    triton.set_allocator(_tma_scratch)
 
 
 def _bsh(t: torch.Tensor, varlen: bool = False) -> tuple[int, int, int]:
@@ -813,7 +753,8 @@ def attention_forward(wrap, q, k, v, out, lse, key_padding_mask, cu_seqlens_q, c
     grid = lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), batch * num_heads)  # noqa: E731
     wrap(kernel)[grid](
         q, k, v, out, lse, mask, cu_seqlens_q, cu_seqlens_k,
-        batch, max_seqlen_q, max_seqlen_k, num_heads, num_heads // k.shape[2], head_dim, scale * LOG2E,
+        batch, max_seqlen_q, max_seqlen_k, q.shape[1], k.shape[1], num_heads, num_heads // k.shape[2], head_dim,
+        scale * LOG2E,
         min(triton.next_power_of_2(max(max_seqlen_q, max_seqlen_k)), 8192),
         *_bsh(q, varlen), *_bsh(k, varlen), *_bsh(v, varlen), *_bsh(out, varlen), *_bsh(lse, varlen),
         stride_mb, stride_mn,
@@ -846,69 +787,42 @@ def attention_backward(wrap, dout, q, k, v, out, lse, dlse, delta, dq, dk, dv,
     has_mask = key_padding_mask is not None
     if not varlen:
         cu_seqlens_q = cu_seqlens_k = q
+    # delta's dtype picks the precision of dp and delta (backward_delta_dtype): float64 on the fp32
+    # IEEE path, float32 otherwise.
+    fp64_ds = delta.dtype == torch.float64
     pre_m = 16 if triton_interpret() else 64
     wrap(_attn_bwd_preprocess_kernel)[(triton.cdiv(max_seqlen_q, pre_m), batch * num_heads)](
-        out, dout, delta if dlse is None else dlse, delta, cu_seqlens_q, max_seqlen_q, num_heads, head_dim,
+        out, dout, delta if dlse is None else dlse, delta, cu_seqlens_q, max_seqlen_q, q.shape[1], num_heads, head_dim,
         *_bsh(out, varlen), *_bsh(dout, varlen), *_bsh(lse, varlen),
-        HAS_DLSE=dlse is not None, IS_VARLEN=varlen, BLOCK_D=block_d, BLOCK_M=pre_m,
+        HAS_DLSE=dlse is not None, IS_VARLEN=varlen, FP64_DS=fp64_ds, BLOCK_D=block_d, BLOCK_M=pre_m,
         num_warps=1 if triton_interpret() else 4,
     )
     dot = dot_mode(q.dtype, allow_tf32)
     wrap(_attn_bwd_dkdv_kernel)[(triton.cdiv(max_seqlen_k, cfg["DKDV_N"]), batch * num_kv_heads)](
         q, k, v, dout, lse, delta, dk, dv, mask, cu_seqlens_q, cu_seqlens_k,
-        batch, max_seqlen_q, max_seqlen_k, num_kv_heads, group, head_dim, scale * LOG2E, scale,
+        batch, max_seqlen_q, max_seqlen_k, q.shape[1], k.shape[1], num_kv_heads, group, head_dim, scale * LOG2E, scale,
         *[stride for t in (q, k, v, dout, dk, dv, lse) for stride in _bsh(t, varlen)],
         stride_mb, stride_mn,
         IS_CAUSAL=causal, HAS_KEY_MASK=has_mask, IS_VARLEN=varlen,
-        DOT_MODE=dot, USE_TMA=use_tma, BLOCK_D=block_d, BLOCK_M=cfg["DKDV_M"], BLOCK_N=cfg["DKDV_N"], **launch,
+        DOT_MODE=dot, USE_TMA=use_tma, FP64_DS=fp64_ds, BLOCK_D=block_d, BLOCK_M=cfg["DKDV_M"],
+        BLOCK_N=cfg["DKDV_N"], **launch,
     )
     wrap(_attn_bwd_dq_kernel)[(triton.cdiv(max_seqlen_q, cfg["DQ_M"]), batch * num_heads)](
         q, k, v, dout, lse, delta, dq, mask, cu_seqlens_q, cu_seqlens_k,
-        batch, max_seqlen_q, max_seqlen_k, num_heads, group, head_dim, scale * LOG2E, scale,
+        batch, max_seqlen_q, max_seqlen_k, q.shape[1], k.shape[1], num_heads, group, head_dim, scale * LOG2E, scale,
         *[stride for t in (q, k, v, dout, dq, lse) for stride in _bsh(t, varlen)], stride_mb, stride_mn,
         IS_CAUSAL=causal, HAS_KEY_MASK=has_mask, IS_VARLEN=varlen,
-        EVEN_D=head_dim == block_d, DOT_MODE=dot, USE_TMA=use_tma, BLOCK_D=block_d,
+        EVEN_D=head_dim == block_d, DOT_MODE=dot, USE_TMA=use_tma, FP64_DS=fp64_ds, BLOCK_D=block_d,
         BLOCK_M=cfg["DQ_M"], BLOCK_N=cfg["DQ_N"], **launch,
     )
 
 
-def decode_num_splits(batch: int, num_kv_heads: int, max_seqlen_k: int, head_dim: int, elem_bytes: int) -> int:
-    """Enough splits to give every SM about two programs, but never splits shorter than a block."""
-    block_n = decode_config(max(16, triton.next_power_of_2(head_dim)), elem_bytes)["BLOCK_N"]
-    if triton_interpret():
-        return max(1, min(4, triton.cdiv(max_seqlen_k, block_n)))
-    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    want = triton.cdiv(2 * sms, max(1, batch * num_kv_heads))
-    return max(1, min(want, triton.cdiv(max_seqlen_k, block_n), 128))
+
+def backward_delta_dtype(dtype: torch.dtype, allow_tf32: bool) -> torch.dtype:
+    """dtype of the backward's delta scratch (B, Hq, Sq), which also sets the precision of dp: float64
+    for fp32 inputs with IEEE products (the precision path), float32 otherwise (fp16/bf16 or TF32,
+    whose own rounding dwarfs the cancellation in dp - delta)."""
+    return torch.float64 if dtype == torch.float32 and not allow_tf32 else torch.float32
 
 
-def attention_decode(wrap, q, k_cache, v_cache, cache_seqlens, out, lse, out_partial, lse_partial,
-                     scale, causal, allow_tf32):
-    """Launch split + combine. out_partial (B, Hq, Sq, splits, D) fp32, lse_partial (B, Hq, Sq, splits)."""
-    batch, seqlen_q, num_heads, head_dim = q.shape
-    num_kv_heads = k_cache.shape[2]
-    group = num_heads // num_kv_heads
-    num_splits = out_partial.shape[3]
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    cfg = decode_config(block_d, q.element_size())
-    block_m = max(16, triton.next_power_of_2(group * seqlen_q)) if group * seqlen_q <= 64 else 64
-    split_size = triton.cdiv(triton.cdiv(k_cache.shape[1], num_splits), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
-    grid = (num_splits, batch * num_kv_heads, triton.cdiv(group * seqlen_q, block_m))
-    wrap(_attn_decode_split_kernel)[grid](
-        q, k_cache, v_cache, cache_seqlens, out_partial, lse_partial,
-        seqlen_q, num_kv_heads, group, head_dim, split_size, scale * LOG2E,
-        *_bsh(q), *_bsh(k_cache), *_bsh(v_cache),
-        *out_partial.stride()[:4], *lse_partial.stride()[:3],
-        IS_CAUSAL=causal, DOT_MODE=dot_mode(q.dtype, allow_tf32), BLOCK_D=block_d,
-        BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )
-    wrap(_attn_decode_combine_kernel)[(batch * num_heads * seqlen_q,)](
-        out_partial, lse_partial, out, lse, num_heads, seqlen_q, num_splits, head_dim,
-        *out_partial.stride()[:4], *lse_partial.stride()[:3], *_bsh(out), *lse.stride(),
-        BLOCK_D=block_d, BLOCK_SPLITS=max(2, triton.next_power_of_2(num_splits)),
-        num_warps=1 if triton_interpret() else 4,
-    )
-
-
-__all__ = ["attention_forward", "attention_backward", "attention_decode", "decode_num_splits", "LOG2E", "LN2"]
+__all__ = ["attention_forward", "attention_backward", "backward_delta_dtype", "backward_config", "dot_mode", "LOG2E", "LN2"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-from genkernels.models.base import GenerativeModel
+from genkernels.models.base import GenerativeModel, ImageGenerativeModel
 
 # Families register here as they land (name -> "module:Class").
 REGISTRY: dict[str, str] = {}
@@ -18,4 +18,4 @@ def get_model_class(name: str) -> type[GenerativeModel]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["GenerativeModel", "REGISTRY", "get_model_class"]
+__all__ = ["GenerativeModel", "ImageGenerativeModel", "REGISTRY", "get_model_class"]

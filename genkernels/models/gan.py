@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from genkernels.models.base import GenerativeModel
+from genkernels.models._validate import check_bool, check_choice, check_int, check_int_tuple, check_real
+from genkernels.models.base import ImageGenerativeModel
 
 LOSSES = ("nonsaturating", "hinge", "wgan-gp")
 GROUPS = ("discriminator", "generator")
@@ -61,16 +62,15 @@ class GANConfig:
     embed_dim: int = 16
 
     def __post_init__(self):
-        self.image_shape = tuple(int(s) for s in self.image_shape)
-        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
-            raise ValueError(f"image_shape must be (C, H, W) of positive ints, got {self.image_shape}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        self.image_shape = check_int_tuple("GANConfig.image_shape", self.image_shape, length=3)
+        self.loss = check_choice("GANConfig.loss", self.loss, LOSSES)
         for name in ("latent_dim", "channels", "num_upsamples", "embed_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_classes < 0 or self.num_classes == 1:
-            raise ValueError(f"num_classes must be 0 (unconditional) or >= 2, got {self.num_classes}")
+            setattr(self, name, check_int(f"GANConfig.{name}", getattr(self, name), 1))
+        self.num_classes = check_int("GANConfig.num_classes", self.num_classes, 0)
+        if self.num_classes == 1:
+            raise ValueError(f"GANConfig.num_classes must be 0 (unconditional) or >= 2, got {self.num_classes}")
+        self.gp_weight = check_real("GANConfig.gp_weight", self.gp_weight, 0.0)
+        self.spectral_norm = check_bool("GANConfig.spectral_norm", self.spectral_norm)
         factor = 2 ** self.num_upsamples
         if self.image_shape[1] % factor or self.image_shape[2] % factor:
             raise ValueError(f"image height and width {self.image_shape[1:]} must be divisible by "
@@ -134,12 +134,20 @@ class Discriminator(nn.Module):
         return out
 
 
-class GAN(GenerativeModel):
+class GAN(ImageGenerativeModel):
     """Generator + discriminator trained as two optimizer groups; see the module docstring."""
 
     name = "gan"
     config_class = GANConfig
     default_data = "digits"
+    metric_units = {"loss": "discriminator loss", "generator_loss": "generator loss",
+                    "d_real": "mean D score", "d_fake": "mean D score", "generator_d_fake": "mean D score",
+                    "gradient_penalty": "penalty", "frechet_distance": "classifier features, lower is better",
+                    "class_accuracy": "fraction of samples"}
+    # Held-out "losses" would use the EMA weights of the discriminator, an average of critics that
+    # never existed: its scores ran to 140-52,000 against ~2 in training and flattened loss.png. The
+    # validation signal is `evaluate` (Fréchet distance, class accuracy) on the generator.
+    reports_validation_loss = False
     # Adam betas (0, 0.9), as SN-GAN uses with the hinge loss (Miyato et al. 2018). With DCGAN's
     # beta1 = 0.5 the unconditional GAN collapses on the digits within ~50 steps (hinge or
     # non-saturating, lr 2e-4 or 1e-3, with or without spectral norm or G's batch norm): early
@@ -173,7 +181,14 @@ class GAN(GenerativeModel):
             return None
         if labels is None:
             return torch.randint(0, self.config.num_classes, (n,), device=self.device)
-        labels = torch.as_tensor(labels, device=self.device).long().reshape(-1)
+        try:
+            labels = torch.as_tensor(labels, device=self.device)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"labels must be class indices (an int or a sequence/tensor of ints), got "
+                            f"{labels!r:.60}") from error
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+        labels = labels.long().reshape(-1)
         if labels.shape[0] == 1:
             labels = labels.expand(n)  # one class for all n samples
         if labels.shape[0] != n:
@@ -242,6 +257,7 @@ class GAN(GenerativeModel):
         """n images (n, C, H, W) float32 in [0, 1]. Class-conditional GANs take `labels`: (n,) ints
         in [0, num_classes), or one int for all (default: uniformly random); unconditional GANs
         take none."""
+        check_int("n", n, 1)
         labels = self._check_labels(labels, n)
         return ((self.generate(n, labels).float() + 1) / 2).clamp(0, 1)
 
@@ -254,6 +270,8 @@ class GAN(GenerativeModel):
         of samples generated for the dataset's labels."""
         from genkernels.metrics import digits_sample_metrics
 
+        if max_items is not None:
+            check_int("max_items", max_items, 1)
         if tuple(self.config.image_shape) != (1, 8, 8):
             return {}  # the metrics' classifier knows 8x8 digits only; other images get the losses alone
         count = min(len(dataset), 1000 if max_items is None else max_items)
@@ -267,17 +285,15 @@ class GAN(GenerativeModel):
         return {key: float(value) for key, value in metrics.items() if key != "num_samples"}
 
     @torch.no_grad()
-    def save_figures(self, out_dir, samples: torch.Tensor) -> list[str]:
-        """gan_samples.png; class-conditional GANs also gan_classes.png (row k: 10 samples of class k)."""
-        from genkernels.train.figures import save_image_grid
+    def figures(self, samples: torch.Tensor, *, nrow: int | None = None) -> dict[str, Any]:
+        """{"samples": grid} and, class-conditional, {"classes": row k holds 10 samples of class k,
+        labelled}, as PIL images."""
+        from genkernels.figures import image_grid
 
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths = [out_dir / "gan_samples.png"]
-        save_image_grid(samples.float().cpu().clamp(0, 1), paths[0], nrow=8)
+        figures = {"samples": image_grid(samples.float().cpu().clamp(0, 1), nrow or 8)}
         if self.config.conditional:
             k = self.config.num_classes
             labels = torch.arange(k, device=self.device).repeat_interleave(10)
-            paths.append(out_dir / "gan_classes.png")
-            save_image_grid(self.sample(10 * k, labels=labels).cpu(), paths[1], nrow=10)
-        return [str(p) for p in paths]
+            figures["classes"] = image_grid(self.sample(10 * k, labels=labels).cpu(), 10,
+                                            row_labels=[f"class {c}" for c in range(k)])
+        return figures

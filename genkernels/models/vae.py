@@ -4,8 +4,9 @@
 
 The encoder (MLP or convolutional) gives q(z | x) = N(mu, diag exp(logvar)); z and the KL come
 from the fused op genkernels.ops.reparam_kl. The decoder gives p(x | z) over the data's discrete
-levels 0..L-1 (L = 17 for the digits), so ELBO and IWAE (Burda et al. 2016) bound the likelihood of
-the actual data and their bits/dim compare with any other model's on the same levels:
+levels 0..L-1 (L = 17 for the digits) through an output head of genkernels.nn.likelihoods, so ELBO
+and IWAE (Burda et al. 2016) bound the likelihood of the actual data and their bits/dim compare
+with any other model's on the same levels:
 
   bernoulli    Binomial(L - 1, p) per pixel: a digit level counts the "on" pixels of a 4x4 block
                of the original 32x32 bitmap, each on with probability p (the Bernoulli likelihood of
@@ -22,16 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from genkernels.models.base import GenerativeModel
+from genkernels.models._validate import check_choice, check_int, check_int_tuple, check_real
+from genkernels.models.base import ImageGenerativeModel
 from genkernels.nn.latent import GaussianLatent
+from genkernels.nn.likelihoods import LIKELIHOODS, DiscreteLikelihood, get_likelihood
 
-LIKELIHOODS = {"bernoulli": 1, "categorical": None, "logistic": 2}  # decoder outputs per pixel (None: L)
 ARCHITECTURES = ("mlp", "conv")
 
 
@@ -59,61 +60,23 @@ class VAEConfig:
     iwae_samples: int = 64
 
     def __post_init__(self):
-        self.image_shape = tuple(int(s) for s in self.image_shape)
-        self.channels = tuple(int(c) for c in self.channels)
-        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
-            raise ValueError(f"image_shape must be (C, H, W) of positive ints, got {self.image_shape}")
-        if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {tuple(LIKELIHOODS)}, got {self.likelihood!r}")
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
-        if self.num_levels < 2:
-            raise ValueError(f"num_levels must be >= 2, got {self.num_levels}")
+        self.image_shape = check_int_tuple("VAEConfig.image_shape", self.image_shape, length=3)
+        self.channels = check_int_tuple("VAEConfig.channels", self.channels)
+        self.likelihood = check_choice("VAEConfig.likelihood", self.likelihood, tuple(LIKELIHOODS))
+        self.architecture = check_choice("VAEConfig.architecture", self.architecture, ARCHITECTURES)
+        self.num_levels = check_int("VAEConfig.num_levels", self.num_levels, 2)
         for name in ("latent_dim", "hidden", "iwae_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
+            setattr(self, name, check_int(f"VAEConfig.{name}", getattr(self, name), 1))
+        self.beta = check_real("VAEConfig.beta", self.beta, 0.0)
         if self.architecture == "conv":
             factor = 2 ** (len(self.channels) - 1)
-            if not self.channels or self.image_shape[1] % factor or self.image_shape[2] % factor:
+            if self.image_shape[1] % factor or self.image_shape[2] % factor:
                 raise ValueError(f"conv: image height and width {self.image_shape[1:]} must be divisible by "
                                  f"2^(len(channels) - 1) = {factor} (channels={self.channels})")
 
     @property
     def params_per_pixel(self) -> int:
-        return LIKELIHOODS[self.likelihood] or self.num_levels
-
-
-# ---- likelihoods: params (N, P, C, H, W) float32, levels (N, C, H, W) int64 -> (N,) nats -------
-def binomial_nll(logits: torch.Tensor, levels: torch.Tensor, num_levels: int) -> torch.Tensor:
-    trials = num_levels - 1
-    k, logit = levels.float(), logits[:, 0]
-    log_choose = math.lgamma(trials + 1) - torch.lgamma(k + 1) - torch.lgamma(trials - k + 1)
-    log_p = log_choose + k * F.logsigmoid(logit) + (trials - k) * F.logsigmoid(-logit)
-    return -log_p.flatten(1).sum(1)
-
-
-def categorical_nll(logits: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, levels, reduction="none").flatten(1).sum(1)
-
-
-def _logistic_params(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # log-scale clamp: below -7 a bin (width 2/16) holds all the mass anyway; above 7 it is flat
-    return params[:, 0], params[:, 1].clamp(-7.0, 7.0)
-
-
-def discretized_logistic_nll(params: torch.Tensor, levels: torch.Tensor, num_levels: int) -> torch.Tensor:
-    mean, log_scale = _logistic_params(params)
-    x = 2.0 * levels.float() / (num_levels - 1) - 1.0
-    half_bin, inv_scale = 1.0 / (num_levels - 1), torch.exp(-log_scale)
-    upper, lower = (x + half_bin - mean) * inv_scale, (x - half_bin - mean) * inv_scale
-    # log(sigmoid(u) - sigmoid(l)) = logsigmoid(u) + logsigmoid(-l) + log(1 - exp(l - u)), stable
-    # for tiny and huge bins alike (no PixelCNN++ mid-point fallback needed)
-    interior = F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(lower - upper))
-    log_p = torch.where(levels == 0, F.logsigmoid(upper),
-                        torch.where(levels == num_levels - 1, F.logsigmoid(-lower), interior))
-    return -log_p.flatten(1).sum(1)
+        return get_likelihood(self.likelihood, self.num_levels).params_per_channel
 
 
 # ---- encoder / decoder networks -----------------------------------------------------------------
@@ -160,12 +123,14 @@ class _ConvDecoder(nn.Module):
         return self.net(self.proj(z).view(z.shape[0], *self.start))  # (N, P * C, H, W)
 
 
-class VAE(GenerativeModel):
+class VAE(ImageGenerativeModel):
     """VAE over discrete-level images; see the module docstring for the likelihoods and units."""
 
     name = "vae"
     config_class = VAEConfig
     default_data = "digits"
+    metric_units = {"loss": "nats/dim, -beta-ELBO", "recon": "nats/item", "kl": "nats/item",
+                    "elbo_bpd": "bits/dim", "iwae_bpd": "bits/dim"}
 
     def __init__(self, config: VAEConfig | None = None):
         super().__init__(config if config is not None else VAEConfig())
@@ -177,6 +142,7 @@ class VAE(GenerativeModel):
             self.encoder, features = _conv_encoder(config)
             self.decoder = _ConvDecoder(config)
         self.latent = GaussianLatent(features, config.latent_dim)
+        self.likelihood: DiscreteLikelihood = get_likelihood(config.likelihood, config.num_levels)
         self._figure_images: torch.Tensor | None = None  # held-out images kept by evaluate()
 
     @property
@@ -213,31 +179,13 @@ class VAE(GenerativeModel):
 
     def reconstruction_nll(self, params: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
         """-log p(x | z) in nats per item, (N,)."""
-        if self.config.likelihood == "bernoulli":
-            return binomial_nll(params, levels, self.config.num_levels)
-        if self.config.likelihood == "categorical":
-            return categorical_nll(params, levels)
-        return discretized_logistic_nll(params, levels, self.config.num_levels)
+        return self.likelihood.nll(params, levels)
 
     def decoded_images(self, params: torch.Tensor, mode: str = "mean") -> torch.Tensor:
         """Images (N, C, H, W) in [0, 1]: the mean of p(x | z), or a sample of it (mode="sample")."""
-        top = self.config.num_levels - 1
-        if self.config.likelihood == "bernoulli":
-            p = torch.sigmoid(params[:, 0])
-            return p if mode == "mean" else torch.binomial(torch.full_like(p, top), p) / top
-        if self.config.likelihood == "categorical":
-            probs = params.softmax(dim=1)  # (N, L, C, H, W)
-            if mode == "mean":
-                levels = torch.arange(top + 1, device=params.device, dtype=probs.dtype).view(1, -1, 1, 1, 1)
-                return (probs * levels).sum(1) / top
-            flat = probs.movedim(1, -1).reshape(-1, top + 1)
-            return torch.multinomial(flat, 1).view(probs.shape[0], *probs.shape[2:]).float() / top
-        mean, log_scale = _logistic_params(params)
         if mode == "mean":
-            return ((mean.clamp(-1, 1) + 1) / 2)
-        u = torch.rand_like(mean).clamp(1e-5, 1 - 1e-5)
-        x = mean + torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u))
-        return (((x + 1) / 2) * top).round().clamp(0, top) / top
+            return self.likelihood.mean(params)
+        return self.likelihood.sample(params).float() / (self.config.num_levels - 1)
 
     # -- training ---------------------------------------------------------------------------------
     def _elbo_terms(self, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,8 +226,7 @@ class VAE(GenerativeModel):
         """
         from genkernels.metrics import iwae_bound
 
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        check_int("k", k, 1)
         levels = self._levels(x)
         n = levels.shape[0]
         mu, logvar = (t.float() for t in self.latent.posterior(self._encode_features(levels)))  # (N, Z)
@@ -300,8 +247,9 @@ class VAE(GenerativeModel):
         mode "mean" returns the decoder's mean image (smooth; what VAE figures usually show),
         "sample" draws the pixels from p(x | z) (quantised to the levels).
         """
-        if mode not in ("mean", "sample"):
-            raise ValueError(f"mode must be 'mean' or 'sample', got {mode!r}")
+        check_int("n", n, 1)
+        check_choice("mode", mode, ("mean", "sample"))
+        temperature = check_real("temperature", temperature, 0.0)
         device = next(self.parameters()).device
         z = temperature * torch.randn(n, self.config.latent_dim, device=device)
         return self.decoded_images(self.decode(z), mode)
@@ -318,6 +266,7 @@ class VAE(GenerativeModel):
 
         Returns (N, steps, C, H, W) in [0, 1]; column 0 decodes x_a's mean, the last x_b's.
         """
+        check_int("steps", steps, 2)
         mu_a, _ = self.latent.posterior(self._encode_features(self._levels(x_a)))
         mu_b, _ = self.latent.posterior(self._encode_features(self._levels(x_b)))
         weights = torch.linspace(0, 1, steps, device=mu_a.device).view(1, steps, 1)
@@ -329,9 +278,12 @@ class VAE(GenerativeModel):
     @torch.no_grad()
     def evaluate(self, dataset, *, max_items: int | None = None, batch_size: int = 128) -> dict[str, float]:
         """ELBO and IWAE (K = config.iwae_samples) bits/dim on a held-out dataset, plus the mean
-        reconstruction NLL and KL in nats/item. Keeps 16 of its images for `save_figures`."""
+        reconstruction NLL and KL in nats/item. Keeps 16 of its images for `figures`."""
         from genkernels.metrics import bits_per_dim
 
+        if max_items is not None:
+            check_int("max_items", max_items, 1)
+        check_int("batch_size", batch_size, 1)
         count = len(dataset) if max_items is None else min(len(dataset), max_items)
         if count == 0:
             raise ValueError("evaluate needs a non-empty dataset")
@@ -356,29 +308,29 @@ class VAE(GenerativeModel):
         }
 
     @torch.no_grad()
-    def save_figures(self, out_dir, samples: torch.Tensor) -> list[str]:
-        """vae_samples.png, vae_reconstructions.png (rows alternate inputs and reconstructions)
-        and vae_interpolations.png (one row per pair of inputs, 8 steps). The inputs are the
+    def figures(self, samples: torch.Tensor, *, nrow: int | None = None) -> dict[str, Any]:
+        """{"samples": grid, "reconstructions": rows alternate inputs and reconstructions,
+        "interpolations": one row per pair of inputs, 8 steps}, as PIL images. The inputs are the
         held-out images kept by the last `evaluate`, else the given samples."""
-        from genkernels.train.figures import save_image_grid
+        from genkernels.figures import image_grid
 
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        figures = {"samples": image_grid(samples.float().cpu().clamp(0, 1), nrow or 8)}
         device = next(self.parameters()).device
         inputs = self._figure_images if self._figure_images is not None else samples[:16].float().cpu()
         inputs = inputs.to(device)
-        paths = [out_dir / "vae_samples.png", out_dir / "vae_reconstructions.png", out_dir / "vae_interpolations.png"]
-        save_image_grid(samples.float().cpu().clamp(0, 1), paths[0], nrow=8)
         shape = inputs.shape[1:]
-        nrow = min(8, inputs.shape[0])
-        kept = inputs[: inputs.shape[0] // nrow * nrow]
+        columns = min(8, inputs.shape[0])
+        kept = inputs[: inputs.shape[0] // columns * columns]
         recon = self.reconstruct(kept)
-        rows = torch.stack([kept.view(-1, nrow, *shape), recon.view(-1, nrow, *shape)], 1)  # (R, 2, nrow, C, H, W)
-        save_image_grid(rows.reshape(-1, *shape).cpu(), paths[1], nrow=nrow)
+        # (R, 2, columns, C, H, W): each row of inputs followed by its reconstructions
+        rows = torch.stack([kept.view(-1, columns, *shape), recon.view(-1, columns, *shape)], 1)
+        figures["reconstructions"] = image_grid(rows.reshape(-1, *shape).cpu(), columns,
+                                                row_labels=["input", "recon."] * rows.shape[0])
         half = inputs.shape[0] // 2
         if half:
-            path = self.interpolate(inputs[:half], inputs[half:2 * half], steps=8)  # (half, 8, C, H, W)
-            save_image_grid(path.reshape(-1, *shape).cpu(), paths[2], nrow=8)
-        else:
-            paths.pop()
-        return [str(p) for p in paths]
+            steps = 8
+            path = self.interpolate(inputs[:half], inputs[half:2 * half], steps=steps)  # (half, 8, C, H, W)
+            figures["interpolations"] = image_grid(
+                path.reshape(-1, *shape).cpu(), steps,
+                column_labels=["a"] + [f"{t / (steps - 1):.2f}" for t in range(1, steps - 1)] + ["b"])
+        return figures

@@ -11,7 +11,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genkernels.ops.attention import MAX_HEAD_DIM, SUPPORTED_DTYPES, attention, attention_decode
+from genkernels.ops._library import needs_grad
+from genkernels.ops.attention import MAX_HEAD_DIM, SUPPORTED_DTYPES, attention
+from genkernels.ops.attention_decode import attention_decode
+
+
+def _shape(x) -> str:
+    return f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+
+
+def _check_input(name: str, x, layout: str, width: int, width_name: str, ranks=(3,)):
+    """x must be a tensor of one of `ranks` dims whose last dim is `width` (the layer's `width_name`)."""
+    if not isinstance(x, torch.Tensor) or x.dim() not in ranks:
+        expected = " or ".join(f"{r}-d" for r in ranks)
+        raise ValueError(f"{name} must be a {expected} tensor {layout} with {width_name} = {width}, got {_shape(x)}")
+    if x.shape[-1] != width:
+        raise ValueError(f"{name} must have {width_name} = {width} as its last dimension {layout}, got {_shape(x)}")
 
 
 class MultiheadAttention(nn.Module):
@@ -83,6 +98,7 @@ class MultiheadAttention(nn.Module):
 
         Returns (attn_output in query's layout, attn_weights or None), as torch does.
         """
+        self._check_inputs(query, key, value)
         causal = self._fused_causal(query, key, key_padding_mask, need_weights, attn_mask, is_causal)
         if causal is None:
             return self._torch_forward(query, key, value, key_padding_mask, need_weights, attn_mask,
@@ -95,6 +111,25 @@ class MultiheadAttention(nn.Module):
         out = attention(heads(q), heads(k), heads(v), causal=causal, key_padding_mask=key_padding_mask)
         out = self.out_proj(out.reshape(batch, tgt_len, self.embed_dim))
         return (out if self.batch_first else out.transpose(0, 1)), None
+
+    def _check_inputs(self, query, key, value):
+        """Shape errors here, naming the argument and the embed dim, rather than deep in a matmul."""
+        batched = "(N, L, E)" if self.batch_first else "(L, N, E)"
+        _check_input("query", query, f"{batched} (or unbatched (L, E))", self.embed_dim, "embed_dim", (2, 3))
+        _check_input("key", key, "like query", self.kdim, "kdim", (query.dim(),))
+        _check_input("value", value, "like query", self.vdim, "vdim", (query.dim(),))
+        if query.dim() == 2:  # unbatched (L, E)
+            seq_axis, batch_axis = 0, None
+        else:
+            seq_axis, batch_axis = (1, 0) if self.batch_first else (0, 1)
+        if key.shape[seq_axis] != value.shape[seq_axis]:
+            raise ValueError(f"key and value must have the same length S, got shapes {tuple(key.shape)} and "
+                             f"{tuple(value.shape)}")
+        if batch_axis is not None and not query.shape[batch_axis] == key.shape[batch_axis] == value.shape[batch_axis]:
+            raise ValueError(
+                f"query, key and value must have the same batch size N (dim {batch_axis}), got shapes "
+                f"{tuple(query.shape)}, {tuple(key.shape)} and {tuple(value.shape)}"
+            )
 
     def _project(self, query, key, value):
         if self._qkv_same_embed_dim:
@@ -201,6 +236,16 @@ class KVCache:
         self.seqlens.zero_()
 
 
+def _check_cache(cache: KVCache, batch: int, num_kv_heads: int, head_dim: int):
+    expected = (batch, num_kv_heads, head_dim)
+    got = (cache.k.shape[0], cache.k.shape[2], cache.k.shape[3])
+    if got != expected:
+        raise ValueError(
+            f"kv_cache must hold (batch, Hkv, D) = {expected} for this layer and input, got {got} "
+            f"(make it with layer.new_cache(batch_size, max_seqlen))"
+        )
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with grouped-query support and an optional KV cache.
 
@@ -231,6 +276,7 @@ class SelfAttention(nn.Module):
                        device=device or weight.device, dtype=dtype or weight.dtype)
 
     def forward(self, x, key_padding_mask=None, kv_cache: KVCache | None = None):
+        _check_input("x", x, "(B, T, dim)", self.qkv.in_features, "dim")
         batch, tgt_len, _ = x.shape
         kv_width = self.num_kv_heads * self.head_dim
         q, k, v = self.qkv(x).split([self.num_heads * self.head_dim, kv_width, kv_width], dim=-1)
@@ -242,6 +288,12 @@ class SelfAttention(nn.Module):
         else:
             if key_padding_mask is not None:
                 raise ValueError("key_padding_mask is not supported together with kv_cache")
+            _check_cache(kv_cache, batch, self.num_kv_heads, self.head_dim)
+            if tgt_len <= self.decode_max_tokens and needs_grad(q, k, v):
+                raise ValueError(
+                    "SelfAttention with a kv_cache decodes for inference only (the decode kernel has no "
+                    "backward and the cache is written in place): call it under torch.no_grad()"
+                )
             keys, values = kv_cache.append(k, v)
             if tgt_len <= self.decode_max_tokens:
                 out = attention_decode(q, kv_cache.k, kv_cache.v, kv_cache.seqlens, causal=self.causal)
@@ -277,7 +329,22 @@ class CrossAttention(nn.Module):
         return k, v
 
     def forward(self, x, context=None, context_mask=None, kv_cache: KVCache | None = None):
+        _check_input("x", x, "(B, T, dim)", self.q.in_features, "dim")
         batch, tgt_len, _ = x.shape
+        if kv_cache is not None:
+            _check_cache(kv_cache, batch, self.num_kv_heads, self.head_dim)
+        if context is not None and not (kv_cache is not None and kv_cache.length > 0):
+            _check_input("context", context, "(B, S, context_dim)", self.kv.in_features, "context_dim")
+            if context.shape[0] != batch:
+                raise ValueError(f"context must have the batch size of x ({batch}), got shape {tuple(context.shape)}")
+        if context_mask is not None:
+            src_len = kv_cache.length if kv_cache is not None and kv_cache.length > 0 else (
+                context.shape[1] if context is not None else None)
+            if (not isinstance(context_mask, torch.Tensor) or context_mask.dtype != torch.bool
+                    or (src_len is not None and tuple(context_mask.shape) != (batch, src_len))):
+                got = f"a {context_mask.dtype} tensor of " if isinstance(context_mask, torch.Tensor) else ""
+                raise ValueError(f"context_mask must be a bool tensor of shape (B, S) = ({batch}, {src_len}), "
+                                 f"got {got}{_shape(context_mask)}")
         if kv_cache is not None and kv_cache.length > 0:
             k, v = kv_cache.keys, kv_cache.values
         else:

@@ -1,1 +1,48 @@
-from genkernels.ops.reparam_kl import reparam_kl  # noqa: F401
+"""Every public fused op, one import away: `from genkernels.ops import q_sample, attention, ...`.
+
+Each op file holds one op family, in the same order: the pure-PyTorch reference, the kernel
+launchers, the autograd functions, the registration (ops/_library.define or register, which also
+routes each call) and the public function. The attention ops load on first use, so importing
+genkernels.ops does not import Triton.
+"""
+import importlib
+import sys
+import types
+
+from genkernels.ops.diffusion_loss import diffusion_loss
+from genkernels.ops.philox import philox_normal
+from genkernels.ops.q_sample import q_sample
+from genkernels.ops.reparam_kl import reparam_kl
+from genkernels.ops.sampler_step import ddim_step, ddpm_step
+
+_LAZY = {
+    "attention": "genkernels.ops.attention",
+    "attention_varlen": "genkernels.ops.attention",
+    "attention_decode": "genkernels.ops.attention_decode",
+}
+
+__all__ = ["q_sample", "diffusion_loss", "ddpm_step", "ddim_step", "philox_normal", "reparam_kl", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'genkernels.ops' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+class _OpsModule(types.ModuleType):
+    """`attention` and `attention_decode` are both a public function and the submodule defining it;
+    importing the submodule binds the package attribute to the module, so hand out the function."""
+
+    def __getattribute__(self, name):
+        value = super().__getattribute__(name)
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return getattr(value, name)
+        return value
+
+
+sys.modules[__name__].__class__ = _OpsModule

@@ -1,5 +1,11 @@
-"""Argument checks and launch helpers shared by the C++/CUDA-backed ops (validated once, at the boundary)."""
+"""Argument checks and launch helpers shared by the C++/CUDA-backed ops (validated once, at the boundary).
+
+The checks run on every public call, so each has a fast path for valid input (a few attribute
+reads) and builds its detailed message only on failure.
+"""
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -7,10 +13,34 @@ from genkernels import _backend, _ext
 from genkernels._ext import ptr  # noqa: F401  (0 for an absent optional tensor)
 
 FAST_DTYPES = tuple(_ext.DTYPE_CODES)
+# Elements per partial sum of the deterministic reductions (diffusion_sse, reparam_kl's KL): one
+# partial per (sample, chunk), summed in a fixed order, so results do not depend on thread count.
+# Must match gk::kChunk (csrc/common/macros.h).
+CHUNK = 4096
+_BACKENDS = ("torch", "cpu", "cuda")
+_COMMON_FLOATS = frozenset((torch.float32, torch.float16, torch.bfloat16, torch.float64))
+
+
+def num_chunks(numel: int) -> int:
+    """Partial sums per sample of `numel` elements (see CHUNK)."""
+    return (numel + CHUNK - 1) // CHUNK
+
+
+def partial_sums(n: int, chunks: int, like: torch.Tensor) -> torch.Tensor:
+    """The flat float32 buffer a reduction kernel writes one partial per (sample, chunk) into."""
+    return torch.empty(n * chunks, dtype=torch.float32, device=like.device)
+
+
+def sum_partials(partials: torch.Tensor, n: int, chunks: int) -> torch.Tensor:
+    """(N,) per-sample sums of a partial_sums buffer, each sample's chunks added in order."""
+    return partials if chunks == 1 else partials.view(n, chunks).sum(1)
 
 
 def check_tensor(name: str, x, *, like: torch.Tensor | None = None, like_name: str = "x") -> torch.Tensor:
     """x must be a floating tensor with at least one dim; with `like`, same shape/dtype/device."""
+    if (isinstance(x, torch.Tensor) and x.dtype in _COMMON_FLOATS and x.ndim
+            and (like is None or (x.dtype is like.dtype and x.shape == like.shape and x.device == like.device))):
+        return x
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -29,7 +59,7 @@ def check_tensor(name: str, x, *, like: torch.Tensor | None = None, like_name: s
 
 def choose_backend(op: str, x: torch.Tensor) -> str:
     """Backend for a C++/CUDA-backed op on x: the fast kernels store fp32/fp16/bf16; others use torch."""
-    backend = _backend.select(op, x.device, ("torch", "cpu", "cuda"))
+    backend = _backend.select_for(op, "cpu" if x.is_cpu else x.device.type, _BACKENDS)
     if backend != "torch" and x.dtype not in FAST_DTYPES:
         if _backend.forced_backend() == backend:
             raise ValueError(f"{op}: the {backend} backend stores float32/float16/bfloat16, got {x.dtype}")
@@ -37,44 +67,27 @@ def choose_backend(op: str, x: torch.Tensor) -> str:
     return backend
 
 
-def launch(backend: str, kernel: str, *args, like: torch.Tensor) -> None:
-    """Call kernel `kernel` of the C++ (cpu) or CUDA module; CUDA gets device and current stream."""
+def kernel(backend: str, name: str, *, like: torch.Tensor):
+    """Entry point `name` of the C++ (cpu) or CUDA module, to be called with keyword arguments only,
+    named as in csrc/<family>/<family>_args.h; the CUDA one is bound to the device and current
+    stream of `like`. Usage: kernel(backend, "q_sample", like=x0)(x0=..., noise=..., ...).
+
+    Returning the function (rather than forwarding **kwargs) keeps a CPU launch a single vectorcall
+    with no keyword dict built on the way: this is on the path of every no-grad op call."""
     if backend == "cpu":
-        getattr(_ext._C, kernel)(*args)
-    else:
-        getattr(_ext._cuda, kernel)(*args, device_index(like), _ext.stream_of(like))
+        return getattr(_ext._C, name)
+    return functools.partial(getattr(_ext._cuda, name), device=device_index(like), stream=_ext.stream_of(like))
 
 
-def untraced(*tensors: torch.Tensor | None) -> bool:
-    """Nothing traces or transforms a call on these tensors: no torch.compile or make_fx, no
-    torch-function/dispatch mode, no functorch transform, and plain tensors (no subclasses)."""
-    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack()
-            or torch._C._functorch.peek_interpreter_stack() is not None):
-        return False
-    return all(t is None or type(t) is torch.Tensor for t in tensors)
-
-
-def direct_call_ok(*tensors: torch.Tensor | None) -> bool:
-    """True when a public function may call an op's kernel directly instead of through the dispatcher.
-
-    That is equivalent whenever no autograd graph is needed and nothing traces (see untraced); it
-    saves the dispatcher and autograd-wrapper hops (tens of microseconds), which matters for ops
-    called once per sampler step.
-    """
-    if not untraced(*tensors):
-        return False
-    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
-
-
-def as_2d(x: torch.Tensor) -> torch.Tensor:
-    """(N, ...) -> contiguous (N, D) view the kernels index as n * D + i."""
-    x = x.contiguous()
-    if x.numel():
-        return x.view(x.shape[0], -1)
+def rows(x: torch.Tensor) -> tuple[int, int]:
+    """(N, D) of an (N, ...) tensor as the kernels index it (n * D + i), without building a view."""
+    n = x.shape[0]
+    if n:
+        return n, x.numel() // n
     per_sample = 1
     for size in x.shape[1:]:
         per_sample *= size
-    return x.view(x.shape[0], per_sample)
+    return n, per_sample
 
 
 def device_index(x: torch.Tensor) -> int:
@@ -82,5 +95,5 @@ def device_index(x: torch.Tensor) -> int:
 
 
 def dense(t: torch.Tensor | None) -> torch.Tensor | None:
-    """Steps / tables laid out densely as the kernels index them (no copy when already so)."""
+    """Tensors laid out densely as the kernels index them (no copy when already so)."""
     return None if t is None else t.contiguous()

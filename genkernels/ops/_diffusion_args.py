@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from genkernels.ops._args import (  # noqa: F401  (re-exported for the diffusion op files)
-    _ext, as_2d, check_tensor, choose_backend, dense, device_index, direct_call_ok, launch, ptr,
+    CHUNK, _ext, check_tensor, choose_backend, dense, kernel, num_chunks, partial_sums, ptr, rows, sum_partials,
 )
 
 
@@ -17,6 +17,9 @@ def prediction_code(prediction: str) -> int:
     return PREDICTIONS[prediction]
 
 
+_INTEGER_DTYPES = frozenset((torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8))
+
+
 def timesteps(name: str, t, batch: int, device: torch.device, num_steps: int, *, allow_final: bool = False):
     """Normalise a timestep argument to (tensor or None, scalar) as the kernels take it.
 
@@ -26,12 +29,22 @@ def timesteps(name: str, t, batch: int, device: torch.device, num_steps: int, *,
     (that would synchronise): an out-of-range step there yields NaN outputs.
     """
     low = -1 if allow_final else 0
+    # Fast paths (a sampling loop calls this every step): an in-range int, or a one-element CPU
+    # integer tensor read as an int. Anything else takes the checks below.
+    if type(t) is int:
+        if low <= t < num_steps:
+            return None, t
+    elif (type(t) is torch.Tensor and t.is_cpu and t.dtype in _INTEGER_DTYPES and t.ndim <= 1 and t.numel() == 1
+          and not torch.compiler.is_compiling()):
+        step = t.item()
+        if low <= step < num_steps:
+            return None, step
     if isinstance(t, bool):
         raise TypeError(f"{name} must be an int or an integer tensor, got bool")
     if isinstance(t, int):
         if not low <= t < num_steps:
             raise ValueError(f"{name} must be in [{low}, {num_steps}) for this schedule, got {t}")
-        return None, t
+        return None, int(t)
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be an int or an integer tensor, got {type(t).__name__}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:

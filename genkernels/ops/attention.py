@@ -1,8 +1,10 @@
 """Fused attention: o = softmax(scale * q k^T + mask) v, without the (Sq x Sk) matrix on GPU.
 
 Reading order: reference (pure PyTorch, also the CPU fallback) -> torch.library registration of
-the forward, backward and decode ops (Triton kernels in genkernels.kernels.attention) -> autograd
--> public functions `attention`, `attention_varlen`, `attention_decode` -> validation.
+the forward and backward ops (Triton kernels in genkernels.kernels.attention) -> autograd ->
+public functions `attention`, `attention_varlen` -> validation. The KV-cache decode op and
+`attention_decode` live in genkernels.ops.attention_decode (importable from here too); they share
+this file's reference, masks and checks.
 
 Conventions (shared by every path):
   * causal masking is bottom-right aligned: query i of Sq sees keys j <= i + (Sk - Sq). For
@@ -14,19 +16,24 @@ Conventions (shared by every path):
   * lse = log sum_j exp(scale * q . k_j) in natural log, float32, shape (B, Hq, Sq) (varlen:
     (Hq, total_q)); it is differentiable (its gradient folds into the softmax row term).
   * grouped-query attention: Hq must be a multiple of Hkv; query head h reads KV head h // (Hq/Hkv).
+  * NaN propagates: a NaN in q, or in a K/V row a query sees, gives NaN in that query's output
+    (an inf in a visible V row gives NaN too). Values at key positions a query does not see
+    (padding, past the causal diagonal, another packed sequence, past cache_seqlens) never reach
+    its output, whatever they hold.
 """
 from __future__ import annotations
 
-import contextlib
 import math
+import numbers
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from genkernels._backend import select
-from genkernels.ops._args import direct_call_ok, untraced
+from genkernels.kernels._launch import device_scope, launcher
+from genkernels.ops._library import register, untraced
 
 BACKENDS = ("torch", "triton")
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -89,23 +96,55 @@ def _expand_kv(t: torch.Tensor, num_heads: int) -> torch.Tensor:
     return t.repeat_interleave(num_heads // t.shape[2], dim=2) if t.shape[2] != num_heads else t
 
 
+def _all_finite(*tensors: torch.Tensor) -> bool:
+    """No NaN/inf in any of the tensors, from one sum each: any NaN/inf makes the total non-finite.
+    About 25x cheaper than isfinite().all() on CPU; a sum that overflows (|total| > 3e38 in
+    float32) answers False, which only costs the caller its slower exact path."""
+    total = None
+    for t in tensors:
+        part = t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+        total = part if total is None else total + part
+    return bool(torch.isfinite(total))
+
+
+def _has_nonfinite(x: torch.Tensor) -> bool:
+    """Whether x may hold NaN/inf. Traced calls (fake tensors, compile) cannot branch on data and
+    answer True: the exact, slower form is then always taken."""
+    return not (untraced(x) and _all_finite(x))
+
+
+def _masked_product(p, allowed, x):
+    """einsum("bhqk,bkhd->bqhd", p, x) for p that is 0 outside `allowed` ((B or 1, Sq, Sk) bool or
+    None), without 0 * NaN: x's non-finite entries are taken out of the product and the outputs
+    of the rows that see one (allowed there) become NaN. Rows never see garbage at keys they are
+    not allowed to see (padding, causal, another packed sequence, past a cache length)."""
+    if allowed is None or not _has_nonfinite(x):
+        return torch.einsum("bhqk,bkhd->bqhd", p, x)
+    bad = ~torch.isfinite(x)
+    product = torch.einsum("bhqk,bkhd->bqhd", p, x.masked_fill(bad, 0))
+    seen = torch.einsum("bhqk,bkhd->bqhd", allowed[:, None].expand_as(p).to(p.dtype), bad.to(p.dtype))
+    return product.masked_fill(seen > 0, float("nan"))
+
+
 def attention_ref(q, k, v, *, causal=False, scale=None, key_padding_mask=None, allowed=None):
     """Explicit attention on (B, S, H, D) tensors; returns (out (B, Sq, Hq, D), lse (B, Hq, Sq)).
 
-    Scores and p @ v run in the input dtype (what PyTorch does in that dtype); the softmax runs in
-    float32 (float64 for float64 inputs). `allowed` is an extra (B or 1, Sq, Sk) bool mask.
-    Differentiable, including through rows that see no key (their gradients are zero).
+    What PyTorch does in the input dtype: the scores q k^T accumulate in float32 (float64 for
+    float64 inputs; an fp16 product would overflow past |q . k| = 65504), the softmax runs in that
+    precision, and p @ v runs in the input dtype. `allowed` is an extra (B or 1, Sq, Sk) bool mask.
+    Values at masked key positions never reach the output (see _masked_product); NaN elsewhere
+    propagates. Differentiable, including through rows that see no key (their gradients are zero).
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     k, v = _expand_kv(k, q.shape[2]), _expand_kv(v, q.shape[2])
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k).to(acc_dtype) * scale  # (B, H, Sq, Sk)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.to(acc_dtype), k.to(acc_dtype)) * scale  # (B, H, Sq, Sk)
     allowed = _allowed(q, k, causal, key_padding_mask, allowed)
     if allowed is not None:
         scores = scores.masked_fill(~allowed[:, None], float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)  # (B, H, Sq); -inf where a row sees no key
     p = torch.exp(scores - lse.masked_fill(lse == float("-inf"), 0.0)[..., None])
-    out = torch.einsum("bhqk,bkhd->bqhd", p.to(v.dtype), v)
+    out = _masked_product(p.to(v.dtype), allowed, v)
     return out, lse
 
 
@@ -130,7 +169,9 @@ def attention_backward_ref(dout, q, k, v, out, lse, dlse, scale, allowed):
     if dlse is not None:
         delta = delta - dlse
     ds = p * (dp - delta[..., None])
-    dq = torch.einsum("bhqk,bkhd->bqhd", ds, k_x) * scale
+    if allowed is not None:  # a select, not p = 0 alone: dp at a key holding NaN is NaN
+        ds = ds.masked_fill(~allowed[:, None], 0.0)
+    dq = _masked_product(ds, allowed, k_x) * scale
     dk = torch.einsum("bhqk,bqhd->bkhd", ds, qf) * scale
     if num_kv_heads != num_heads:
         group = num_heads // num_kv_heads
@@ -152,27 +193,6 @@ def _backend(device: torch.device) -> str:
     return select("attention", device, BACKENDS)
 
 
-def _launcher(*tensors):
-    """How the op bodies launch Triton kernels. wrap_triton records launches for torch.compile and
-    fake-tensor tracing, but in eager mode outside the dispatcher's fast path it cost about 0.6 ms
-    per launch on an H100 (bench/attention_overhead.py); with plain tensors and nothing tracing the
-    kernels are launched directly."""
-    return _identity if untraced(*tensors) else wrap_triton
-
-
-def _identity(kernel):
-    return kernel
-
-
-def _device_scope(q: torch.Tensor, launch):
-    """Triton launches on the current CUDA device and its current stream: make that q's device for
-    direct launches (tensors on cuda:1 while cuda:0 is current). Traced launches get their device
-    guards from the compiler."""
-    if launch is _identity and q.is_cuda:
-        return torch.cuda.device(q.device)
-    return contextlib.nullcontext()
-
-
 def _empty_lse(q, varlen: bool) -> torch.Tensor:
     if varlen:
         return q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)  # (Hq, total_q)
@@ -189,10 +209,13 @@ def _forward_impl(q, k, v, key_padding_mask, cu_seqlens_q, cu_seqlens_k, max_seq
     if _backend(q.device) == "triton":
         from genkernels.kernels import attention as kernels
 
+        if varlen:  # rows no sequence covers (only with unchecked, GPU-resident offsets): zeros, -inf
+            out.zero_()
+            lse.fill_(float("-inf"))
         batch = cu_seqlens_q.numel() - 1 if varlen else q.shape[0]
         views = [t.unsqueeze(0) if varlen else t for t in (q, k, v, out, lse)]
-        launch = _launcher(q, k, v, key_padding_mask, cu_seqlens_q)
-        with _device_scope(q, launch):
+        launch = launcher(q, k, v, key_padding_mask, cu_seqlens_q)
+        with device_scope(q, launch):
             kernels.attention_forward(
                 launch, *views, key_padding_mask, cu_seqlens_q, cu_seqlens_k, batch,
                 max_seqlen_q, max_seqlen_k, scale, causal, allow_tf32, varlen=varlen,
@@ -230,11 +253,14 @@ def _backward_impl(dout, q, k, v, out, lse, dlse, key_padding_mask, cu_seqlens_q
     if _backend(q.device) == "triton":
         from genkernels.kernels import attention as kernels
 
+        if varlen:  # rows no sequence covers (see _forward_impl) get zero gradients
+            for grad in (dq, dk, dv):
+                grad.zero_()
         batch = cu_seqlens_q.numel() - 1 if varlen else q.shape[0]
-        delta = torch.empty_like(lse)
+        delta = torch.empty_like(lse, dtype=kernels.backward_delta_dtype(q.dtype, allow_tf32))
         expand = (lambda t: None if t is None else t.unsqueeze(0)) if varlen else (lambda t: t)
-        launch = _launcher(dout, q, k, v, out, lse, dlse, key_padding_mask, cu_seqlens_q)
-        with _device_scope(q, launch):
+        launch = launcher(dout, q, k, v, out, lse, dlse, key_padding_mask, cu_seqlens_q)
+        with device_scope(q, launch):
             kernels.attention_backward(
                 launch, *[expand(t) for t in (dout, q, k, v, out, lse, dlse, delta, dq, dk, dv)],
                 key_padding_mask, cu_seqlens_q, cu_seqlens_k, batch, max_seqlen_q, max_seqlen_k,
@@ -267,40 +293,9 @@ def _attention_backward_op(
                           max_seqlen_q, max_seqlen_k, scale, causal, allow_tf32)
 
 
-def _decode_impl(q, k_cache, v_cache, cache_seqlens, scale, causal, allow_tf32):
-    out, lse = torch.empty_like(q), _empty_lse(q, False)
-    if q.numel() == 0 or k_cache.shape[1] == 0:
-        return out.zero_(), lse.fill_(float("-inf"))
-    if _backend(q.device) == "triton":
-        from genkernels.kernels import attention as kernels
-
-        batch, seqlen_q, num_heads, head_dim = q.shape
-        launch = _launcher(q, k_cache, v_cache, cache_seqlens)
-        with _device_scope(q, launch):
-            num_splits = kernels.decode_num_splits(batch, k_cache.shape[2], k_cache.shape[1], head_dim,
-                                                   q.element_size())
-            out_partial = q.new_empty((batch, num_heads, seqlen_q, num_splits, head_dim), dtype=torch.float32)
-            lse_partial = q.new_empty((batch, num_heads, seqlen_q, num_splits), dtype=torch.float32)
-            kernels.attention_decode(launch, q, k_cache, v_cache, cache_seqlens, out, lse, out_partial, lse_partial,
-                                     scale, causal, allow_tf32)
-        return out, lse
-    allowed = decode_allowed(cache_seqlens, q.shape[1], k_cache.shape[1], causal)
-    ref_out, ref_lse = attention_ref(q, k_cache, v_cache, scale=scale, allowed=allowed)
-    out.copy_(ref_out)
-    lse.copy_(ref_lse)
-    return out, lse
-
-
-@triton_op("genkernels::attention_decode", mutates_args=())
-def _attention_decode_op(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
-    scale: float, causal: bool, allow_tf32: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _decode_impl(q, k_cache, v_cache, cache_seqlens, scale, causal, allow_tf32)
-
-
 # ----------------------------------------------------------------------------------------------
-# Autograd
+# Autograd, and the routed ops (ops/_library: kernels directly without a graph, an eager
+# autograd.Function with one, the registered op whenever anything traces)
 # ----------------------------------------------------------------------------------------------
 def _setup_context(ctx, inputs, output):
     q, k, v, key_padding_mask, cu_seqlens_q, cu_seqlens_k, *flags = inputs
@@ -309,7 +304,7 @@ def _setup_context(ctx, inputs, output):
     ctx.flags = flags  # max_seqlen_q, max_seqlen_k, scale, causal, allow_tf32
 
 
-def _backward(ctx, dout, dlse, backward=None):
+def _backward(ctx, dout, dlse):
     q, k, v, out, lse, key_padding_mask, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
@@ -317,38 +312,15 @@ def _backward(ctx, dout, dlse, backward=None):
         dout = dout.contiguous()
     if dlse is not None:
         dlse = dlse.contiguous()  # the kernels read it with lse's (contiguous) strides
-    dq, dk, dv = (backward or torch.ops.genkernels.attention_backward)(
+    dq, dk, dv = attention_backward_op(
         dout, q, k, v, out, lse, dlse, key_padding_mask, cu_seqlens_q, cu_seqlens_k, *ctx.flags
     )
     return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
-_attention_forward_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _EagerAttention(torch.autograd.Function):
-    """The same forward and backward as the registered ops, without the dispatcher: in eager mode
-    torch.library's custom-op wrapper cost about 0.6 ms per call on an H100
-    (bench/attention_overhead.py), more than the kernels themselves at short lengths. Used only
-    when nothing traces (_args.untraced); torch.compile, make_fx and opcheck see the ops."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        output = _forward_impl(*inputs)
-        _setup_context(ctx, inputs, output)
-        return output
-
-    @staticmethod
-    def backward(ctx, dout, dlse):
-        return _backward(ctx, dout, dlse, backward=_backward_impl)
-
-
-def _forward_entry(*tensors):
-    """The cheapest correct route for a public call: the kernels directly when no gradient is
-    needed, the eager autograd.Function when one is, the registered op whenever anything traces."""
-    if direct_call_ok(*tensors):
-        return _forward_impl
-    return _EagerAttention.apply if untraced(*tensors) else torch.ops.genkernels.attention_forward
+attention_backward_op = register(_attention_backward_op, impl=_backward_impl)
+attention_forward_op = register(_attention_forward_op, impl=_forward_impl, setup_context=_setup_context,
+                                backward=_backward)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -359,10 +331,6 @@ def _backend_for(device_type: str) -> str:
     # Resolved once per compiled graph: the backend choice reads a context variable and the
     # environment, which dynamo cannot trace.
     return _backend(torch.device(device_type))
-
-
-def _default_scale(head_dim: int, scale: Optional[float]) -> float:
-    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
 
 def _sdpa(q, k, v, causal, scale, key_padding_mask):
@@ -379,6 +347,17 @@ def _sdpa(q, k, v, causal, scale, key_padding_mask):
     return out.transpose(1, 2)
 
 
+def _sdpa_ok(q, k, v, causal, key_padding_mask, return_lse) -> bool:
+    """Whether SDPA gives this call's answer. Its CPU kernels return zeros for a NaN query row and
+    let a NaN at a masked key reach unmasked rows, so non-finite inputs (checked only in eager
+    calls: a traced call cannot branch on data) take the reference path, which propagates NaN."""
+    if _backend_for(q.device.type) != "torch" or return_lse or q.numel() == 0 or k.shape[1] == 0:
+        return False
+    if causal and q.shape[1] != k.shape[1] and key_padding_mask is None:
+        return False  # SDPA's is_causal is top-left aligned; ours bottom-right
+    return untraced(q, k, v) and _all_finite(q, k, v)
+
+
 def attention(q, k, v, causal=False, scale=None, key_padding_mask=None, layout="bshd",
               return_lse=False, allow_tf32=False):
     """Scaled dot-product attention, fused: out = softmax(scale * q k^T + masks) v.
@@ -386,12 +365,13 @@ def attention(q, k, v, causal=False, scale=None, key_padding_mask=None, layout="
     q:       (B, Sq, Hq, D) for layout "bshd", (B, Hq, Sq, D) for "bhsd"; fp16, bf16 or fp32
     k, v:    (B, Sk, Hkv, D) / (B, Hkv, Sk, D), Hq a multiple of Hkv (GQA / MQA), same dtype
     causal:  bottom-right aligned (query i sees keys j <= i + Sk - Sq)
-    scale:   softmax scale, default 1 / sqrt(D)
+    scale:   softmax scale, a finite number > 0, default 1 / sqrt(D)
     key_padding_mask: bool (B, Sk), True = padded key (ignored), as in nn.MultiheadAttention
     allow_tf32: let fp32 inputs use TF32 tensor cores on GPU
     Returns out in q's layout and dtype, and with return_lse the float32 lse (B, Hq, Sq).
     Both layouts are read in place through strides (no copy). The backward is deterministic
-    (bitwise repeatable): dK/dV and dQ are separate passes without atomics.
+    (bitwise repeatable): dK/dV and dQ are separate passes without atomics. NaN in q or in a key a
+    query sees gives NaN in that query's output; whatever masked keys hold does not matter.
     """
     _check_layout(layout)
     if layout == "bhsd":
@@ -399,13 +379,12 @@ def attention(q, k, v, causal=False, scale=None, key_padding_mask=None, layout="
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # views as (B, S, H, D)
     q, k, v = _check_qkv(q, k, v)
     _check_key_padding_mask(key_padding_mask, q, k)
-    scale = _default_scale(q.shape[-1], scale)
-    use_sdpa = _backend_for(q.device.type) == "torch" and not return_lse and q.numel() > 0 and k.shape[1] > 0
-    if use_sdpa and (not causal or q.shape[1] == k.shape[1] or key_padding_mask is not None):
+    scale = _check_scale(q.shape[-1], scale)
+    if _sdpa_ok(q, k, v, causal, key_padding_mask, return_lse):
         out, lse = _sdpa(q, k, v, causal, scale, key_padding_mask), None
     else:
-        forward = _forward_entry(q, k, v, key_padding_mask)
-        out, lse = forward(q, k, v, key_padding_mask, None, None, q.shape[1], k.shape[1], scale, causal, allow_tf32)
+        out, lse = attention_forward_op(q, k, v, key_padding_mask, None, None, q.shape[1], k.shape[1], scale,
+                                        causal, allow_tf32)
     if layout == "bhsd":
         out = out.transpose(1, 2)
     return (out, lse) if return_lse else out
@@ -417,50 +396,45 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
 
     q:            (total_q, Hq, D), sequence b is rows cu_seqlens_q[b] : cu_seqlens_q[b + 1]
     k, v:         (total_k, Hkv, D)
-    cu_seqlens_*: int32 (B + 1,), cumulative lengths starting at 0
+    cu_seqlens_*: int32 (B + 1,), cumulative lengths: 0, non-decreasing, ending at total_q / total_k
+                  (a zero-length sequence gives no rows; B = 0 is allowed)
     max_seqlen_*: the longest sequence (sizes the launch grid; must not be smaller than the truth)
     Returns out (total_q, Hq, D) and with return_lse the float32 lse (Hq, total_q).
+
+    Offsets on the CPU are checked here (ValueError). Offsets on the GPU cannot be checked without
+    a host sync, so the kernels bound them instead: each sequence is clamped into [0, total], a
+    decreasing offset gives an empty sequence, and rows no sequence covers (or past max_seqlen_q)
+    come back as zeros with lse = -inf; no value reads or writes outside the tensors.
     """
     q, k, v = _check_qkv(q, k, v, rank=3)
-    _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q)
-    _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", q)
+    _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", q, q.shape[0], "q")
+    _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", q, k.shape[0], "k")
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
         raise ValueError(
             f"cu_seqlens_q and cu_seqlens_k must describe the same batch, got {cu_seqlens_q.numel()} "
             f"and {cu_seqlens_k.numel()} offsets"
         )
-    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
-        if not isinstance(value, int) or value < 0:
+    for name, value, cu in (("max_seqlen_q", max_seqlen_q, cu_seqlens_q), ("max_seqlen_k", max_seqlen_k, cu_seqlens_k)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    out, lse = _forward_entry(q, k, v, cu_seqlens_q, cu_seqlens_k)(
+        if cu.device.type == "cpu" and cu.numel() > 1:
+            longest = int(cu.diff().max())
+            if value < longest:
+                raise ValueError(f"{name} must be at least the longest sequence ({longest}), got {value}")
+    out, lse = attention_forward_op(
         q, k, v, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-        _default_scale(q.shape[-1], scale), causal, allow_tf32,
+        _check_scale(q.shape[-1], scale), causal, allow_tf32,
     )
     return (out, lse) if return_lse else out
 
 
-def attention_decode(q, k_cache, v_cache, cache_seqlens, scale=None, causal=False, return_lse=False,
-                     allow_tf32=False):
-    """Attention of a few new tokens against a KV cache, split along the keys (flash-decoding).
+def __getattr__(name):
+    # attention_decode lives in its own module (which imports this one); resolved on first use.
+    if name == "attention_decode":
+        from genkernels.ops.attention_decode import attention_decode
 
-    q:             (B, Sq, Hq, D), Sq new tokens (usually 1)
-    k_cache, v_cache: (B, S_cache, Hkv, D); sequence b's valid keys are its first cache_seqlens[b]
-    cache_seqlens: int (B,) valid lengths, the new tokens' keys included
-    causal:        new token t (of Sq) sees keys j <= cache_seqlens[b] - Sq + t
-    Returns out (B, Sq, Hq, D) and with return_lse the float32 lse (B, Hq, Sq). Inference only
-    (no autograd).
-    """
-    q, k_cache, v_cache = _check_qkv(q, k_cache, v_cache, names=("q", "k_cache", "v_cache"))
-    if not isinstance(cache_seqlens, torch.Tensor) or cache_seqlens.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"cache_seqlens must be an int32/int64 tensor, got {_describe(cache_seqlens)}")
-    if cache_seqlens.shape != (q.shape[0],):
-        raise ValueError(f"cache_seqlens must have shape ({q.shape[0]},), got {tuple(cache_seqlens.shape)}")
-    if cache_seqlens.device != q.device:
-        raise ValueError(f"cache_seqlens must be on {q.device}, got {cache_seqlens.device}")
-    direct = direct_call_ok(q, k_cache, v_cache, cache_seqlens)
-    decode = _decode_impl if direct else torch.ops.genkernels.attention_decode
-    out, lse = decode(q, k_cache, v_cache, cache_seqlens, _default_scale(q.shape[-1], scale), causal, allow_tf32)
-    return (out, lse) if return_lse else out
+        return attention_decode
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -528,14 +502,41 @@ def _check_key_padding_mask(mask, q, k):
         raise ValueError(f"key_padding_mask must be on {q.device}, got {mask.device}")
 
 
-def _check_cu_seqlens(cu, name, q):
+def _check_scale(head_dim: int, scale) -> float:
+    """The softmax scale as a float: 1 / sqrt(D) by default, else a finite number > 0."""
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a float (or None for 1/sqrt(head_dim)), got {_describe(scale)}")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    return float(scale)
+
+
+def _check_cu_seqlens(cu, name, q, total, tensor_name):
+    """Type, shape and device always; the values (0, non-decreasing, ending at `total`) where they
+    are on the host. GPU-resident offsets are bounded inside the kernels instead (no host sync)."""
     if not isinstance(cu, torch.Tensor) or cu.dtype != torch.int32:
         raise TypeError(f"{name} must be an int32 tensor of cumulative lengths, got {_describe(cu)}")
     if cu.dim() != 1 or cu.numel() < 1:
         raise ValueError(f"{name} must be 1-d with batch + 1 entries, got shape {tuple(cu.shape)}")
     if cu.device != q.device:
         raise ValueError(f"{name} must be on {q.device}, got {cu.device}")
+    if cu.device.type != "cpu":
+        return
+    first, last = int(cu[0]), int(cu[-1])
+    if first != 0:
+        raise ValueError(f"{name} must start at 0, got {first}")
+    if last != total:
+        raise ValueError(f"{name} must end at the number of tokens in {tensor_name} ({total}), got {last}")
+    steps = cu.diff()
+    if steps.numel() and int(steps.min()) < 0:
+        b = int(torch.nonzero(steps < 0)[0])
+        raise ValueError(
+            f"{name} must be non-decreasing (cumulative lengths), got {name}[{b}] = {int(cu[b])} > "
+            f"{name}[{b + 1}] = {int(cu[b + 1])}"
+        )
 
 
 __all__ = ["attention", "attention_varlen", "attention_decode", "attention_ref", "attention_backward_ref",
-           "causal_allowed", "varlen_allowed", "decode_allowed"]
+           "causal_allowed", "varlen_allowed", "decode_allowed", "attention_forward_op", "attention_backward_op"]

@@ -8,13 +8,11 @@ from __future__ import annotations
 import torch
 
 from genkernels.ops import _diffusion_args as args
-from genkernels.ops._library import define, lib
-
-CHUNK = 4096  # elements per reduction unit; must match gk::kChunk (csrc/common/macros.h)
+from genkernels.ops._library import define
 
 
 # ---- reference ---------------------------------------------------------------------------------
-def diffusion_target_reference(x0, noise, table, t, t_scalar, prediction_code):
+def diffusion_target_ref(x0, noise, table, t, t_scalar, prediction_code):
     if prediction_code == 0:
         return noise
     if prediction_code == 1:
@@ -23,15 +21,15 @@ def diffusion_target_reference(x0, noise, table, t, t_scalar, prediction_code):
     return a * noise - s * x0
 
 
-def diffusion_sse_reference(model_output, x0, noise, table, t, t_scalar, prediction_code):
+def diffusion_sse_ref(model_output, x0, noise, table, t, t_scalar, prediction_code):
     """(N,) sum over each sample of (model_output - target)^2, accumulated in float32 or wider."""
-    diff = model_output - diffusion_target_reference(x0, noise, table, t, t_scalar, prediction_code)
+    diff = model_output - diffusion_target_ref(x0, noise, table, t, t_scalar, prediction_code)
     acc = torch.float64 if diff.dtype == torch.float64 else torch.float32
     return diff.reshape(diff.shape[0], -1).to(acc).pow(2).sum(1).to(acc)
 
 
-def diffusion_sse_backward_reference(grad_sse, model_output, x0, noise, table, t, t_scalar, prediction_code):
-    diff = model_output - diffusion_target_reference(x0, noise, table, t, t_scalar, prediction_code)
+def diffusion_sse_backward_ref(grad_sse, model_output, x0, noise, table, t, t_scalar, prediction_code):
+    diff = model_output - diffusion_target_ref(x0, noise, table, t, t_scalar, prediction_code)
     g = args.per_sample(2 * grad_sse, diff) * diff
     if prediction_code == 0:
         return g, torch.zeros_like(x0), -g
@@ -43,7 +41,7 @@ def diffusion_sse_backward_reference(grad_sse, model_output, x0, noise, table, t
 
 # ---- launchers ---------------------------------------------------------------------------------
 def _common(model_output, x0, noise, t):
-    return (args.as_2d(model_output), args.as_2d(x0), args.as_2d(noise), args.ptr(t))
+    return model_output.contiguous(), x0.contiguous(), noise.contiguous(), args.ptr(t)
 
 
 def _sse_kernel(model_output, x0, noise, t, t_scalar, table, prediction):
@@ -51,17 +49,18 @@ def _sse_kernel(model_output, x0, noise, t, t_scalar, table, prediction):
     table = args.dense(table)
     backend = args.choose_backend("diffusion_loss", x0)
     if backend == "torch":
-        return diffusion_sse_reference(model_output, x0, noise, table, t, t_scalar, prediction)
+        return diffusion_sse_ref(model_output, x0, noise, table, t, t_scalar, prediction)
     m, x, e, t_ptr = _common(model_output, x0, noise, t)
-    n, d = m.shape
-    chunks = (d + CHUNK - 1) // CHUNK
-    partials = torch.empty((n, chunks), dtype=torch.float32, device=x0.device)
+    n, d = args.rows(m)
     if n * d == 0:
         return torch.zeros(n, dtype=torch.float32, device=x0.device)
-    args.launch(backend, "diffusion_sse", m.data_ptr(), x.data_ptr(), e.data_ptr(), t_ptr, t_scalar,
-                table.data_ptr(), table.shape[0], prediction, partials.data_ptr(), n, d,
-                args._ext.dtype_code(x0), like=x0)
-    return partials.sum(1) if chunks > 1 else partials.view(n)
+    chunks = args.num_chunks(d)
+    partials = args.partial_sums(n, chunks, x0)
+    args.kernel(backend, "diffusion_sse", like=x0)(
+        model_output=m.data_ptr(), x0=x.data_ptr(), noise=e.data_ptr(), t=t_ptr, t_scalar=t_scalar,
+        table=table.data_ptr(), T=table.shape[0], prediction=prediction, partials=partials.data_ptr(), N=n, D=d,
+        dtype=args._ext.dtype_code(x0))
+    return args.sum_partials(partials, n, chunks)
 
 
 def _sse_fake(model_output, x0, noise, t, t_scalar, table, prediction):
@@ -74,15 +73,17 @@ def _sse_backward_kernel(grad_sse, model_output, x0, noise, t, t_scalar, table, 
     table = args.dense(table)
     backend = args.choose_backend("diffusion_loss", x0)
     if backend == "torch":
-        return diffusion_sse_backward_reference(grad_sse, model_output, x0, noise, table, t, t_scalar, prediction)
+        return diffusion_sse_backward_ref(grad_sse, model_output, x0, noise, table, t, t_scalar, prediction)
     m, x, e, t_ptr = _common(model_output, x0, noise, t)
     grads = [torch.empty_like(x0, memory_format=torch.contiguous_format) for _ in range(3)]
-    n, d = m.shape
+    n, d = args.rows(m)
     if n * d:
         g = grad_sse.to(torch.float32).contiguous()
-        args.launch(backend, "diffusion_sse_backward", g.data_ptr(), m.data_ptr(), x.data_ptr(), e.data_ptr(),
-                    t_ptr, t_scalar, table.data_ptr(), table.shape[0], prediction, grads[0].data_ptr(),
-                    grads[1].data_ptr(), grads[2].data_ptr(), n, d, args._ext.dtype_code(x0), like=x0)
+        args.kernel(backend, "diffusion_sse_backward", like=x0)(
+            grad_sse=g.data_ptr(), model_output=m.data_ptr(), x0=x.data_ptr(), noise=e.data_ptr(), t=t_ptr,
+            t_scalar=t_scalar, table=table.data_ptr(), T=table.shape[0], prediction=prediction,
+            grad_output=grads[0].data_ptr(), grad_x0=grads[1].data_ptr(), grad_noise=grads[2].data_ptr(), N=n, D=d,
+            dtype=args._ext.dtype_code(x0))
     return tuple(grads)
 
 
@@ -90,14 +91,7 @@ def _sse_backward_fake(grad_sse, model_output, x0, noise, t, t_scalar, table, pr
     return tuple(torch.empty_like(x0, memory_format=torch.contiguous_format) for _ in range(3))
 
 
-# ---- registration and autograd -----------------------------------------------------------------
-define("diffusion_sse(Tensor model_output, Tensor x0, Tensor noise, Tensor? t, int t_scalar, Tensor table,"
-       " int prediction) -> Tensor", cpu=_sse_kernel, fake=_sse_fake)
-define("diffusion_sse_backward(Tensor grad_sse, Tensor model_output, Tensor x0, Tensor noise, Tensor? t,"
-       " int t_scalar, Tensor table, int prediction) -> (Tensor, Tensor, Tensor)",
-       cpu=_sse_backward_kernel, fake=_sse_backward_fake)
-
-
+# ---- autograd ------------------------------------------------------------------------------------
 def _setup_context(ctx, inputs, output):
     model_output, x0, noise, t, t_scalar, table, prediction = inputs
     ctx.save_for_backward(model_output, x0, noise, t, table)
@@ -106,12 +100,19 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_sse):
     model_output, x0, noise, t, table = ctx.saved_tensors
-    g_out, g_x0, g_noise = torch.ops.genkernels.diffusion_sse_backward(
+    g_out, g_x0, g_noise = diffusion_sse_backward_op(
         grad_sse, model_output, x0, noise, t, ctx.t_scalar, table, ctx.prediction)
     return g_out, g_x0, g_noise, None, None, None, None
 
 
-torch.library.register_autograd("genkernels::diffusion_sse", _backward, setup_context=_setup_context, lib=lib)
+# ---- registration (routing: ops/_library.py) ------------------------------------------------------
+diffusion_sse_op = define(
+    "diffusion_sse(Tensor model_output, Tensor x0, Tensor noise, Tensor? t, int t_scalar, Tensor table,"
+    " int prediction) -> Tensor", impl=_sse_kernel, fake=_sse_fake, setup_context=_setup_context, backward=_backward)
+diffusion_sse_backward_op = define(
+    "diffusion_sse_backward(Tensor grad_sse, Tensor model_output, Tensor x0, Tensor noise, Tensor? t,"
+    " int t_scalar, Tensor table, int prediction) -> (Tensor, Tensor, Tensor)",
+    impl=_sse_backward_kernel, fake=_sse_backward_fake)
 
 
 # ---- public function -----------------------------------------------------------------------------
@@ -133,9 +134,8 @@ def diffusion_loss(model_output, x0, noise, t, schedule, prediction: str = "epsi
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     batch = model_output.shape[0]
     t_tensor, t_scalar = args.timesteps("t", t, batch, model_output.device, schedule.num_steps)
-    sse = torch.ops.genkernels.diffusion_sse(model_output, x0, noise, t_tensor, t_scalar,
-                                             schedule.table(model_output.device), code)
-    per_sample = sse / max(model_output[0].numel(), 1) if batch else sse
+    sse = diffusion_sse_op(model_output, x0, noise, t_tensor, t_scalar, schedule.table(model_output.device), code)
+    per_sample = sse / max(args.rows(model_output)[1], 1) if batch else sse
     if weights is not None:
         if not isinstance(weights, torch.Tensor):
             raise TypeError(f"weights must be a tensor of shape ({batch},), got {type(weights).__name__}")

@@ -46,7 +46,7 @@ def _uniform24(bits: torch.Tensor) -> torch.Tensor:
     return (bits >> 8).to(torch.float32) * 5.9604644775390625e-08 + 2.98023223876953125e-08
 
 
-def philox_normal_reference(num_samples: int, numel: int, seed: int, offset: int = 0, device=None) -> torch.Tensor:
+def philox_normal_ref(num_samples: int, numel: int, seed: int, offset: int = 0, device=None) -> torch.Tensor:
     """(num_samples, numel) float32 standard normals, bit-for-bit the kernel's bit stream."""
     groups = (numel + 3) // 4
     g = torch.arange(groups, device=device, dtype=torch.int64).unsqueeze(0)
@@ -69,24 +69,29 @@ def philox_normal(shape, seed: int, offset: int = 0, *, device="cpu", dtype=torc
     """Standard normal noise of `shape` = (N, ...) as the fused sampler steps draw it.
 
     Sample n's elements (flattened) come from stream (seed, offset, n). seed and offset are
-    integers in [0, 2^63). Returns a tensor of `dtype` on `device`.
+    integers in [0, 2^63). Returns a tensor of `dtype` (float32, float16, bfloat16, or float64:
+    the float32 draws, exactly, from the reference) on `device`.
     """
     shape = tuple(int(s) for s in shape)
     _check_seed(seed, offset)
     if len(shape) == 0:
         raise ValueError("shape must have a leading sample dimension, got ()")
+    if dtype not in _ext.DTYPE_CODES and dtype is not torch.float64:
+        raise TypeError(f"dtype must be torch.float32, float16, bfloat16 or float64, got {dtype!r}")
     device = torch.device(device)
     num_samples, numel = shape[0], math.prod(shape[1:])
     backend = _backend.select("philox_normal", device, ("torch", "cpu", "cuda"))
-    if backend == "torch" or num_samples * numel == 0:
-        return philox_normal_reference(num_samples, numel, seed, offset, device).to(dtype).reshape(shape)
+    if backend == "torch" or num_samples * numel == 0 or dtype is torch.float64:
+        return philox_normal_ref(num_samples, numel, seed, offset, device).to(dtype).reshape(shape)
     out = torch.empty(shape, device=device, dtype=dtype)
     if backend == "cpu":
-        _ext._C.philox_normal(out.data_ptr(), num_samples, numel, seed, offset, _ext.dtype_code(out))
+        _ext._C.philox_normal(out=out.data_ptr(), N=num_samples, D=numel, seed=seed, offset=offset,
+                              dtype=_ext.dtype_code(out))
     else:
-        _ext._cuda.philox_normal(out.data_ptr(), num_samples, numel, seed, offset, _ext.dtype_code(out),
-                                 device.index if device.index is not None else torch.cuda.current_device(),
-                                 _ext.stream_of(out))
+        _ext._cuda.philox_normal(out=out.data_ptr(), N=num_samples, D=numel, seed=seed, offset=offset,
+                                 dtype=_ext.dtype_code(out),
+                                 device=device.index if device.index is not None else torch.cuda.current_device(),
+                                 stream=_ext.stream_of(out))
     return out
 
 

@@ -7,17 +7,17 @@ from __future__ import annotations
 import torch
 
 from genkernels.ops import _diffusion_args as args
-from genkernels.ops._library import define, lib
+from genkernels.ops._library import define
 
 
 # ---- reference (pure PyTorch; the CPU fallback and the tests' ground truth) -------------------
-def q_sample_reference(x0, noise, table, t, t_scalar, velocity):
+def q_sample_ref(x0, noise, table, t, t_scalar, velocity):
     """(x_t, v or None) computed in x0's dtype."""
     a, s = args.alpha_scales(table, t, t_scalar, x0)
     return a * x0 + s * noise, (a * noise - s * x0) if velocity else None
 
 
-def q_sample_backward_reference(grad_x_t, grad_velocity, table, t, t_scalar):
+def q_sample_backward_ref(grad_x_t, grad_velocity, table, t, t_scalar):
     a, s = args.alpha_scales(table, t, t_scalar, grad_x_t)
     if grad_velocity is None:
         return a * grad_x_t, s * grad_x_t
@@ -30,16 +30,17 @@ def _q_sample_kernel(x0, noise, t, t_scalar, table, velocity):
     table = args.dense(table)
     backend = args.choose_backend("q_sample", x0)
     if backend == "torch":
-        x_t, v = q_sample_reference(x0, noise, table, t, t_scalar, velocity)
+        x_t, v = q_sample_ref(x0, noise, table, t, t_scalar, velocity)
         return x_t, v if velocity else x0.new_empty(0)
-    x0_2d, noise_2d = args.as_2d(x0), args.as_2d(noise)
+    x0_dense, noise_dense = x0.contiguous(), noise.contiguous()
     x_t = torch.empty_like(x0, memory_format=torch.contiguous_format)
     v = torch.empty_like(x_t) if velocity else x0.new_empty(0)
-    n, d = x0_2d.shape
+    n, d = args.rows(x0)
     if n * d:
-        args.launch(backend, "q_sample", x0_2d.data_ptr(), noise_2d.data_ptr(), args.ptr(t),
-                    t_scalar, table.data_ptr(), table.shape[0], x_t.data_ptr(), v.data_ptr() if velocity else 0,
-                    n, d, args._ext.dtype_code(x0), like=x0)
+        args.kernel(backend, "q_sample", like=x0)(
+            x0=x0_dense.data_ptr(), noise=noise_dense.data_ptr(), t=args.ptr(t), t_scalar=t_scalar, table=table.data_ptr(),
+            T=table.shape[0], x_t=x_t.data_ptr(), velocity=v.data_ptr() if velocity else 0, N=n, D=d,
+            dtype=args._ext.dtype_code(x0))
     return x_t, v
 
 
@@ -53,16 +54,17 @@ def _q_sample_backward_kernel(grad_x_t, grad_velocity, t, t_scalar, table):
     table = args.dense(table)
     backend = args.choose_backend("q_sample", grad_x_t)
     if backend == "torch":
-        return q_sample_backward_reference(grad_x_t, grad_velocity, table, t, t_scalar)
-    g_xt = args.as_2d(grad_x_t)
-    g_v = args.as_2d(grad_velocity) if grad_velocity is not None else None
+        return q_sample_backward_ref(grad_x_t, grad_velocity, table, t, t_scalar)
+    g_xt = grad_x_t.contiguous()
+    g_v = grad_velocity.contiguous() if grad_velocity is not None else None
     grad_x0 = torch.empty_like(grad_x_t, memory_format=torch.contiguous_format)
     grad_noise = torch.empty_like(grad_x0)
-    n, d = g_xt.shape
+    n, d = args.rows(grad_x_t)
     if n * d:
-        args.launch(backend, "q_sample_backward", g_xt.data_ptr(), args.ptr(g_v),
-                    args.ptr(t), t_scalar, table.data_ptr(), table.shape[0],
-                    grad_x0.data_ptr(), grad_noise.data_ptr(), n, d, args._ext.dtype_code(grad_x0), like=grad_x0)
+        args.kernel(backend, "q_sample_backward", like=grad_x0)(
+            grad_x_t=g_xt.data_ptr(), grad_velocity=args.ptr(g_v), t=args.ptr(t), t_scalar=t_scalar,
+            table=table.data_ptr(), T=table.shape[0], grad_x0=grad_x0.data_ptr(), grad_noise=grad_noise.data_ptr(),
+            N=n, D=d, dtype=args._ext.dtype_code(grad_x0))
     return grad_x0, grad_noise
 
 
@@ -71,13 +73,7 @@ def _q_sample_backward_fake(grad_x_t, grad_velocity, t, t_scalar, table):
     return out, torch.empty_like(out)
 
 
-# ---- registration and autograd -----------------------------------------------------------------
-define("q_sample(Tensor x0, Tensor noise, Tensor? t, int t_scalar, Tensor table, bool velocity) -> (Tensor, Tensor)",
-       cpu=_q_sample_kernel, fake=_q_sample_fake)
-define("q_sample_backward(Tensor grad_x_t, Tensor? grad_velocity, Tensor? t, int t_scalar, Tensor table)"
-       " -> (Tensor, Tensor)", cpu=_q_sample_backward_kernel, fake=_q_sample_backward_fake)
-
-
+# ---- autograd ------------------------------------------------------------------------------------
 def _setup_context(ctx, inputs, output):
     _, _, t, t_scalar, table, _ = inputs
     ctx.save_for_backward(t, table)
@@ -88,11 +84,17 @@ def _backward(ctx, grad_x_t, grad_velocity):
     t, table = ctx.saved_tensors
     if grad_velocity is not None and grad_velocity.numel() == 0:
         grad_velocity = None
-    grad_x0, grad_noise = torch.ops.genkernels.q_sample_backward(grad_x_t, grad_velocity, t, ctx.t_scalar, table)
+    grad_x0, grad_noise = q_sample_backward_op(grad_x_t, grad_velocity, t, ctx.t_scalar, table)
     return grad_x0, grad_noise, None, None, None, None
 
 
-torch.library.register_autograd("genkernels::q_sample", _backward, setup_context=_setup_context, lib=lib)
+# ---- registration (routing: ops/_library.py) ------------------------------------------------------
+q_sample_op = define(
+    "q_sample(Tensor x0, Tensor noise, Tensor? t, int t_scalar, Tensor table, bool velocity) -> (Tensor, Tensor)",
+    impl=_q_sample_kernel, fake=_q_sample_fake, setup_context=_setup_context, backward=_backward)
+q_sample_backward_op = define(
+    "q_sample_backward(Tensor grad_x_t, Tensor? grad_velocity, Tensor? t, int t_scalar, Tensor table)"
+    " -> (Tensor, Tensor)", impl=_q_sample_backward_kernel, fake=_q_sample_backward_fake)
 
 
 # ---- public function -----------------------------------------------------------------------------
@@ -110,8 +112,6 @@ def q_sample(x0: torch.Tensor, noise: torch.Tensor, t, schedule, prediction: str
     args.check_tensor("x0", x0)
     args.check_tensor("noise", noise, like=x0, like_name="x0")
     t_tensor, t_scalar = args.timesteps("t", t, x0.shape[0], x0.device, schedule.num_steps)
-    table = schedule.table(x0.device)
-    call = _q_sample_kernel if args.direct_call_ok(x0, noise) else torch.ops.genkernels.q_sample.default
-    x_t, v = call(x0, noise, t_tensor, t_scalar, table, code == 2)
+    x_t, v = q_sample_op(x0, noise, t_tensor, t_scalar, schedule.table(x0.device), code == 2)
     target = noise if code == 0 else x0 if code == 1 else v
     return x_t, target

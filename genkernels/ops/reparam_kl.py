@@ -18,10 +18,9 @@ import torch
 
 from genkernels import _ext
 from genkernels.ops import _args as args
-from genkernels.ops._library import define, lib
+from genkernels.ops._library import define
 from genkernels.ops.philox import _check_seed, philox_normal
 
-_CHUNK = 4096  # csrc/common/macros.h kChunk: elements per partial KL sum
 _SEED_BOUND = 2**63
 
 
@@ -44,7 +43,7 @@ def _philox_noise(mu: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
     return philox_normal(mu.shape, seed, offset, device=mu.device, dtype=torch.float32)
 
 
-def _reparam_kl_backward_ref(grad_z, grad_kl, mu, logvar, seed, offset):
+def reparam_kl_backward_ref(grad_z, grad_kl, mu, logvar, seed, offset):
     """Closed-form gradients in float32 (float64 for float64 inputs): reparam_kl_grads' twin."""
     acc = torch.promote_types(mu.dtype, torch.float32)
     m, lv = mu.to(acc), logvar.to(acc)
@@ -59,42 +58,41 @@ def _reparam_kl_backward_ref(grad_z, grad_kl, mu, logvar, seed, offset):
 
 
 # ---- host launchers (validate what only they see, allocate, launch) --------------------------
-def _num_chunks(numel: int) -> int:
-    return (numel + _CHUNK - 1) // _CHUNK
-
-
 def _reparam_kl_kernel(mu, logvar, seed, offset):
     backend = args.choose_backend("reparam_kl", mu)
     if backend == "torch":
         return reparam_kl_ref(mu, logvar, _philox_noise(mu, seed, offset))
-    mu_2d, logvar_2d = args.as_2d(mu), args.as_2d(logvar)
-    n, d = mu_2d.shape
-    z = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
-    partials = torch.zeros(n, _num_chunks(d), dtype=torch.float32, device=mu.device)  # (N, chunks)
+    mu_dense, logvar_dense = mu.contiguous(), logvar.contiguous()
+    n, d = args.rows(mu)
+    z = torch.empty_like(mu, memory_format=torch.contiguous_format)
+    chunks = args.num_chunks(d)
+    partials = args.partial_sums(n, chunks, mu)
     if n * d:
-        args.launch(backend, "reparam_kl", mu_2d.data_ptr(), logvar_2d.data_ptr(), z.data_ptr(),
-                    partials.data_ptr(), n, d, seed, offset, _ext.dtype_code(mu), like=mu)
-    return z, partials.sum(dim=1)
+        args.kernel(backend, "reparam_kl", like=mu)(
+            mu=mu_dense.data_ptr(), logvar=logvar_dense.data_ptr(), z=z.data_ptr(), kl_partials=partials.data_ptr(), N=n,
+            D=d, seed=seed, offset=offset, dtype=_ext.dtype_code(mu))
+    return z, args.sum_partials(partials, n, chunks)
 
 
 def _reparam_kl_backward_kernel(grad_z, grad_kl, mu, logvar, seed, offset):
     backend = args.choose_backend("reparam_kl", mu)
     if backend == "torch":
-        return _reparam_kl_backward_ref(grad_z, grad_kl, mu, logvar, seed, offset)
-    mu_2d, logvar_2d = args.as_2d(mu), args.as_2d(logvar)
-    grad_z_2d = None if grad_z is None else args.as_2d(grad_z.to(mu.dtype))
+        return reparam_kl_backward_ref(grad_z, grad_kl, mu, logvar, seed, offset)
+    mu_dense, logvar_dense = mu.contiguous(), logvar.contiguous()
+    grad_z_dense = None if grad_z is None else grad_z.to(mu.dtype).contiguous()
     grad_kl = None if grad_kl is None else grad_kl.to(torch.float32).contiguous()
-    n, d = mu_2d.shape
-    grad_mu = torch.empty(mu.shape, dtype=mu.dtype, device=mu.device)
+    n, d = args.rows(mu)
+    grad_mu = torch.empty_like(mu, memory_format=torch.contiguous_format)
     grad_logvar = torch.empty_like(grad_mu)
     if n * d:
-        args.launch(backend, "reparam_kl_backward", _ext.ptr(grad_z_2d), _ext.ptr(grad_kl), mu_2d.data_ptr(),
-                    logvar_2d.data_ptr(), grad_mu.data_ptr(), grad_logvar.data_ptr(), n, d, seed, offset,
-                    _ext.dtype_code(mu), like=mu)
+        args.kernel(backend, "reparam_kl_backward", like=mu)(
+            grad_z=_ext.ptr(grad_z_dense), grad_kl=_ext.ptr(grad_kl), mu=mu_dense.data_ptr(), logvar=logvar_dense.data_ptr(),
+            grad_mu=grad_mu.data_ptr(), grad_logvar=grad_logvar.data_ptr(), N=n, D=d, seed=seed, offset=offset,
+            dtype=_ext.dtype_code(mu))
     return grad_mu, grad_logvar
 
 
-# ---- registration and autograd -----------------------------------------------------------------
+# ---- fakes and autograd --------------------------------------------------------------------------
 def _kl_dtype(mu: torch.Tensor) -> torch.dtype:
     return torch.promote_types(mu.dtype, torch.float32)
 
@@ -109,12 +107,6 @@ def _reparam_kl_backward_fake(grad_z, grad_kl, mu, logvar, seed, offset):
     return grad_mu, torch.empty_like(grad_mu)
 
 
-define("reparam_kl(Tensor mu, Tensor logvar, int seed, int offset) -> (Tensor, Tensor)",
-       cpu=_reparam_kl_kernel, fake=_reparam_kl_fake)
-define("reparam_kl_backward(Tensor? grad_z, Tensor? grad_kl, Tensor mu, Tensor logvar, int seed, int offset)"
-       " -> (Tensor, Tensor)", cpu=_reparam_kl_backward_kernel, fake=_reparam_kl_backward_fake)
-
-
 def _setup_context(ctx, inputs, output):
     mu, logvar, seed, offset = inputs
     ctx.save_for_backward(mu, logvar)
@@ -123,11 +115,17 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_z, grad_kl):
     mu, logvar = ctx.saved_tensors
-    grad_mu, grad_logvar = torch.ops.genkernels.reparam_kl_backward(grad_z, grad_kl, mu, logvar, ctx.seed, ctx.offset)
+    grad_mu, grad_logvar = reparam_kl_backward_op(grad_z, grad_kl, mu, logvar, ctx.seed, ctx.offset)
     return grad_mu, grad_logvar, None, None
 
 
-torch.library.register_autograd("genkernels::reparam_kl", _backward, setup_context=_setup_context, lib=lib)
+# ---- registration (routing: ops/_library.py) ------------------------------------------------------
+reparam_kl_op = define("reparam_kl(Tensor mu, Tensor logvar, int seed, int offset) -> (Tensor, Tensor)",
+                       impl=_reparam_kl_kernel, fake=_reparam_kl_fake, setup_context=_setup_context,
+                       backward=_backward)
+reparam_kl_backward_op = define(
+    "reparam_kl_backward(Tensor? grad_z, Tensor? grad_kl, Tensor mu, Tensor logvar, int seed, int offset)"
+    " -> (Tensor, Tensor)", impl=_reparam_kl_backward_kernel, fake=_reparam_kl_backward_fake)
 
 
 # ---- public function --------------------------------------------------------------------------
@@ -159,7 +157,7 @@ def reparam_kl(
     if seed is None:
         seed = int(torch.randint(0, _SEED_BOUND - 1, (), dtype=torch.int64).item())
     _check_seed(seed, offset)
-    return torch.ops.genkernels.reparam_kl(mu, logvar, seed, offset)
+    return reparam_kl_op(mu, logvar, seed, offset)
 
 
 def _check_inputs(mu, logvar, noise, seed):

@@ -14,14 +14,14 @@ import math
 import torch
 
 from genkernels.ops import _diffusion_args as args
-from genkernels.ops._library import define, lib
-from genkernels.ops.philox import _check_seed, philox_normal_reference
+from genkernels.ops._library import define
+from genkernels.ops.philox import _check_seed, philox_normal_ref
 
 DDPM, DDIM = 0, 1
 
 
 # ---- reference ---------------------------------------------------------------------------------
-def step_coefficients_reference(table, t, t_scalar, t_prev, t_prev_scalar, kind, prediction, eta, large_variance,
+def step_coefficients_ref(table, t, t_scalar, t_prev, t_prev_scalar, kind, prediction, eta, large_variance,
                                 batch):
     """float64 (batch, 1) tensors (p, q, pe, qe, c_x0, c_eps, c_x, sigma), as csrc/diffusion/diffusion.h."""
     ac, om = args.gather_steps(table, t, t_scalar, batch)
@@ -51,13 +51,13 @@ def _guided(model_output, model_output_uncond, guidance):
     return model_output_uncond + guidance * (model_output - model_output_uncond)
 
 
-def sampler_step_reference(model_output, model_output_uncond, x_t, table, t, t_scalar, t_prev, t_prev_scalar, kind,
+def sampler_step_ref(model_output, model_output_uncond, x_t, table, t, t_scalar, t_prev, t_prev_scalar, kind,
                            prediction, guidance, clip, eta, large_variance, seed, offset):
     """x_prev computed in x_t's dtype with the same Philox noise the kernels draw."""
     n = x_t.shape[0]
     p, q, pe, qe, c_x0, c_eps, c_x, sigma = (
         args.per_sample(c, x_t)
-        for c in step_coefficients_reference(table, t, t_scalar, t_prev, t_prev_scalar, kind, prediction, eta,
+        for c in step_coefficients_ref(table, t, t_scalar, t_prev, t_prev_scalar, kind, prediction, eta,
                                              large_variance, n))
     m = _guided(model_output, model_output_uncond, guidance)
     x0 = p * m + q * x_t
@@ -66,15 +66,15 @@ def sampler_step_reference(model_output, model_output_uncond, x_t, table, t, t_s
     out = c_x0 * x0 + c_x * x_t
     if kind == DDIM:
         out = out + c_eps * (pe * m + qe * x_t)
-    z = philox_normal_reference(n, x_t[0].numel() if n else 0, seed, offset, x_t.device)
+    z = philox_normal_ref(n, x_t[0].numel() if n else 0, seed, offset, x_t.device)
     return out + sigma * z.to(x_t.dtype).view(x_t.shape)
 
 
-def sampler_step_backward_reference(grad, model_output, model_output_uncond, x_t, table, t, t_scalar, t_prev,
+def sampler_step_backward_ref(grad, model_output, model_output_uncond, x_t, table, t, t_scalar, t_prev,
                                     t_prev_scalar, kind, prediction, guidance, clip, eta, large_variance):
     p, q, pe, qe, c_x0, c_eps, c_x, _ = (
         args.per_sample(c, x_t)
-        for c in step_coefficients_reference(table, t, t_scalar, t_prev, t_prev_scalar, kind, prediction, eta,
+        for c in step_coefficients_ref(table, t, t_scalar, t_prev, t_prev_scalar, kind, prediction, eta,
                                              large_variance, x_t.shape[0]))
     m = _guided(model_output, model_output_uncond, guidance)
     g_x0 = c_x0 * grad
@@ -97,18 +97,20 @@ def _step_kernel(model_output, model_output_uncond, x_t, t, t_scalar, t_prev, t_
     table = args.dense(table)
     backend = args.choose_backend("ddpm_step" if kind == DDPM else "ddim_step", x_t)
     if backend == "torch":
-        return sampler_step_reference(model_output, model_output_uncond, x_t, table, t, t_scalar, t_prev,
+        return sampler_step_ref(model_output, model_output_uncond, x_t, table, t, t_scalar, t_prev,
                                       t_prev_scalar, kind, prediction, guidance, clip, eta, large_variance, seed,
                                       offset)
-    m, x = args.as_2d(model_output), args.as_2d(x_t)
-    mu = args.as_2d(model_output_uncond) if model_output_uncond is not None else None
+    m, x = model_output.contiguous(), x_t.contiguous()
+    mu = model_output_uncond.contiguous() if model_output_uncond is not None else None
     out = torch.empty_like(x_t, memory_format=torch.contiguous_format)
-    n, d = x.shape
+    n, d = args.rows(x_t)
     if n * d:
-        args.launch(backend, "sampler_step", kind, prediction, m.data_ptr(), args.ptr(mu), x.data_ptr(),
-                    out.data_ptr(), args.ptr(t), t_scalar, args.ptr(t_prev), t_prev_scalar, table.data_ptr(),
-                    table.shape[0], guidance, clip, eta, large_variance, seed, offset, n, d,
-                    args._ext.dtype_code(x_t), like=x_t)
+        args.kernel(backend, "sampler_step", like=x_t)(
+            kind=kind, prediction=prediction, model_output=m.data_ptr(), model_output_uncond=args.ptr(mu),
+            x_t=x.data_ptr(), out=out.data_ptr(), t=args.ptr(t), t_scalar=t_scalar, t_prev=args.ptr(t_prev),
+            t_prev_scalar=t_prev_scalar, table=table.data_ptr(), T=table.shape[0], guidance=guidance, clip=clip,
+            eta=eta, large_variance=large_variance, seed=seed, offset=offset, N=n, D=d,
+            dtype=args._ext.dtype_code(x_t))
     return out
 
 
@@ -123,21 +125,24 @@ def _step_backward_kernel(grad, model_output, model_output_uncond, x_t, t, t_sca
     table = args.dense(table)
     backend = args.choose_backend("ddpm_step" if kind == DDPM else "ddim_step", x_t)
     if backend == "torch":
-        g_m, g_mu, g_xt = sampler_step_backward_reference(grad, model_output, model_output_uncond, x_t, table, t,
+        g_m, g_mu, g_xt = sampler_step_backward_ref(grad, model_output, model_output_uncond, x_t, table, t,
                                                           t_scalar, t_prev, t_prev_scalar, kind, prediction,
                                                           guidance, clip, eta, large_variance)
         return g_m, g_mu if g_mu is not None else x_t.new_empty(0), g_xt
-    g, m, x = args.as_2d(grad), args.as_2d(model_output), args.as_2d(x_t)
-    mu = args.as_2d(model_output_uncond) if model_output_uncond is not None else None
+    g, m, x = grad.contiguous(), model_output.contiguous(), x_t.contiguous()
+    mu = model_output_uncond.contiguous() if model_output_uncond is not None else None
     g_m = torch.empty_like(x_t, memory_format=torch.contiguous_format)
     g_mu = torch.empty_like(g_m) if mu is not None else x_t.new_empty(0)
     g_xt = torch.empty_like(g_m)
-    n, d = x.shape
+    n, d = args.rows(x_t)
     if n * d:
-        args.launch(backend, "sampler_step_backward", kind, prediction, g.data_ptr(), m.data_ptr(), args.ptr(mu),
-                    x.data_ptr(), g_m.data_ptr(), args.ptr(g_mu) if mu is not None else 0, g_xt.data_ptr(),
-                    args.ptr(t), t_scalar, args.ptr(t_prev), t_prev_scalar, table.data_ptr(), table.shape[0],
-                    guidance, clip, eta, large_variance, n, d, args._ext.dtype_code(x_t), like=x_t)
+        args.kernel(backend, "sampler_step_backward", like=x_t)(
+            kind=kind, prediction=prediction, grad=g.data_ptr(), model_output=m.data_ptr(),
+            model_output_uncond=args.ptr(mu), x_t=x.data_ptr(), grad_output=g_m.data_ptr(),
+            grad_output_uncond=args.ptr(g_mu) if mu is not None else 0, grad_x_t=g_xt.data_ptr(), t=args.ptr(t),
+            t_scalar=t_scalar, t_prev=args.ptr(t_prev), t_prev_scalar=t_prev_scalar, table=table.data_ptr(),
+            T=table.shape[0], guidance=guidance, clip=clip, eta=eta, large_variance=large_variance, N=n, D=d,
+            dtype=args._ext.dtype_code(x_t))
     return g_m, g_mu, g_xt
 
 
@@ -146,15 +151,7 @@ def _step_backward_fake(grad, model_output, model_output_uncond, x_t, *rest):
     return like(), like() if model_output_uncond is not None else x_t.new_empty(0), like()
 
 
-# ---- registration and autograd -----------------------------------------------------------------
-_SCHEMA_TAIL = ("Tensor? t, int t_scalar, Tensor? t_prev, int t_prev_scalar, Tensor table, int kind, int prediction,"
-                " float guidance, float clip, float eta, bool large_variance")
-define(f"sampler_step(Tensor model_output, Tensor? model_output_uncond, Tensor x_t, {_SCHEMA_TAIL}, int seed,"
-       " int offset) -> Tensor", cpu=_step_kernel, fake=_step_fake)
-define(f"sampler_step_backward(Tensor grad, Tensor model_output, Tensor? model_output_uncond, Tensor x_t,"
-       f" {_SCHEMA_TAIL}) -> (Tensor, Tensor, Tensor)", cpu=_step_backward_kernel, fake=_step_backward_fake)
-
-
+# ---- autograd ------------------------------------------------------------------------------------
 def _setup_context(ctx, inputs, output):
     model_output, model_output_uncond, x_t, t, t_scalar, t_prev, t_prev_scalar, table = inputs[:8]
     ctx.save_for_backward(model_output, model_output_uncond, x_t, t, t_prev, table)
@@ -165,20 +162,23 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad):
     model_output, model_output_uncond, x_t, t, t_prev, table = ctx.saved_tensors
     t_scalar, t_prev_scalar = ctx.scalars
-    g_m, g_mu, g_xt = torch.ops.genkernels.sampler_step_backward(
+    g_m, g_mu, g_xt = sampler_step_backward_op(
         grad, model_output, model_output_uncond, x_t, t, t_scalar, t_prev, t_prev_scalar, table, *ctx.params)
     return (g_m, g_mu if model_output_uncond is not None else None, g_xt) + (None,) * 13
 
 
-torch.library.register_autograd("genkernels::sampler_step", _backward, setup_context=_setup_context, lib=lib)
+# ---- registration (routing: ops/_library.py) ------------------------------------------------------
+_SCHEMA_TAIL = ("Tensor? t, int t_scalar, Tensor? t_prev, int t_prev_scalar, Tensor table, int kind, int prediction,"
+                " float guidance, float clip, float eta, bool large_variance")
+sampler_step_op = define(
+    f"sampler_step(Tensor model_output, Tensor? model_output_uncond, Tensor x_t, {_SCHEMA_TAIL}, int seed,"
+    " int offset) -> Tensor", impl=_step_kernel, fake=_step_fake, setup_context=_setup_context, backward=_backward)
+sampler_step_backward_op = define(
+    f"sampler_step_backward(Tensor grad, Tensor model_output, Tensor? model_output_uncond, Tensor x_t,"
+    f" {_SCHEMA_TAIL}) -> (Tensor, Tensor, Tensor)", impl=_step_backward_kernel, fake=_step_backward_fake)
 
 
 # ---- public functions ----------------------------------------------------------------------------
-def _call(*tensors):
-    """The kernel itself when no autograd/tracing is involved (sampling loops), else the registered op."""
-    return _step_kernel if args.direct_call_ok(*tensors) else torch.ops.genkernels.sampler_step.default
-
-
 def _prepare(model_output, x_t, t, schedule, prediction, seed, offset, clip_x0, guidance_scale, model_output_uncond):
     code = args.prediction_code(prediction)
     args.check_tensor("x_t", x_t)
@@ -202,7 +202,13 @@ def _prepare(model_output, x_t, t, schedule, prediction, seed, offset, clip_x0, 
         clip = float(clip_x0)
     else:
         raise ValueError(f"clip_x0 must be None or a positive number, got {clip_x0!r}")
-    guidance = 1.0 if guidance_scale is None else float(guidance_scale)
+    if guidance_scale is None:
+        guidance = 1.0
+    elif (isinstance(guidance_scale, (int, float)) and not isinstance(guidance_scale, bool)
+          and math.isfinite(guidance_scale)):
+        guidance = float(guidance_scale)
+    else:
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
     return code, t_tensor, t_scalar, offset, clip, guidance
 
 
@@ -223,7 +229,7 @@ def ddpm_step(model_output, x_t, t, schedule, *, prediction: str = "epsilon", se
         raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
     code, t_tensor, t_scalar, offset, clip, guidance = _prepare(
         model_output, x_t, t, schedule, prediction, seed, offset, clip_x0, guidance_scale, model_output_uncond)
-    return _call(model_output, model_output_uncond, x_t)(
+    return sampler_step_op(
         model_output, model_output_uncond, x_t, t_tensor, t_scalar, None, 0, schedule.table(x_t.device), DDPM, code,
         guidance, clip, 0.0, variance == "large", seed, offset)
 
@@ -234,6 +240,8 @@ def ddim_step(model_output, x_t, t, t_prev, schedule, *, eta: float = 0.0, predi
     """One DDIM step x_t -> x_{t_prev}, fused (Song et al. 2021, eq. 12).
 
     t_prev: int or (N,) int64 tensor, t_prev < t; -1 means the final step (alpha-bar = 1).
+    t_prev >= t is checked on CPU; on CUDA it is not (that would synchronise): there a sample with
+    t_prev > t comes out NaN and one with t_prev == t comes back as x_t, up to rounding.
     eta in [0, 1]: 0 is deterministic DDIM, 1 matches DDPM's posterior variance.
     Other arguments as in ddpm_step. Returns x_{t_prev} in x_t's dtype; differentiable.
     """
@@ -243,8 +251,17 @@ def ddim_step(model_output, x_t, t, t_prev, schedule, *, eta: float = 0.0, predi
         model_output, x_t, t, schedule, prediction, seed, offset, clip_x0, guidance_scale, model_output_uncond)
     tp_tensor, tp_scalar = args.timesteps("t_prev", t_prev, x_t.shape[0], x_t.device, schedule.num_steps,
                                           allow_final=True)
-    if t_tensor is None and tp_tensor is None and not tp_scalar < t_scalar:
-        raise ValueError(f"t_prev must be smaller than t, got t={t_scalar}, t_prev={tp_scalar}")
-    return _call(model_output, model_output_uncond, x_t)(
+    if t_tensor is None and tp_tensor is None:
+        if not tp_scalar < t_scalar:
+            raise ValueError(f"t_prev must be smaller than t, got t={t_scalar}, t_prev={tp_scalar}")
+    elif x_t.device.type == "cpu" and not torch.compiler.is_compiling():  # data-dependent: eager CPU only
+        steps = t_tensor if t_tensor is not None else torch.full_like(tp_tensor, t_scalar)
+        prev = tp_tensor if tp_tensor is not None else torch.full_like(t_tensor, tp_scalar)
+        later = prev >= steps
+        if bool(later.any()):
+            n = int(later.nonzero()[0, 0])
+            raise ValueError(f"t_prev must be smaller than t for every sample, got t={int(steps[n])},"
+                             f" t_prev={int(prev[n])} at sample {n}")
+    return sampler_step_op(
         model_output, model_output_uncond, x_t, t_tensor, t_scalar, tp_tensor, tp_scalar, schedule.table(x_t.device),
         DDIM, code, guidance, clip, float(eta), False, seed, offset)

@@ -139,9 +139,13 @@ def _is_checkpoint_dir(path: Path) -> bool:
 def save_checkpoint(path: str | Path, trainer) -> Path:
     """Save everything needed to resume `trainer` exactly. Call on every rank; rank 0 writes.
 
-    Refuses to overwrite a directory that is neither empty nor a genkernels checkpoint.
+    Refuses to overwrite a directory that is neither empty nor a genkernels checkpoint, and
+    refuses (NonFiniteError) to save NaN/inf weights, EMA weights or optimizer state, so the
+    checkpoint already at `path` (the last good one) stays as it is.
     """
     path = Path(path)
+    # every rank checks (the weights are the same on all), so no rank is left waiting below
+    _check_finite(trainer, path)
     rng = distributed.gather_objects(_rng_state(trainer.device), trainer.dist)
     if trainer.is_main:
         if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or _is_checkpoint_dir(path))):
@@ -158,6 +162,26 @@ def save_checkpoint(path: str | Path, trainer) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     distributed.barrier(trainer.dist)
     return path
+
+
+def _check_finite(trainer, path: Path) -> None:
+    from genkernels.train.trainer import NonFiniteError, _first_nonfinite
+
+    sources = [("weights", trainer.model.state_dict().items())]
+    if trainer.ema is not None:
+        sources.append(("EMA weights", trainer.ema.shadow.items()))
+    for group, optimizer in trainer.optimizers.items():
+        params = [p for param_group in optimizer.param_groups for p in param_group["params"]]
+        sources.append((f"optimizer state of group {group!r}",
+                        ((f"param {index} {key}", value) for index, p in enumerate(params)
+                         for key, value in optimizer.state.get(p, {}).items()
+                         if isinstance(value, torch.Tensor))))
+    for what, tensors in sources:
+        problem = _first_nonfinite(tensors)
+        if problem is not None:
+            kept = f"the checkpoint in {path} is kept as it was" if path.exists() else "nothing was written"
+            raise NonFiniteError(f"step {trainer.step}: refusing to save a checkpoint with non-finite "
+                                 f"{what} ({problem}); {kept}")
 
 
 def _write_checkpoint(directory: Path, trainer, rng_per_rank: list) -> None:
@@ -185,6 +209,8 @@ def _write_checkpoint(directory: Path, trainer, rng_per_rank: list) -> None:
         "model": {"name": trainer.model.name, "config": trainer.model.config_dict()},
         "train_config": trainer.config.to_dict(),
         "step": trainer.step,
+        "skipped_steps": trainer.skipped_steps,
+        "consecutive_skips": trainer.consecutive_skips,
         "world_size": trainer.dist.world_size,
         "metadata": trainer.metadata,
         "history": trainer.history,
@@ -270,16 +296,56 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return checkpoint
 
 
+_CONFIG_HINT = ("the model config in trainer.json no longer matches the saved tensors (edited, or saved "
+                "by another version of the model)")
+
+
+def check_tensor_shapes(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str,
+                        target: str) -> None:
+    """Raise one ValueError naming `source`, the first tensor whose shape differs and both shapes.
+
+    `expected` maps names to the tensors of the `target` being loaded; names absent from either
+    side are left to the caller's missing/unexpected check.
+    """
+    mismatched = [(name, tuple(state[name].shape), tuple(value.shape)) for name, value in expected.items()
+                  if name in state and state[name].shape != value.shape]
+    if mismatched:
+        name, saved, wanted = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more tensors)" if len(mismatched) > 1 else ""
+        raise ValueError(f"{source}: tensor {name!r} has shape {saved} but the {target} it is loaded "
+                         f"into has {wanted}{more}; {_CONFIG_HINT}")
+
+
 def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict that allows only tied aliases to be absent and names `source` on error."""
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    full = module.state_dict()
+    target = type(module).__name__
+    check_tensor_shapes(full, state, source, target)
+    missing = [k for k in full if k not in state]
+    unexpected = [k for k in state if k not in full]
     if missing:
-        full = module.state_dict()
         loaded_storage = {full[k].untyped_storage().data_ptr() for k in state if k in full}
         missing = [k for k in missing if full[k].untyped_storage().data_ptr() not in loaded_storage]
     if missing or unexpected:
-        raise ValueError(f"{source} does not match the {type(module).__name__} it is loaded into: "
-                         f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}")
+        raise ValueError(f"{source} does not match the {target} it is loaded into: "
+                         f"missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}; {_CONFIG_HINT}")
+    module.load_state_dict(state, strict=False)
+
+
+def _check_optimizer_shapes(optimizer: torch.optim.Optimizer, state: dict[str, Any], source: str,
+                            group: str) -> None:
+    params = [p for param_group in optimizer.param_groups for p in param_group["params"]]
+    saved_count = sum(len(g["params"]) for g in state["param_groups"])
+    if saved_count != len(params):
+        raise ValueError(f"{source}: optimizer group {group!r} holds state for {saved_count} parameters, "
+                         f"the model has {len(params)}; {_CONFIG_HINT}")
+    for index, param_state in state["state"].items():
+        for key, value in param_state.items():
+            # per-parameter moments have the parameter's shape; scalars (step) are 0-d
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape != params[index].shape:
+                raise ValueError(f"{source}: optimizer tensor '{group}.{index}.{key}' has shape "
+                                 f"{tuple(value.shape)} but its parameter has {tuple(params[index].shape)}; "
+                                 f"{_CONFIG_HINT}")
 
 
 def restore_trainer(trainer, checkpoint: Checkpoint) -> None:
@@ -296,15 +362,21 @@ def restore_trainer(trainer, checkpoint: Checkpoint) -> None:
             warnings.warn(f"{where} has no EMA weights; the EMA restarts from the loaded weights")
             trainer.ema.shadow = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
         else:
+            check_tensor_shapes(trainer.ema.shadow, checkpoint.ema_state, str(where / "ema.safetensors"),
+                                f"EMA of the {type(trainer.model).__name__}")
             trainer.ema.load_state_dict({**meta["ema"], "shadow": checkpoint.ema_state})
     if set(checkpoint.optimizer_states) != set(trainer.optimizers):
         raise ValueError(f"{where}: optimizer groups {sorted(checkpoint.optimizer_states)} do not match "
                          f"the model's {sorted(trainer.optimizers)}")
     for group, optimizer in trainer.optimizers.items():
+        _check_optimizer_shapes(optimizer, checkpoint.optimizer_states[group],
+                                str(where / "optimizer.safetensors"), group)
         optimizer.load_state_dict(checkpoint.optimizer_states[group])
     if meta.get("scaler") and trainer.scaler.is_enabled():
         trainer.scaler.load_state_dict(meta["scaler"])
     trainer.step = checkpoint.step
+    trainer.skipped_steps = int(meta.get("skipped_steps", 0))
+    trainer.consecutive_skips = int(meta.get("consecutive_skips", 0))
     trainer.history = list(meta.get("history", []))
 
     rng = checkpoint.rng_tensors
@@ -341,9 +413,14 @@ def load_model(path: str | Path, *, ema: bool = True, map_location: str | torch.
         with torch.no_grad():
             params = dict(model.named_parameters())
             params.update(model.named_buffers())  # the EMA also holds buffers (see train/ema.py)
+            source = str(checkpoint.path / "ema.safetensors")
+            check_tensor_shapes(params, checkpoint.ema_state, source, type(model).__name__)
             if set(params) != set(checkpoint.ema_state):
-                raise ValueError(f"{checkpoint.path / 'ema.safetensors'} does not match the model's parameters"
-                                 " and buffers")
+                missing = sorted(set(params) - set(checkpoint.ema_state))
+                unexpected = sorted(set(checkpoint.ema_state) - set(params))
+                raise ValueError(f"{source} does not match the {type(model).__name__}'s parameters and "
+                                 f"buffers: missing tensors {missing[:5]}, unexpected tensors "
+                                 f"{unexpected[:5]}; {_CONFIG_HINT}")
             for name, value in checkpoint.ema_state.items():
                 params[name].copy_(value)
     model.eval()

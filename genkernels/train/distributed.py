@@ -84,6 +84,15 @@ def gather_objects(obj: Any, context: DistributedContext) -> list[Any]:
     return gathered
 
 
+def all_ranks_agree(flags: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """Element-wise minimum of an int tensor of 0/1 flags over ranks (the flags themselves alone)."""
+    if not context.enabled:
+        return flags
+    flags = flags.clone()
+    dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    return flags
+
+
 def barrier(context: DistributedContext) -> None:
     if context.enabled:
         dist.barrier()

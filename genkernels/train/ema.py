@@ -82,6 +82,11 @@ class EMA:
             unexpected = sorted(set(shadow) - set(self.shadow))
             raise ValueError(f"EMA state does not match the model: missing {missing}, unexpected {unexpected}")
         for name, value in shadow.items():
+            # copy_ would broadcast a (1,) tensor into any shape without a word
+            if value.shape != self.shadow[name].shape:
+                raise ValueError(f"EMA state tensor {name!r} has shape {tuple(value.shape)}, the model's "
+                                 f"has {tuple(self.shadow[name].shape)}")
+        for name, value in shadow.items():
             self.shadow[name].copy_(value)
         self.decay = float(state["decay"])
         self.num_updates = int(state["num_updates"])

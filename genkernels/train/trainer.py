@@ -9,6 +9,11 @@ the data order from its own generator, and runs evaluation and sampling under a 
 seeded, restored RNG state, so evaluating or sampling never changes what training does next.
 Same seed, same losses (bitwise on CPU); checkpoints carry every RNG state so a resumed run
 continues exactly as an uninterrupted one.
+
+Non-finite values: a NaN/inf loss, or a NaN/inf gradient norm outside fp16 (where the GradScaler
+skips such steps by design), raises NonFiniteError naming the step before the optimizer is
+stepped, so the weights stay those of the last good step; with `skip_nonfinite` the group's update
+is skipped and counted instead. Checkpoints refuse non-finite weights (the last good one is kept).
 """
 from __future__ import annotations
 
@@ -33,6 +38,16 @@ from genkernels.train.ema import EMA
 
 # Evaluation and sampling draw from their own streams, offset from the training seed.
 _EVAL_SEED_OFFSET = 1_000_003
+# skip_nonfinite gives up after this many skipped steps in a row: the run has diverged for good.
+MAX_CONSECUTIVE_SKIPS = 100
+
+
+class NonFiniteError(ValueError):
+    """Training produced a NaN/inf loss, gradient norm or weight; the message names the step.
+
+    A ValueError: it almost always comes from a setting (learning rate, precision, clipping) or
+    from data with NaN/inf in it, and the CLI reports ValueErrors in one line.
+    """
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -145,6 +160,23 @@ def _check_losses(losses: Any, model: GenerativeModel) -> dict[str, torch.Tensor
     return losses
 
 
+def _nonfinite_kind(value: torch.Tensor) -> str:
+    """'nan', 'inf' or '-inf': the first non-finite entry of `value`.
+
+    A finite local value means another rank's was not (the verdict is agreed across ranks)."""
+    value = value.detach().float().flatten()
+    bad = value[~torch.isfinite(value)]
+    return str(float(bad[0])) if bad.numel() else "non-finite on another rank"
+
+
+def _first_nonfinite(named_tensors) -> Optional[str]:
+    """'name: nan' of the first floating-point tensor holding NaN/inf, or None when all are finite."""
+    for name, tensor in named_tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"{name} holds {_nonfinite_kind(tensor)}"
+    return None
+
+
 def _adamw(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
     """AdamW where only matrices/kernels decay (biases, norm scales and embeddings-as-vectors do not)."""
     decay = [p for p in params if p.ndim >= 2]
@@ -196,9 +228,12 @@ class Trainer:
         self.ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
         self.batches = SeededBatches(len(train_set), config.batch_size, config.seed)
         self.step = 0
+        self.skipped_steps = 0  # steps with a non-finite group skipped (skip_nonfinite)
+        self.consecutive_skips = 0
         self.history: list[dict[str, Any]] = []
         self.out_dir = Path(config.out_dir) if config.out_dir else None
         self._stream: Optional[Iterator] = None
+        self._log_started = False  # metrics.jsonl written by this trainer yet
         self._reset_log_window()
 
     # -- setup helpers ---------------------------------------------------------------------
@@ -253,11 +288,17 @@ class Trainer:
 
     # -- one optimisation step -------------------------------------------------------------
     def train_step(self) -> dict[str, torch.Tensor]:
-        """Take one step on the next batch; return detached losses and gradient norms."""
+        """Take one step on the next batch; return detached losses and gradient norms.
+
+        A group whose loss or gradient norm is not finite is not stepped: NonFiniteError is
+        raised, or with `skip_nonfinite` its update and this step's EMA update are skipped, its
+        entries left out of the returned record and the step counted in `skipped_steps`.
+        """
         lr = self.lr_at(self.step)
         batch = self._next_batch()
         self.model.train()
         record: dict[str, torch.Tensor] = {}
+        skipped = []
         for name, optimizer in self.optimizers.items():
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -265,20 +306,76 @@ class Trainer:
             with autocast(self.device, self.config.precision):
                 losses = self._loss_fn(batch) if len(self.optimizers) == 1 else self._loss_fn(batch, group=name)
             losses = _check_losses(losses, self.model)
-            self.scaler.scale(next(iter(losses.values())).float()).backward()
+            objective = next(iter(losses.values())).float()
+            self.scaler.scale(objective).backward()
             self.scaler.unscale_(optimizer)
             # max_norm=inf measures the norm without scaling (the coefficient clamps to 1)
             norm = torch.nn.utils.clip_grad_norm_(self.groups[name], self.config.grad_clip or math.inf)
+            problem = self._nonfinite_problem(objective, norm)
+            if problem is not None:
+                self._handle_nonfinite(name, problem)
+                skipped.append(name)
+                continue
             self.scaler.step(optimizer)
             for key, value in losses.items():
                 record[f"{name}_{key}" if key in record else key] = value.detach().float()
             record[f"grad_norm/{name}"] = norm.detach().float()
         self.scaler.update()
         self.model.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update()
+        if skipped:
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
+        else:
+            self.consecutive_skips = 0
+            if self.ema is not None:
+                self.ema.update()
         self.step += 1
         return record
+
+    def _nonfinite_problem(self, objective: torch.Tensor, norm: torch.Tensor) -> Optional[str]:
+        """None when the loss and the gradient norm are finite (on every rank), else what is not.
+
+        One host sync per group. Under fp16 a non-finite norm is the GradScaler's business (it
+        skips that step and lowers the scale), so only the loss counts there. Under DDP the
+        verdict is agreed by all ranks, so no rank stops while the others wait in a collective.
+        """
+        flags = torch.stack([torch.isfinite(objective.detach()), torch.isfinite(norm.detach())])
+        flags = distributed.all_ranks_agree(flags.to(torch.int32), self.dist)
+        loss_ok, norm_ok = (bool(f) for f in flags.tolist())
+        if not loss_ok:
+            return f"loss is {_nonfinite_kind(objective)}"
+        if not norm_ok and not self.scaler.is_enabled():
+            return f"gradient norm is {_nonfinite_kind(norm)} (loss {float(objective.detach()):.4g})"
+        return None
+
+    def _handle_nonfinite(self, group: str, problem: str) -> None:
+        """Raise NonFiniteError, or under skip_nonfinite return unless too many steps in a row failed."""
+        where = f"step {self.step + 1}: {problem} (group {group!r})"
+        if not self.config.skip_nonfinite:
+            raise NonFiniteError(f"{where}; {self._nonfinite_hint()}")
+        if self.consecutive_skips + 1 > MAX_CONSECUTIVE_SKIPS:
+            raise NonFiniteError(f"{where}; {self.consecutive_skips + 1} steps in a row were non-finite "
+                                 f"({self.skipped_steps + 1} skipped in all), giving up; {self._nonfinite_hint()}")
+
+    def _nonfinite_hint(self) -> str:
+        """Where the NaN/inf likely came from and what to change (computed only when raising)."""
+        config = self.config
+        weights = _first_nonfinite(self.model.named_parameters())
+        if weights is not None:
+            return (f"the weights are already non-finite ({weights}): an earlier update diverged, "
+                    f"lower lr (now {config.lr:g})")
+        remedies = ["check the data for NaN/inf", f"lower lr (now {config.lr:g})"]
+        if config.lr >= 1.0:
+            remedies.reverse()  # the likeliest cause first
+        if not config.grad_clip:
+            remedies.append("set grad_clip (--grad-clip)")
+        if config.precision != "fp32":
+            remedies.append("use fp32")
+        if not config.skip_nonfinite:
+            remedies.append("pass skip_nonfinite (--skip-nonfinite) to skip such steps")
+        largest = max((float(p.detach().abs().max()) for p in self.model.parameters() if p.numel()), default=0.0)
+        return (f"the weights are finite (largest |weight| {largest:.3g}), so this batch or the forward pass "
+                "produced it: " + ", ".join(remedies[:-1]) + " or " + remedies[-1])
 
     # -- evaluation and sampling -----------------------------------------------------------
     def averaged_weights(self):
@@ -294,7 +391,8 @@ class Trainer:
         with self.averaged_weights(), isolated_rng(self.config.seed + _EVAL_SEED_OFFSET, self.device):
             self.model.eval()
             try:
-                entry.update({f"val/{k}": v for k, v in self.validation_losses().items()})
+                if self.model.reports_validation_loss:  # False for a GAN: see GAN.reports_validation_loss
+                    entry.update({f"val/{k}": v for k, v in self.validation_losses().items()})
                 metrics = self.model.evaluate(self.val_set, max_items=self.config.eval_max_items)
                 entry.update({f"eval/{k}": float(v) for k, v in metrics.items()})
             finally:
@@ -319,7 +417,7 @@ class Trainer:
                 self.model.train()
 
     def _save_periodic_samples(self) -> None:
-        from genkernels.train.figures import save_image_grid
+        from genkernels.figures import save_image_grid
 
         if not self.is_main or self.out_dir is None:
             return
@@ -330,12 +428,14 @@ class Trainer:
     # -- logging ---------------------------------------------------------------------------
     def _reset_log_window(self) -> None:
         self._window_sums: dict[str, torch.Tensor] = {}
+        self._window_counts: dict[str, int] = {}  # skipped steps leave a group's keys out
         self._window_steps = 0
         self._window_start = time.perf_counter()
 
     def _accumulate(self, record: dict[str, torch.Tensor]) -> None:
         for key, value in record.items():
             self._window_sums[key] = self._window_sums.get(key, 0.0) + value
+            self._window_counts[key] = self._window_counts.get(key, 0) + 1
         self._window_steps += 1
 
     def _train_entry(self) -> dict[str, Any]:
@@ -343,7 +443,9 @@ class Trainer:
         entry: dict[str, Any] = {"kind": "train", "step": self.step, "lr": self.lr_at(self.step - 1)}
         for key, total in self._window_sums.items():
             name = key if key.startswith("grad_norm/") else f"train/{key}"
-            entry[name] = float(total) / self._window_steps
+            entry[name] = float(total) / self._window_counts[key]
+        if self.config.skip_nonfinite:
+            entry["skipped_steps"] = self.skipped_steps
         entry["items_per_s"] = self._window_steps * self.config.batch_size / max(elapsed, 1e-9)
         self._reset_log_window()
         return entry
@@ -352,8 +454,12 @@ class Trainer:
         self.history.append(entry)
         if self.is_main and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / "metrics.jsonl", "a") as log:
-                log.write(json.dumps(entry) + "\n")
+            # the first write of this trainer replaces any log an earlier run left in out_dir,
+            # so two runs into one folder never mix (resume() rewrites it from the checkpoint)
+            mode, entries = ("a", [entry]) if self._log_started else ("w", self.history)
+            with open(self.out_dir / "metrics.jsonl", mode) as log:
+                log.writelines(json.dumps(e) + "\n" for e in entries)
+            self._log_started = True
 
     # -- the loop --------------------------------------------------------------------------
     def fit(self, stop_at: Optional[int] = None) -> list[dict[str, Any]]:
@@ -377,8 +483,8 @@ class Trainer:
                 if self.step % config.log_every == 0 or self.step == config.steps:
                     entry = self._train_entry()
                     self._record(entry)
-                    progress.set_postfix(loss=f"{next(v for k, v in entry.items() if k.startswith('train/')):.4g}",
-                                         items_s=f"{entry['items_per_s']:.0f}")
+                    loss = next((v for k, v in entry.items() if k.startswith("train/")), math.nan)
+                    progress.set_postfix(loss=f"{loss:.4g}", items_s=f"{entry['items_per_s']:.0f}")
                 last_step = self.step == config.steps
                 if config.eval_every and self.step % config.eval_every == 0 and not last_step:
                     self._record_eval()
@@ -390,6 +496,10 @@ class Trainer:
             progress.close()
             # stop the DataLoader workers now; the next fit() restarts them from self.batches
             self._stream = None
+        if finishing and self.skipped_steps >= config.steps:
+            raise NonFiniteError(f"step {self.step}: all {config.steps} steps had a non-finite loss or "
+                                 "gradient norm and were skipped; nothing was learned, so no checkpoint "
+                                 f"is written: lower lr (now {config.lr:g}) or check the data for NaN/inf")
         if finishing:
             self._record_eval()
             self.save_checkpoint()
@@ -421,6 +531,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             with open(self.out_dir / "metrics.jsonl", "w") as log:
                 log.writelines(json.dumps(entry) + "\n" for entry in self.history)
+            self._log_started = True
         return self
 
 

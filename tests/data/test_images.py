@@ -27,6 +27,26 @@ def test_items_are_channels_first_floats(tmp_path):
     torch.testing.assert_close(rgb[1], torch.full((3, 6, 5), 20 / 255))
 
 
+def test_sixteen_bit_png_is_scaled_by_its_bit_depth(tmp_path):
+    values = np.array([[0, 32768], [65535, 1000]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")  # Pillow keeps all 16 bits
+    expected = torch.from_numpy(values.astype(np.float32) / 65535)
+    grey = ImageFolderDataset(tmp_path, channels=1)[0]
+    torch.testing.assert_close(grey, expected[None], rtol=0, atol=1e-7)  # 32768 -> 0.5, not 1.0
+    torch.testing.assert_close(ImageFolderDataset(tmp_path, channels=3)[0], expected.expand(3, 2, 2))
+    flat = np.full((4, 4), 40000, dtype=np.uint16)
+    Image.fromarray(flat).save(tmp_path / "deep.png")
+    resized = ImageFolderDataset(tmp_path, channels=1, size=(2, 2))[0]
+    torch.testing.assert_close(resized, torch.full((1, 2, 2), 40000 / 65535))  # not rounded to 8 bits
+
+
+def test_thirty_two_bit_values_beyond_sixteen_bits_are_refused(tmp_path):
+    Image.fromarray(np.array([[0, 70000]], dtype=np.int32), mode="I").save(tmp_path / "wide.tif")
+    with pytest.raises(ValueError, match=r"wide.tif.*outside the 16-bit range"):
+        ImageFolderDataset(tmp_path, channels=1)[0]
+
+
 def test_resize_and_splits(tmp_path):
     make_folder(tmp_path, count=40)
     resized = ImageFolderDataset(tmp_path, size=(8, 8), channels=1)

@@ -53,6 +53,26 @@ def test_non_utf8_file_is_named(tmp_path):
         load_text_bytes(tmp_path, "train")
 
 
+@pytest.mark.parametrize("content, reason", [
+    (b"\0" * 64, r"binary, not text \(NUL byte at offset 0\)"),
+    ("utf-16 text".encode("utf-16"), "binary, not text"),  # valid-looking text with NULs between
+    (bytes(range(1, 8)) * 20, r"binary, not text \(140 of its 140 bytes are control characters\)"),
+])
+def test_binary_file_is_named(tmp_path, content, reason):
+    (tmp_path / "good.txt").write_text("fine text\n" * 10)
+    (tmp_path / "zeros.txt").write_bytes(content)
+    with pytest.raises(ValueError, match=rf"zeros.txt' is {reason}"):
+        load_text_bytes(tmp_path, "all")
+    with pytest.raises(ValueError, match="zeros.txt"):
+        TextDataset(tmp_path / "zeros.txt", "all", block_size=4)  # named directly, any extension
+
+
+def test_text_with_tabs_escapes_and_form_feeds_is_text(tmp_path):
+    data = "col\tcol\r\n\x1b[1mbold\x1b[0m\f\n" * 10
+    (tmp_path / "a.txt").write_text(data)
+    assert load_text_bytes(tmp_path, "all", max_bytes=None) == data.encode()
+
+
 def test_bad_sources(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_text_bytes(tmp_path / "missing")

@@ -52,5 +52,40 @@ def test_errors():
         make_schedule("quadratic", 10)
     with pytest.raises(ValueError, match="num_steps"):
         make_schedule("linear", 0)
-    with pytest.raises(ValueError, match="betas"):
+    with pytest.raises(ValueError, match=r"betas must lie in \(0, 1\), got 1.5 at step 1"):
         NoiseSchedule(torch.tensor([0.1, 1.5]))
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("call, error, field", [
+    (lambda: NoiseSchedule(torch.tensor([0.1, NAN])), ValueError, r"betas must lie in \(0, 1\), got nan at step 1"),
+    (lambda: NoiseSchedule(torch.tensor([-0.5, 0.25])), ValueError, "betas must lie in .* got -0.5 at step 0"),
+    (lambda: NoiseSchedule(torch.tensor([])), ValueError, "betas must have at least one step"),
+    (lambda: make_schedule("linear", -3), ValueError, "num_steps must be a positive int, got -3"),
+    (lambda: make_schedule("cosine", 2.5), TypeError, "num_steps must be an int, got float"),
+    (lambda: make_schedule("linear", True), TypeError, "num_steps must be an int"),
+    (lambda: make_schedule("linear", 10, beta_start=NAN), ValueError, "beta_start must be a finite number"),
+    (lambda: make_schedule("linear", 10, beta_end=-0.01), ValueError, r"beta_end must be in \(0, 1\), got -0.01"),
+    (lambda: make_schedule("scaled_linear", 10, beta_start=0.0), ValueError, "beta_start must be in"),
+    (lambda: make_schedule("scaled_linear", 10, beta_end=1.0), ValueError, "beta_end must be in"),
+    (lambda: make_schedule("cosine", 10, s=-0.1), ValueError, "s must be a finite number >= 0, got -0.1"),
+    (lambda: make_schedule("cosine", 10, s=INF), ValueError, "s must be a finite number"),
+    (lambda: make_schedule("cosine", 10, max_beta=1.5), ValueError, r"max_beta must be in \(0, 1\)"),
+    (lambda: make_schedule("sigmoid", 10, start=2.0, end=2.0), ValueError, "start must be smaller than end"),
+    (lambda: make_schedule("sigmoid", 10, start=3.0, end=-3.0), ValueError, "start must be smaller than end"),
+    (lambda: make_schedule("sigmoid", 10, tau=0.0), ValueError, "tau must be a finite number > 0, got 0.0"),
+    (lambda: make_schedule("sigmoid", 10, tau=-1.0), ValueError, "tau must be"),
+    (lambda: make_schedule("sigmoid", 10, start=NAN), ValueError, "start must be a finite number"),
+    (lambda: make_schedule("sigmoid", 10, tau="1"), TypeError, "tau must be a number, got str"),
+])
+def test_degenerate_schedules_name_the_field(call, error, field):
+    with pytest.raises(error, match=field):
+        call()
+
+
+def test_edge_parameters_that_are_valid():
+    assert make_schedule("cosine", 10, s=0.0).num_steps == 10  # s = 0 is Nichol & Dhariwal without offset
+    s = make_schedule("sigmoid", 10, start=-1.0, end=1.0, tau=0.5)
+    assert bool((s.alphas_cumprod[1:] < s.alphas_cumprod[:-1]).all())

@@ -173,13 +173,36 @@ def test_default_training_does_not_collapse(classifier):
     assert history[-1]["eval/frechet_distance"] < 700
 
 
-def test_save_figures(tmp_path):
+def test_figures_are_returned_not_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     model = GAN(_small(num_classes=10)).eval()
-    paths = model.save_figures(tmp_path, model.sample(16))
-    assert [p.rsplit("/", 1)[1] for p in paths] == ["gan_samples.png", "gan_classes.png"]
-    for p in paths:
-        with open(p, "rb") as f:
-            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    figures = model.figures(model.sample(16))
+    assert list(figures) == ["samples", "classes"]
+    assert not any(tmp_path.iterdir())
+    classes = figures["classes"]  # 10 x 10 samples with "class k" in a left margin
+    assert classes.width >= 512 and classes.width > classes.height
+    assert list(GAN(_small()).figures(model.sample(4))) == ["samples"]
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("gp_weight", -1.0, ValueError), ("gp_weight", float("nan"), ValueError), ("latent_dim", 2.5, TypeError),
+    ("channels", 0, ValueError), ("num_classes", -2, ValueError), ("num_classes", 10.0, TypeError),
+    ("spectral_norm", 1, TypeError), ("image_shape", (1, 8, 8, 8), ValueError),
+])
+def test_config_rejects_nonsense_naming_the_field(field, value, error):
+    with pytest.raises(error, match=field):
+        GANConfig(**{field: value})
+
+
+def test_sample_rejects_bad_counts_and_labels():
+    model = GAN(_small(num_classes=10)).eval()
+    for n, error in ((-1, ValueError), (0, ValueError), (2.5, TypeError)):
+        with pytest.raises(error, match="n must be"):
+            model.sample(n)
+    for labels in (torch.tensor([1.5, 2.0]), [0.5, 1.0], 2.0, torch.tensor([True, False]), "three"):
+        with pytest.raises(TypeError, match="labels must be"):
+            model.sample(2, labels=labels)
+    assert GAN.sample_conditions() == ["labels"]
 
 
 def test_trainer_alternates_the_groups(classifier):
@@ -193,3 +216,5 @@ def test_trainer_alternates_the_groups(classifier):
     assert {"train/loss", "train/generator_loss", "grad_norm/discriminator", "grad_norm/generator"} <= set(train_entry)
     evals = [h for h in history if h["kind"] == "eval"]
     assert "eval/class_accuracy" in evals[-1] and "eval/frechet_distance" in evals[-1]
+    # no held-out "loss" from the EMA discriminator (it ran to 140-52,000 against ~2 in training)
+    assert not any(key.startswith("val/") for entry in evals for key in entry)

@@ -1,22 +1,17 @@
-"""VAE: configuration checks, each likelihood and architecture runs and backprops, the
-likelihoods are normalised over the levels, a short CPU training run beats the untrained model on
-held-out ELBO/IWAE bits/dim, and the anomaly score ranks corrupted digits above clean ones."""
+"""VAE: configuration checks, each likelihood and architecture runs and backprops, the decoder
+uses the output heads of genkernels.nn.likelihoods (tested there), a short CPU training run beats
+the untrained model on held-out ELBO/IWAE bits/dim, the anomaly score ranks corrupted digits above
+clean ones, and the figures are returned, not written."""
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from genkernels import use_backend
 from genkernels.data.digits import DigitsDataset
 from genkernels.models import get_model_class
-from genkernels.models.vae import (
-    VAE,
-    VAEConfig,
-    binomial_nll,
-    categorical_nll,
-    discretized_logistic_nll,
-)
+from genkernels.models.vae import VAE, VAEConfig
+from genkernels.nn.likelihoods import get_likelihood
 
 LIKELIHOODS = ["bernoulli", "categorical", "logistic"]
 ARCHITECTURES = ["mlp", "conv"]
@@ -42,6 +37,38 @@ def test_registry_and_config_errors():
         VAEConfig(architecture="conv", image_shape=(1, 6, 6), channels=(8, 16, 32))
     with pytest.raises(ValueError, match="beta must be >= 0"):
         VAEConfig(beta=-1.0)
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("beta", float("nan"), ValueError), ("beta", float("inf"), ValueError), ("beta", "1", TypeError),
+    ("latent_dim", 2.5, TypeError), ("latent_dim", 16.0, TypeError), ("latent_dim", 0, ValueError),
+    ("hidden", True, TypeError), ("iwae_samples", -1, ValueError), ("num_levels", 1, ValueError),
+    ("num_levels", 17.0, TypeError), ("image_shape", (1, 8), ValueError), ("image_shape", (1, 8.5, 8), TypeError),
+    ("channels", (), ValueError), ("likelihood", 3, ValueError),
+])
+def test_config_rejects_nonsense_naming_the_field(field, value, error):
+    with pytest.raises(error, match=field.split("_")[0]):
+        VAEConfig(**{field: value})
+
+
+def test_sample_and_methods_reject_bad_arguments():
+    model = VAE(_small())
+    for n, error in ((-1, ValueError), (0, ValueError), (2.5, TypeError), ("3", TypeError)):
+        with pytest.raises(error, match="n must be"):
+            model.sample(n)
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        model.sample(2, temperature=float("nan"))
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        model.sample(2, temperature=-1.0)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        model.sample(2, mode="median")
+    with pytest.raises(TypeError, match="k must be an int"):
+        model.iwae(_batch()[0], k=2.5)
+    with pytest.raises(ValueError, match="max_items must be >= 1"):
+        model.evaluate(DigitsDataset("val"), max_items=0)
+    with pytest.raises(TypeError, match="config must be a VAEConfig"):
+        VAE({"latent_dim": 4})
+    assert VAE.sample_conditions() == ["mode", "temperature"]
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -95,32 +122,15 @@ def test_fused_latent_matches_the_reference_backend():
         torch.testing.assert_close(fused[key], reference[key], rtol=1e-5, atol=1e-5)
 
 
-def _nll(likelihood, params, levels, num_levels):
-    if likelihood == "bernoulli":
-        return binomial_nll(params, levels, num_levels)
-    if likelihood == "categorical":
-        return categorical_nll(params, levels)
-    return discretized_logistic_nll(params, levels, num_levels)
-
-
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
-def test_likelihoods_are_normalised_over_levels(likelihood):
-    """For one pixel and random decoder outputs, sum over the 17 levels of p(level) = 1."""
-    num_levels = 17
-    params_per_pixel = {"bernoulli": 1, "categorical": num_levels, "logistic": 2}[likelihood]
-    params = 3 * torch.randn(6, params_per_pixel, 1, 1, 1, dtype=torch.float64)  # (N, P, C, H, W)
-    total = torch.zeros(6, dtype=torch.float64)
-    for level in range(num_levels):
-        levels = torch.full((6, 1, 1, 1), level, dtype=torch.int64)
-        total += torch.exp(-_nll(likelihood, params, levels, num_levels))
-    torch.testing.assert_close(total, torch.ones(6, dtype=torch.float64), rtol=1e-6, atol=1e-6)
-
-
-def test_binomial_with_two_levels_is_bernoulli():
-    logits = torch.randn(3, 1, 1, 4, 4)
-    bits = torch.randint(0, 2, (3, 1, 4, 4))
-    expected = F.binary_cross_entropy_with_logits(logits[:, 0], bits.float(), reduction="none").flatten(1).sum(1)
-    torch.testing.assert_close(binomial_nll(logits, bits, 2), expected)
+def test_reconstruction_nll_is_the_output_head(likelihood):
+    """The decoder's likelihood is the shared head: the same nats for the same parameters."""
+    model = VAE(_small(likelihood=likelihood))
+    levels = (_batch()[0] * 16).round().long()
+    params = model.decode(torch.randn(8, 4))
+    head = get_likelihood(likelihood, 17)
+    assert model.config.params_per_pixel == head.params_per_channel == params.shape[1]
+    torch.testing.assert_close(model.reconstruction_nll(params, levels), head.nll(params, levels))
 
 
 @pytest.fixture(scope="module")
@@ -174,15 +184,19 @@ def test_anomaly_score_flags_corrupted_digits(trained):
     assert model.anomaly_score(upside_down).mean() > clean_score.mean()
 
 
-def test_save_figures(trained, tmp_path):
+def test_figures_are_returned_not_written(trained, tmp_path, monkeypatch):
     _, model = trained
+    monkeypatch.chdir(tmp_path)
     model.evaluate(DigitsDataset("val"), max_items=16)
-    paths = model.save_figures(tmp_path, model.sample(16))
-    assert [p.rsplit("/", 1)[1] for p in paths] == ["vae_samples.png", "vae_reconstructions.png",
-                                                    "vae_interpolations.png"]
-    for p in paths:
-        with open(p, "rb") as f:
-            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    figures = model.figures(model.sample(16))
+    assert list(figures) == ["samples", "reconstructions", "interpolations"]
+    assert not any(tmp_path.iterdir())  # the model writes nothing; the caller does
+    for name, image in figures.items():
+        assert image.width >= 512, name  # 8x8 digits enlarged to be seen
+    # labels sit in a left margin (reconstructions) or a top margin (interpolations)
+    assert figures["reconstructions"].width > figures["samples"].width
+    interpolations = figures["interpolations"]  # 8 pairs x 8 steps: square but for the top margin
+    assert interpolations.height >= interpolations.width + 10
 
 
 def test_trainer_runs_a_few_steps(tmp_path):

@@ -165,3 +165,56 @@ def test_triton_multihead_attention_matches_torch(monkeypatch):
         got_grad = torch.autograd.grad(got.sum(), x)[0]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_grad, torch.autograd.grad(expected.sum(), x)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make_inputs, match",
+    [
+        (lambda: (torch.randn(2, 5, 24),) * 3, r"query must have embed_dim = 32 as its last dimension"),
+        (lambda: (torch.randn(2, 5, 32), torch.randn(2, 5, 24), torch.randn(2, 5, 32)),
+         r"key must have kdim = 32 as its last dimension"),
+        (lambda: (torch.randn(2, 5, 32), torch.randn(2, 5, 32), torch.randn(2, 5, 16)),
+         r"value must have vdim = 32 as its last dimension"),
+        (lambda: (torch.randn(2, 3, 5, 32),) * 3, r"query must be a 2-d or 3-d tensor .* embed_dim = 32, got shape"),
+        (lambda: (torch.randn(2, 5, 32), torch.randn(3, 5, 32), torch.randn(3, 5, 32)),
+         r"query, key and value must have the same batch size N"),
+        (lambda: (torch.randn(2, 5, 32), torch.randn(2, 6, 32), torch.randn(2, 5, 32)),
+         r"key and value must have the same length S"),
+    ],
+    ids=["embed-dim", "kdim", "vdim", "rank", "batch", "key-value-length"],
+)
+def test_multihead_attention_shape_errors_name_the_argument(make_inputs, match):
+    layer = MultiheadAttention(32, 2, batch_first=True)
+    with pytest.raises(ValueError, match=match):
+        layer(*make_inputs(), need_weights=False)
+    with pytest.raises(ValueError, match=match):  # torch's path (need_weights=True) says the same
+        layer(*make_inputs())
+
+
+def test_self_and_cross_attention_shape_errors_name_the_argument():
+    layer = SelfAttention(64, num_heads=4, num_kv_heads=2)
+    with pytest.raises(ValueError, match=r"x must have dim = 64 as its last dimension \(B, T, dim\), got shape"):
+        layer(torch.randn(2, 5, 48))
+    with pytest.raises(ValueError, match=r"x must be a 3-d tensor \(B, T, dim\) with dim = 64"):
+        layer(torch.randn(5, 64))
+    with pytest.raises(ValueError, match=r"kv_cache must hold \(batch, Hkv, D\) = \(2, 2, 16\)"):
+        layer(torch.randn(2, 1, 64), kv_cache=KVCache(3, 8, 2, 16))
+    cross = CrossAttention(32, context_dim=24, num_heads=2)
+    with pytest.raises(ValueError, match=r"x must have dim = 32 as its last dimension"):
+        cross(torch.randn(2, 4, 24), torch.randn(2, 7, 24))
+    with pytest.raises(ValueError, match=r"context must have context_dim = 24 as its last dimension"):
+        cross(torch.randn(2, 4, 32), torch.randn(2, 7, 32))
+    with pytest.raises(ValueError, match=r"context must have the batch size of x \(2\)"):
+        cross(torch.randn(2, 4, 32), torch.randn(3, 7, 24))
+    with pytest.raises(ValueError, match=r"context_mask must be a bool tensor of shape \(B, S\) = \(2, 7\)"):
+        cross(torch.randn(2, 4, 32), torch.randn(2, 7, 24), context_mask=torch.zeros(2, 6, dtype=torch.bool))
+
+
+def test_self_attention_decode_step_with_gradients_fails_at_the_call():
+    layer = SelfAttention(64, num_heads=4, num_kv_heads=2)
+    cache = layer.new_cache(2, 8)
+    with pytest.raises(ValueError, match=r"kv_cache decodes for inference only .* torch.no_grad\(\)"):
+        layer(torch.randn(2, 1, 64), kv_cache=cache)
+    assert cache.length == 0  # nothing appended by the refused call
+    with torch.no_grad():
+        assert layer(torch.randn(2, 1, 64), kv_cache=cache).shape == (2, 1, 64)

@@ -45,15 +45,19 @@ def run(backend, fn, inputs, upstream=None):
     return [o.detach() for o in outs], grads
 
 
-def check_2x(backend, device, dtype, fn, make_inputs, names):
-    """Compare the fast backend with a float64 truth and torch in `dtype`, forward and backward."""
+def check_2x(backend, device, dtype, fn, make_inputs, names, grad_scale=1.0):
+    """Compare the fast backend with a float64 truth and torch in `dtype`, forward and backward.
+
+    grad_scale multiplies the upstream gradients: a mean-reduced loss over N * D elements needs
+    N * D so the gradients it is checked on are O(1), not values so small that low-precision
+    rounding (or an all-zero gradient) hides in them."""
     base = [x.to(device) for x in make_inputs()]
     # the truth sees the same (rounded) inputs as the low-precision runs, upcast to float64
     lowp_in = [x.to(dtype) if x.is_floating_point() else x for x in base]
     truth_in = [x.double() if x.is_floating_point() else x for x in lowp_in]
     truth_out, _ = run("torch", fn, truth_in)
     # upstream gradients representable in `dtype`, so every run sees the same ones
-    upstream = [torch.randn_like(o, dtype=torch.float64).to(dtype).double() for o in truth_out]
+    upstream = [(grad_scale * torch.randn_like(o, dtype=torch.float64)).to(dtype).double() for o in truth_out]
     truth_out, truth_grads = run("torch", fn, truth_in, upstream)
     lowp_out, lowp_grads = run("torch", fn, lowp_in, upstream)
     fast_out, fast_grads = run(backend, fn, lowp_in, upstream)

@@ -6,16 +6,23 @@ import torch
 import torch.nn.functional as F
 
 from genkernels import use_backend
-from genkernels.ops.attention import (
-    attention,
-    attention_decode,
-    attention_ref,
-    attention_varlen,
-    decode_allowed,
-)
+from genkernels.ops.attention import attention, attention_decode, attention_ref, attention_varlen
 from genkernels.testing import assert_close_2x
-from tests.helpers import triton_test
+from tests.helpers import triton_device, triton_test
 
+
+
+@pytest.fixture(params=["torch", "triton"])
+def backend(request):
+    """Both attention backends: the reference/SDPA path, and the Triton kernels (interpreter on CPU,
+    else a GPU; skipped when neither is available), with tensors made on the backend's device."""
+    if request.param == "triton":
+        if triton_device() is None:
+            pytest.skip("Triton kernels need a GPU, or the interpreter on CPU: run pytest with --triton-interpret")
+        with torch.device(triton_device()), use_backend("triton"):
+            yield "triton"
+    else:
+        yield "torch"
 
 
 def _qkv(batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, dtype=torch.float32, layout="bshd"):
@@ -284,27 +291,6 @@ def test_triton_varlen(causal):
         assert_close_2x(grad, t, r, name=name)
 
 
-def _decode_truth(q, k_cache, v_cache, lengths, causal, dtype):
-    allowed = decode_allowed(lengths, q.shape[1], k_cache.shape[1], causal)
-    return attention_ref(q.to(dtype), k_cache.to(dtype), v_cache.to(dtype), allowed=allowed)
-
-
-@triton_test
-@pytest.mark.parametrize("new_tokens, causal, dtype", [(1, False, torch.float16), (3, True, torch.float32)])
-def test_triton_decode(new_tokens, causal, dtype):
-    batch, cache_len, heads, kv_heads, head_dim = 3, 70, 4, 2, 32
-    q = torch.randn(batch, new_tokens, heads, head_dim, dtype=dtype)
-    k_cache = torch.randn(batch, cache_len, kv_heads, head_dim, dtype=dtype)
-    v_cache = torch.randn(batch, cache_len, kv_heads, head_dim, dtype=dtype)
-    lengths = torch.tensor([70, 2, 37], dtype=torch.int32)
-    with use_backend("triton"):
-        out, lse = attention_decode(q, k_cache, v_cache, lengths, causal=causal, return_lse=True)
-    truth = _decode_truth(q, k_cache, v_cache, lengths, causal, torch.float64)
-    lowp = _decode_truth(q, k_cache, v_cache, lengths, causal, dtype)
-    assert_close_2x(out, truth[0], lowp[0], name="out")
-    assert_lse_close(lse, truth[1], lowp[1])
-
-
 @triton_test
 def test_triton_empty_batch_launches_nothing():
     q, k, v = _qkv(0, 5, 5, 2, 2, 16)
@@ -340,13 +326,30 @@ def test_cpu_paths_match_reference(seqlen_q, seqlen_k, kv_heads, causal, masked)
     op_out, op_lse = attention(q, k, v, causal=causal, key_padding_mask=mask, return_lse=True)
     torch.testing.assert_close(sdpa_or_op, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(op_out, expected)
-    torch.testing.assert_close(op_lse, expected_lse)
+    # lse against an independent float64 truth: explicit scores, masked, then torch.logsumexp.
+    truth_lse = _explicit_lse(q, k, causal, mask)
+    torch.testing.assert_close(op_lse.double(), truth_lse, rtol=1e-6, atol=1e-6)
     # The explicit backward (op path) agrees with autograd through the reference.
     dout = torch.randn_like(op_out)
     got = torch.autograd.grad((op_out * dout).sum() + op_lse.sum(), (q, k, v))
     want = torch.autograd.grad((expected * dout).sum() + expected_lse.sum(), (q, k, v))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _explicit_lse(q, k, causal, mask, scale=None):
+    """float64 log-sum-exp of the scores, written out independently of attention_ref: (B, Hq, Sq)."""
+    q, k = q.detach().double(), k.detach().double()
+    k = k.repeat_interleave(q.shape[2] // k.shape[2], dim=2)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    sq, sk = q.shape[1], k.shape[1]
+    if causal:
+        rows, cols = torch.arange(sq)[:, None], torch.arange(sk)[None, :]
+        scores = scores.masked_fill(cols > rows + sk - sq, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(mask[:, None, None, :], float("-inf"))
+    return torch.logsumexp(scores, dim=-1)
 
 
 def test_fully_masked_rows_are_zero_with_finite_gradients():
@@ -392,16 +395,6 @@ def test_varlen_reference_matches_per_sequence():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_decode_reference_matches_truncated_attention():
-    q = torch.randn(2, 2, 4, 16)
-    k_cache, v_cache = torch.randn(2, 10, 2, 16), torch.randn(2, 10, 2, 16)
-    lengths = torch.tensor([10, 6], dtype=torch.int32)
-    out = attention_decode(q, k_cache, v_cache, lengths, causal=True)
-    for b, n in enumerate(lengths.tolist()):
-        dense = attention(q[b : b + 1], k_cache[b : b + 1, :n], v_cache[b : b + 1, :n], causal=True, return_lse=True)[0]
-        torch.testing.assert_close(out[b : b + 1], dense)
-
-
 def test_no_keys_gives_zeros():
     q, k, v = _qkv(2, 3, 0, 2, 2, 16)
     out, lse = attention(q, k, v, return_lse=True)
@@ -430,8 +423,6 @@ def _good():
         (lambda q, k, v: attention("q", k, v), TypeError, "q must be a torch.Tensor"),
         (lambda q, k, v: attention_varlen(q[0], k[0], v[0], torch.tensor([0, 4]),
                                           torch.tensor([0, 4], dtype=torch.int32), 4, 4), TypeError, "cu_seqlens_q"),
-        (lambda q, k, v: attention_decode(q, k, v, torch.tensor([4])), ValueError, "cache_seqlens must have shape"),
-        (lambda q, k, v: attention_decode(q, k, v, torch.tensor([4.0, 4.0])), TypeError, "cache_seqlens"),
     ],
 )
 def test_bad_inputs_raise_naming_the_argument(make, error, match):
@@ -461,9 +452,6 @@ def test_opcheck_reference_ops():
               None, None, 5, 7, 0.25, True, False),
         test_utils=QUICK_OPCHECK,
     )
-    decode = torch.ops.genkernels.attention_decode.default
-    torch.library.opcheck(decode, (q.detach()[:, :1], k.detach(), v.detach(), torch.tensor([7, 3], dtype=torch.int32),
-                                   0.25, True, False), test_utils=QUICK_OPCHECK)
 
 
 def test_torch_compile_fullgraph():
@@ -478,3 +466,263 @@ def test_torch_compile_fullgraph():
     got = torch.autograd.grad(compiled(q, k, v), (q, k, v))
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bounds: no cu_seqlens value reads or writes outside the tensors
+# ----------------------------------------------------------------------------------------------
+GUARD = 5  # sentinel rows on each side of a guarded tensor
+
+
+def _guarded(data, fill):
+    """data copied into the middle of a buffer with GUARD rows of `fill` on each side (along dim 0);
+    returns (buffer, view). A kernel that strays past the view reads `fill` or overwrites it."""
+    buffer = torch.full((data.shape[0] + 2 * GUARD, *data.shape[1:]), fill, dtype=data.dtype)
+    view = buffer[GUARD : GUARD + data.shape[0]]
+    view.copy_(data)
+    return buffer, view
+
+
+def _guards_intact(buffer, fill):
+    edges = torch.cat([buffer[:GUARD], buffer[-GUARD:]])
+    return bool((edges == fill).all()) if fill == fill else bool(edges.isnan().all())
+
+
+@triton_test
+@pytest.mark.parametrize(
+    "cu_q, cu_k",
+    [([0, 4, 13], [0, 5, 9]), ([-3, 4, 9], [0, 5, 9]), ([0, 6, 2, 9], [0, 3, 20, 9]), ([0, 4, 9], [-7, 5, 30])],
+    ids=["past-the-end", "negative-start", "decreasing", "bad-keys"],
+)
+def test_triton_varlen_offsets_stay_in_bounds(cu_q, cu_k):
+    # The kernel-level guarantee for offsets the host cannot check (GPU-resident): called below the
+    # public checks, with NaN guards around q/k/v and sentinel guards around out/lse.
+    from genkernels.kernels import attention as kernels
+
+    total_q, total_k, heads, dim = 9, 9, 2, 16
+    (_, q), (_, k), (_, v) = (_guarded(torch.randn(total_q, heads, dim), float("nan")) for _ in range(3))
+    out_buf, out = _guarded(torch.zeros(total_q, heads, dim), 7.0)
+    lse_buf, lse_t = _guarded(torch.full((total_q, heads), float("-inf")), 7.0)
+    lse = lse_t.t()  # (H, total_q) with the guards along the token axis
+    cu_q, cu_k = (torch.tensor(c, dtype=torch.int32) for c in (cu_q, cu_k))
+    batch = cu_q.numel() - 1
+    kernels.attention_forward(lambda f: f, q[None], k[None], v[None], out[None], lse[None], None, cu_q, cu_k, batch,
+                              16, 32, dim ** -0.5, True, False, varlen=True)
+    assert _guards_intact(out_buf, 7.0) and _guards_intact(lse_buf, 7.0), "wrote outside out / lse"
+    assert torch.isfinite(out).all(), "read outside q / k / v (the NaN guards)"
+    # Each clamped sequence is ordinary attention over its clamped rows.
+    for b in range(batch):
+        q0 = min(max(int(cu_q[b]), 0), total_q)
+        q1 = min(max(int(cu_q[b + 1]), q0), total_q)
+        k0 = min(max(int(cu_k[b]), 0), total_k)
+        k1 = min(max(int(cu_k[b + 1]), k0), total_k)
+        if q1 > q0 and k1 > k0 and b == batch - 1:  # the last sequence is written last: no overlap
+            expected = attention_ref(q[None, q0:q1].double(), k[None, k0:k1].double(), v[None, k0:k1].double(),
+                                     causal=True)[0][0]
+            torch.testing.assert_close(out[q0:q1].double(), expected, rtol=1e-4, atol=1e-4)
+
+
+@triton_test
+def test_triton_varlen_backward_offsets_stay_in_bounds():
+    # The backward kernels bound the offsets the same way: q/k/v are views into NaN-guarded
+    # buffers, so a read past the packed tokens would turn a gradient NaN.
+    def guarded_leaf(n):
+        buffer, _ = _guarded(torch.randn(n, 2, 16), float("nan"))
+        return buffer.requires_grad_()[GUARD : GUARD + n]
+
+    q, k, v = guarded_leaf(9), guarded_leaf(9), guarded_leaf(9)
+    cu_q = torch.tensor([-3, 4, 13], dtype=torch.int32)
+    cu_k = torch.tensor([0, 6, 2], dtype=torch.int32)
+    dout = torch.randn(9, 2, 16)
+    with use_backend("triton"):
+        out, _ = torch.ops.genkernels.attention_forward(q, k, v, None, cu_q, cu_k, 16, 16, 0.25, True, False)
+        grads = torch.autograd.grad((out * dout).sum(), (q, k, v))
+    assert torch.isfinite(out).all()
+    for name, grad in zip(("dq", "dk", "dv"), grads):
+        assert torch.isfinite(grad).all(), f"{name}: read outside the packed tokens"
+
+
+@triton_test
+def test_triton_varlen_uncovered_rows_are_zero():
+    # Offsets that cover only part of the packed tokens (the op below the public checks, as with
+    # GPU-resident offsets): rows no sequence covers come back as zeros / -inf, not garbage.
+    q, k, v, _, _ = _packed([5, 4], [5, 4], 2, 2, 16)
+    cu = torch.tensor([0, 2, 2, 5], dtype=torch.int32)
+    with use_backend("triton"), torch.no_grad():
+        out, lse = torch.ops.genkernels.attention_forward(q, k, v, None, cu, cu, 3, 3, 0.25, False, False)
+    assert torch.all(out[5:] == 0) and torch.all(lse[:, 5:] == float("-inf"))
+    assert torch.isfinite(out).all() and torch.isfinite(lse[:, :5]).all()
+
+
+@pytest.mark.parametrize(
+    "cu_q, max_q, match",
+    [
+        ([0, 4, 13], 9, r"cu_seqlens_q must end at the number of tokens in q \(9\), got 13"),
+        ([0, 4, 7], 9, r"cu_seqlens_q must end at the number of tokens in q \(9\), got 7"),
+        ([1, 4, 9], 9, "cu_seqlens_q must start at 0, got 1"),
+        ([0, 6, 2, 9], 9, r"cu_seqlens_q must be non-decreasing .* cu_seqlens_q\[1\] = 6 > cu_seqlens_q\[2\] = 2"),
+        ([0, 4, 9], 4, r"max_seqlen_q must be at least the longest sequence \(5\), got 4"),
+    ],
+)
+def test_varlen_offsets_checked_on_the_host(cu_q, max_q, match):
+    q, k, v, _, cu_k = _packed([4, 5], [4, 5], 2, 2, 16)
+    if len(cu_q) == 4:
+        cu_k = torch.tensor([0, 4, 4, 9], dtype=torch.int32)
+    with pytest.raises(ValueError, match=match):
+        attention_varlen(q, k, v, torch.tensor(cu_q, dtype=torch.int32), cu_k, max_q, 9)
+
+
+def test_varlen_key_offsets_checked_on_the_host():
+    q, k, v, cu_q, _ = _packed([4, 5], [4, 5], 2, 2, 16)
+    with pytest.raises(ValueError, match=r"cu_seqlens_k must end at the number of tokens in k \(9\), got 10"):
+        attention_varlen(q, k, v, cu_q, torch.tensor([0, 4, 10], dtype=torch.int32), 5, 6)
+
+
+def test_zero_length_sequences_and_batches(backend):
+    with use_backend(backend):
+        # a zero-length sequence among others: no rows for it, the others unaffected
+        q, k, v, cu_q, cu_k = _packed([3, 0, 2], [4, 0, 2], 2, 1, 16)
+        out = attention_varlen(q, k, v, cu_q, cu_k, 3, 4, causal=True)
+        expected = torch.cat([attention(q[None, :3], k[None, :4], v[None, :4], causal=True)[0],
+                              attention(q[None, 3:], k[None, 4:], v[None, 4:], causal=True)[0]])
+        torch.testing.assert_close(out, expected)
+        # a batch of zero sequences, and every sequence empty
+        empty = torch.zeros(1, dtype=torch.int32)
+        q0 = torch.randn(0, 2, 16)
+        out0, lse0 = attention_varlen(q0, q0, q0, empty, empty, 0, 0, return_lse=True)
+        assert out0.shape == (0, 2, 16) and lse0.shape == (2, 0)
+        zeros = torch.zeros(3, dtype=torch.int32)
+        assert attention_varlen(q0, q0, q0, zeros, zeros, 0, 0).shape == (0, 2, 16)
+
+
+# ----------------------------------------------------------------------------------------------
+# NaN propagates; masked garbage does not
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("return_lse", [False, True], ids=["default-route", "lse-route"])
+def test_nan_query_row_gives_nan(backend, return_lse):
+    q, k, v = (t.detach() for t in _qkv(2, 6, 6, 2, 2, 16))
+    q[1, 3, 0, 5] = float("nan")
+    with use_backend(backend):
+        result = attention(q, k, v, causal=True, return_lse=return_lse)
+    out = result[0] if return_lse else result
+    assert out[1, 3, 0].isnan().all(), "a NaN query row must give NaN, not zeros"
+    clean = torch.ones_like(out, dtype=torch.bool)
+    clean[1, 3, 0] = False
+    assert torch.isfinite(out[clean]).all()
+    if return_lse:
+        assert result[1][1, 0, 3].isnan()
+
+
+@pytest.mark.parametrize("scale, error", [(float("nan"), ValueError), (float("inf"), ValueError), (0.0, ValueError),
+                                          (-0.5, ValueError), ("0.1", TypeError)])
+def test_scale_must_be_finite_and_positive(scale, error):
+    q, k, v = _good()
+    with pytest.raises(error, match="scale must be"):
+        attention(q, k, v, scale=scale)
+    with pytest.raises(error, match="scale must be"):
+        attention_varlen(q[0], k[0], v[0], *[torch.tensor([0, 4], dtype=torch.int32)] * 2, 4, 4, scale=scale)
+
+
+def _poisoned_masked_keys(case):
+    """(q, k, v, kwargs, poisoned k, poisoned v, rows that see a poisoned key): NaN/inf stored at
+    key positions that the listed rows do not see."""
+    q, k, v = (t.detach() for t in _qkv(2, 9, 9, 2, 1, 16))
+    k_bad, v_bad = k.clone(), v.clone()
+    if case == "padding":
+        mask = torch.zeros(2, 9, dtype=torch.bool)
+        mask[0, 2] = mask[1, 6:] = True
+        k_bad[mask], v_bad[mask] = float("nan"), float("inf")
+        return q, k, v, dict(key_padding_mask=mask), k_bad, v_bad, None
+    # causal: the last key is seen only by the last query row
+    k_bad[:, -1], v_bad[:, -1] = float("nan"), float("nan")
+    return q, k, v, dict(causal=True), k_bad, v_bad, -1
+
+
+@pytest.mark.parametrize("case", ["padding", "causal"])
+def test_nan_at_masked_keys_does_not_poison_other_rows(backend, case):
+    q, k, v, kwargs, k_bad, v_bad, seeing_row = _poisoned_masked_keys(case)
+    with use_backend(backend):
+        expected = attention(q, k, v, **kwargs)  # clean K/V (masked positions hold ordinary values)
+        got = attention(q, k_bad, v_bad, **kwargs)
+        got_lse = attention(q, k_bad, v_bad, return_lse=True, **kwargs)
+    rows = slice(None) if seeing_row is None else slice(0, seeing_row)
+    for out in (got, got_lse[0]):
+        assert torch.isfinite(out[:, rows]).all(), "NaN at a masked key reached an unmasked row"
+        torch.testing.assert_close(out[:, rows], expected[:, rows], rtol=1e-5, atol=1e-5)
+    if seeing_row is not None:
+        assert got[:, seeing_row].isnan().all(), "the row that sees the NaN key must be NaN"
+
+
+def test_nan_at_padded_keys_gives_finite_gradients(backend):
+    q, k, v, kwargs, k_bad, v_bad, _ = _poisoned_masked_keys("padding")
+    mask = kwargs["key_padding_mask"]
+    dout = torch.randn(q.shape)
+
+    def grads(k_, v_):
+        leaves = [t.clone().requires_grad_() for t in (q, k_, v_)]
+        with use_backend(backend):
+            out, lse = attention(*leaves, return_lse=True, **kwargs)
+        return torch.autograd.grad((out * dout).sum() + lse.sum(), leaves)
+
+    clean, poisoned = grads(k, v), grads(k_bad, v_bad)
+    for name, a, b in zip(("dq", "dk", "dv"), poisoned, clean):
+        assert torch.isfinite(a).all(), f"{name}: NaN at a padded key leaked into the gradients"
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert torch.all(poisoned[1][mask] == 0) and torch.all(poisoned[2][mask] == 0)
+
+
+def test_nan_in_another_packed_sequence_stays_there(backend):
+    q, k, v, cu_q, cu_k = (t.detach() for t in _packed([4, 3, 5], [4, 6, 5], 2, 2, 16))
+    k_bad, v_bad = k.clone(), v.clone()
+    k_bad[4:10], v_bad[4:10] = float("nan"), float("nan")  # every key of sequence 1
+    with use_backend(backend):
+        expected = attention_varlen(q, k, v, cu_q, cu_k, 5, 6, causal=True)
+        got = attention_varlen(q, k_bad, v_bad, cu_q, cu_k, 5, 6, causal=True)
+    others = torch.ones(12, dtype=torch.bool)
+    others[4:7] = False
+    assert torch.isfinite(got[others]).all() and got[4:7].isnan().all()
+    torch.testing.assert_close(got[others], expected[others], rtol=1e-5, atol=1e-5)
+
+
+def test_fp16_reference_scores_do_not_overflow():
+    # |q . k| = 16 * 72^2 = 82944 > 65504: fp16 scores would be inf; the reference accumulates in fp32.
+    q = torch.full((1, 2, 1, 16), 72.0, dtype=torch.float16)
+    k = torch.full((1, 3, 1, 16), 72.0, dtype=torch.float16)
+    k[0, 1] = -72.0
+    v = torch.randn(1, 3, 1, 16, dtype=torch.float16)
+    out, lse = attention_ref(q, k, v)
+    truth, truth_lse = attention_ref(q.double(), k.double(), v.double())
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    torch.testing.assert_close(out.double(), truth, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(lse.double(), truth_lse, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(attention(q, k, v).double(), truth, rtol=1e-3, atol=1e-3)
+
+
+@triton_test
+def test_return_lse_matches_float64_logsumexp():
+    q, k, v = (t.detach() for t in _qkv(2, 13, 17, 4, 2, 16))
+    mask = torch.rand(2, 17) < 0.3
+    with use_backend("triton"):
+        _, lse = attention(q, k, v, causal=True, key_padding_mask=mask, return_lse=True)
+    truth = _explicit_lse(q, k, True, mask)
+    finite = torch.isfinite(truth)
+    assert torch.equal(torch.isfinite(lse), finite)
+    torch.testing.assert_close(lse.double()[finite], truth[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_nan_below_the_causal_diagonal_gives_finite_dq_above_it(backend):
+    # The last key (NaN in K and V) is seen only by the last query row: every other row's dQ must
+    # stay finite and equal to the clean one (dK / dV are NaN: the last row's scores are NaN).
+    q, k, v, kwargs, k_bad, v_bad, _ = _poisoned_masked_keys("causal")
+    dout = torch.randn(q.shape)
+
+    def dq(k_, v_):
+        leaf = q.clone().requires_grad_()
+        return torch.autograd.grad((attention(leaf, k_, v_, **kwargs) * dout).sum(), leaf)[0]
+
+    clean, poisoned = dq(k, v), dq(k_bad, v_bad)
+    assert torch.isfinite(poisoned[:, :-1]).all(), "NaN below the causal diagonal leaked into dQ"
+    torch.testing.assert_close(poisoned[:, :-1], clean[:, :-1], rtol=1e-5, atol=1e-5)
+    assert poisoned[:, -1].isnan().all()

@@ -22,7 +22,9 @@ def test_matches_reference_2x_rule(backend, device, dtype, size, prediction):
     def fn(m, x0, e, w):
         return diffusion_loss(m, x0, e, t, SCHED, prediction, weights=w.float())
 
-    check_2x(backend, device, dtype, fn, make, ["model_output", "x0", "noise", "weights"])
+    # the loss is a mean over batch * size elements: scale the upstream gradient so the input
+    # gradients are O(1) and an all-zero or flushed-to-zero gradient cannot pass
+    check_2x(backend, device, dtype, fn, make, ["model_output", "x0", "noise", "weights"], grad_scale=batch * size)
 
 
 @pytest.mark.parametrize("backend,device", fast_backends())
@@ -72,3 +74,25 @@ def test_opcheck(permute):
     for prediction in (0, 2):
         torch.library.opcheck(torch.ops.genkernels.diffusion_sse.default,
                               (m, x0, e, torch.tensor([0, 5, 99]), 0, table, prediction))
+
+
+def test_min_snr_weights_errors_and_out_of_range_steps():
+    t = torch.tensor([0, 50])
+    with pytest.raises(ValueError, match="gamma must be > 0, got -1.0"):
+        min_snr_weights(SCHED, t, -1.0)
+    with pytest.raises(ValueError, match="gamma must be > 0, got 0"):
+        min_snr_weights(SCHED, t, 0)
+    with pytest.raises(ValueError, match="gamma must be > 0, got nan"):
+        min_snr_weights(SCHED, t, float("nan"))
+    with pytest.raises(TypeError, match="gamma must be a number"):
+        min_snr_weights(SCHED, t, None)
+    with pytest.raises(ValueError, match=r"t must be in \[0, 100\) for this schedule, got values in \[-1, 50\]"):
+        min_snr_weights(SCHED, torch.tensor([-1, 50]))  # indexing would silently read step 99
+    with pytest.raises(ValueError, match=r"t must be in \[0, 100\)"):
+        min_snr_weights(SCHED, torch.tensor([100]))
+    with pytest.raises(TypeError, match="t must be an integer tensor"):
+        min_snr_weights(SCHED, torch.tensor([1.0]))
+    with pytest.raises(TypeError, match="t must be an integer tensor"):
+        min_snr_weights(SCHED, 5)
+    torch.testing.assert_close(min_snr_weights(SCHED, t, float("inf")), torch.ones(2))  # no clipping: plain loss
+    assert min_snr_weights(SCHED, torch.zeros(0, dtype=torch.long)).shape == (0,)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import genkernels
-from genkernels.ops.philox import philox_normal, philox_normal_reference
+from genkernels.ops.philox import philox_normal, philox_normal_ref
 from tests.ops.diffusion_cases import fast_backends
 
 
@@ -11,7 +11,7 @@ from tests.ops.diffusion_cases import fast_backends
 def test_kernel_matches_reference_stream(backend, device, shape):
     with genkernels.use_backend(backend):
         fast = philox_normal(shape, seed=2**40 + 5, offset=2**33 + 1, device=device)
-    ref = philox_normal_reference(shape[0], int(torch.tensor(shape[1:]).prod()), 2**40 + 5, 2**33 + 1).view(shape)
+    ref = philox_normal_ref(shape[0], int(torch.tensor(shape[1:]).prod()), 2**40 + 5, 2**33 + 1).view(shape)
     torch.testing.assert_close(fast.cpu(), ref, rtol=2e-6, atol=2e-6)  # libm ulp differences only
 
 
@@ -36,3 +36,16 @@ def test_errors():
         philox_normal((2, 2), seed=-1)
     with pytest.raises(TypeError, match="offset"):
         philox_normal((2, 2), seed=1, offset=1.5)
+
+
+def test_dtypes():
+    z32 = philox_normal((3, 10), seed=4, offset=2)
+    z64 = philox_normal((3, 10), seed=4, offset=2, dtype=torch.float64)
+    assert z64.dtype == torch.float64
+    assert torch.equal(z64, philox_normal_ref(3, 10, 4, 2).double())  # the float32 draws, exactly
+    torch.testing.assert_close(z64.float(), z32, rtol=2e-6, atol=2e-6)
+    for half in (torch.float16, torch.bfloat16):
+        assert philox_normal((3, 10), seed=4, dtype=half).dtype == half
+    for bad in (torch.int64, torch.bool, torch.complex64, "float32"):
+        with pytest.raises(TypeError, match="dtype must be torch.float32, float16, bfloat16 or float64"):
+            philox_normal((2, 2), seed=1, dtype=bad)

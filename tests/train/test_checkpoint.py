@@ -195,6 +195,55 @@ def test_resuming_into_another_model_is_refused(saved):
                 config=TrainConfig(device="cpu", progress=False)).resume(path)
 
 
+def _edit_model_config(path, **changes):
+    meta = json.loads((path / "trainer.json").read_text())
+    meta["model"]["config"].update(changes)
+    (path / "trainer.json").write_text(json.dumps(meta))
+
+
+def test_config_that_no_longer_matches_the_tensors_is_one_clear_error(saved, toy_registry):
+    path = saved[1]
+    _edit_model_config(path, hidden=5)
+    shapes = r"tensor 'encoder.weight' has shape \(8, 16\) but the ToyAutoencoder it is loaded into has " \
+             r"\(5, 16\) \(and 2 more tensors\); the model config in trainer.json no longer matches"
+    for ema in (True, False):
+        with pytest.raises(ValueError, match=rf"model.safetensors: {shapes}"):
+            load_model(path, ema=ema)
+    from genkernels.train import TrainConfig, Trainer
+    from tests.train.toys import ToyImages
+
+    resuming = Trainer(ToyAutoencoder(ToyConfig(hidden=5)), ToyImages(8),
+                       config=TrainConfig(steps=6, device="cpu", progress=False))
+    with pytest.raises(ValueError, match=rf"model.safetensors: {shapes}"):
+        resuming.resume(path)
+
+
+def test_missing_and_unexpected_tensors_are_named(saved, toy_registry):
+    from safetensors.torch import load_file, save_file
+
+    path = saved[1]
+    for name in ("model.safetensors", "ema.safetensors"):
+        tensors = load_file(str(path / name))
+        tensors["encoder.biaz"] = tensors.pop("encoder.bias")  # same length: the file size still checks
+        save_file(tensors, str(path / name))
+    with pytest.raises(ValueError, match=r"model.safetensors does not match the ToyAutoencoder it is loaded "
+                                         r"into: missing tensors \['encoder.bias'\], unexpected tensors "
+                                         r"\['encoder.biaz'\]"):
+        load_model(path)
+
+
+def test_optimizer_moments_of_another_shape_are_named(saved):
+    from safetensors.torch import load_file, save_file
+
+    path = saved[1]
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    tensors["model.0.exp_avg"] = tensors["model.0.exp_avg"].t().contiguous()  # (8, 16) -> (16, 8): same size
+    save_file(tensors, str(path / "optimizer.safetensors"))
+    with pytest.raises(ValueError, match=r"optimizer.safetensors: optimizer tensor 'model.0.exp_avg' has shape "
+                                         r"\(16, 8\) but its parameter has \(8, 16\)"):
+        make_trainer(steps=6, eval_every=3).resume(path)
+
+
 def test_saving_never_overwrites_a_foreign_directory(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
     trainer = make_trainer(steps=1)

@@ -1,4 +1,5 @@
 """Data parallel training: 2 CPU processes (gloo) take the same steps as 1 with the same batch."""
+import datetime
 import os
 import socket
 
@@ -7,9 +8,9 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from genkernels.train import TrainConfig, Trainer, load_checkpoint
+from genkernels.train import NonFiniteError, TrainConfig, Trainer, load_checkpoint
 from genkernels.train import distributed
-from tests.train.toys import ToyAutoencoder, ToyConfig, ToyGAN, ToyImages
+from tests.train.toys import FlakyAutoencoder, ToyAutoencoder, ToyConfig, ToyGAN, ToyImages
 
 # Two ranks average two half-batch gradients where one process averages the whole batch: the
 # same math in another summation order, so weights agree to float rounding after a few steps.
@@ -42,6 +43,9 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    # a rank left waiting in a collective fails after a minute instead of gloo's half hour
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size,
+                                         timeout=datetime.timedelta(seconds=60))
     try:
         trainer = train_deterministic_toy(out_dir=os.path.join(out_dir, "toy"))
         assert trainer.dist.world_size == world_size and trainer.dist.rank == rank
@@ -52,6 +56,18 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         gan = Trainer(ToyGAN(ToyConfig()), ToyImages(40), config=config(steps=3))
         gan.fit()
         save_file(dict(gan.model.state_dict()), os.path.join(out_dir, f"gan_rank{rank}.safetensors"))
+
+        # A NaN loss on rank 1 alone, with finite gradients: every rank must stop at that step
+        # (a rank that went on would wait forever in the next all-reduce).
+        torch.manual_seed(0)
+        flaky = FlakyAutoencoder(ToyConfig(), nan_value_at={2} if rank == 1 else ())
+        try:
+            Trainer(flaky, ToyImages(40), config=config()).fit()
+            message = "no error"
+        except NonFiniteError as error:
+            message = str(error)
+        with open(os.path.join(out_dir, f"nonfinite_rank{rank}.txt"), "w") as file:
+            file.write(message)
     finally:
         distributed.cleanup()
 
@@ -89,6 +105,10 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     assert {"rank0.torch_cpu", "rank1.torch_cpu"} <= set(checkpoint.rng_tensors)
     logged = (tmp_path / "toy" / "metrics.jsonl").read_text().splitlines()
     assert len(logged) == STEPS + 1  # one line per step and the final evaluation, written once
+
+    assert (tmp_path / "nonfinite_rank0.txt").read_text().startswith(
+        "step 2: loss is non-finite on another rank (group 'model')")
+    assert (tmp_path / "nonfinite_rank1.txt").read_text().startswith("step 2: loss is nan (group 'model')")
 
     gan0 = load_file(str(tmp_path / "gan_rank0.safetensors"))
     gan1 = load_file(str(tmp_path / "gan_rank1.safetensors"))

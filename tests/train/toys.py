@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from genkernels.models.base import GenerativeModel
-from genkernels.train.figures import save_image_grid
+from genkernels.figures import image_grid
 
 
 class ToyImages(Dataset):
@@ -67,10 +67,8 @@ class ToyAutoencoder(GenerativeModel):
         images = torch.stack([dataset[i][0] for i in range(count)]).to(self.decoder.weight.device)
         return {"mean_abs_code": self.encoder(images.flatten(1)).abs().mean().item()}
 
-    def save_figures(self, out_dir, samples):
-        from pathlib import Path
-
-        return [save_image_grid(samples, Path(out_dir) / "samples.png")]
+    def figures(self, samples, *, nrow=None):
+        return {"samples": image_grid(samples, nrow)}
 
 
 class ToyGAN(GenerativeModel):
@@ -103,3 +101,31 @@ class ToyGAN(GenerativeModel):
     @torch.no_grad()
     def sample(self, n, **conditions):
         return self._fake(n).view(n, 1, self.config.side, self.config.side)
+
+
+class FlakyAutoencoder(ToyAutoencoder):
+    """ToyAutoencoder whose training loss is NaN at chosen 1-based training steps (`nan_loss_at`),
+    finite with a NaN gradient (`nan_grad_at`), or NaN with finite gradients (`nan_value_at`);
+    evaluation losses stay finite."""
+
+    def __init__(self, config: ToyConfig, nan_loss_at=(), nan_grad_at=(), nan_value_at=()):
+        super().__init__(config)
+        self.nan_loss_at, self.nan_grad_at = set(nan_loss_at), set(nan_grad_at)
+        self.nan_value_at = set(nan_value_at)  # NaN loss whose gradients stay finite
+        self.train_calls = 0
+
+    def loss(self, batch):
+        losses = super().loss(batch)
+        if not self.training:
+            return losses
+        self.train_calls += 1
+        if self.train_calls in self.nan_loss_at:
+            losses["loss"] = losses["loss"] * float("nan")
+        if self.train_calls in self.nan_grad_at:
+            zero = (self.encoder.weight - self.encoder.weight.detach()).sum()
+            # sqrt'(0) = inf, times the upstream 0: the loss is unchanged, the gradient is NaN
+            losses["loss"] = losses["loss"] + 0.0 * torch.sqrt(zero)
+        if self.train_calls in self.nan_value_at:
+            # where() sends a zero gradient to the masked-out branch: NaN value, finite gradients
+            losses["loss"] = torch.where(torch.tensor(True), torch.tensor(float("nan")), losses["loss"])
+        return losses
