@@ -3,6 +3,7 @@
 // they never see a torch tensor, so the build needs no libtorch.
 #include "common/bind.h"
 #include "common/common_launch.h"
+#include "conv/conv_args.h"
 #include "diffusion/diffusion_args.h"
 #include "vae/vae_args.h"
 
@@ -12,5 +13,6 @@ PYBIND11_MODULE(_C, m) {
   GK_COMMON_OPS(GK_BIND_CPU)
   GK_DIFFUSION_OPS(GK_BIND_CPU)
   GK_VAE_OPS(GK_BIND_CPU)
+  GK_CONV_OPS(GK_BIND_CPU)
   // --- further families add their GK_<FAMILY>_OPS(GK_BIND_CPU) line above this one ---
 }

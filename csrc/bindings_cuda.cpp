@@ -4,6 +4,7 @@
 // GPU or a driver; its kernels then raise a RuntimeError naming the kernel and the CUDA error.
 #include "common/bind.h"
 #include "common/common_launch.h"
+#include "conv/conv_args.h"
 #include "diffusion/diffusion_args.h"
 #include "vae/vae_args.h"
 
@@ -13,5 +14,6 @@ PYBIND11_MODULE(_cuda, m) {
   GK_COMMON_OPS(GK_BIND_CUDA)
   GK_DIFFUSION_OPS(GK_BIND_CUDA)
   GK_VAE_OPS(GK_BIND_CUDA)
+  GK_CONV_OPS(GK_BIND_CUDA)
   // --- further families add their GK_<FAMILY>_OPS(GK_BIND_CUDA) line above this one ---
 }

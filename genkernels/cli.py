@@ -33,7 +33,7 @@ _DELEGATED = {"info": "genkernels.info", "bench": "genkernels.bench"}
 _TRAIN_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "betas", "warmup_steps", "min_lr_ratio",
                 "grad_clip", "precision", "ema_decay", "eval_every", "eval_max_items", "log_every",
                 "sample_every", "checkpoint_every", "compile", "device", "seed", "num_workers",
-                "num_samples", "progress", "skip_nonfinite")
+                "num_samples", "progress", "skip_nonfinite", "keep_best", "patience")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"steps between sample grids in OUT/samples/, 0 = off (default {defaults.sample_every})")
     runtime.add_argument("--checkpoint-every", type=int,
                          help=f"steps between checkpoints, 0 = only at the end (default {defaults.checkpoint_every})")
+    runtime.add_argument("--keep-best", action=argparse.BooleanOptionalAction,
+                         help="save the best-on-validation checkpoint to OUT/best, which eval then uses (default on)")
+    runtime.add_argument("--patience", type=int, help="stop after this many evaluations without a new best (default: never)")
     runtime.add_argument("--num-samples", type=int, help=f"images in sample grids (default {defaults.num_samples})")
     runtime.add_argument("--progress", action=argparse.BooleanOptionalAction, help="show a progress bar")
     runtime.add_argument("--skip-nonfinite", action=argparse.BooleanOptionalAction,
@@ -296,7 +299,13 @@ def _write_samples(model, samples, out_dir: Path, nrow: Optional[int] = None) ->
     earlier run or checkpoint is never left standing beside new ones. Returns the file names."""
     from genkernels.figures import save_figures
 
-    return [Path(p).name for p in save_figures(model.figures(samples, nrow=nrow), out_dir)]
+    written = [Path(p).name for p in save_figures(model.figures(samples, nrow=nrow), out_dir)]
+    # non-image outputs (a WaveNet's samples.wav): {file name: bytes} from an optional model hook
+    sample_files = getattr(model, "sample_files", None)
+    for name, data in (sample_files(samples) if sample_files is not None else {}).items():
+        (out_dir / name).write_bytes(data)
+        written.append(name)
+    return written
 
 
 def _write_run_outputs(trainer, out_dir: Path, data: str) -> list[str]:
@@ -306,7 +315,7 @@ def _write_run_outputs(trainer, out_dir: Path, data: str) -> list[str]:
     plot_loss_curve(trainer.history, out_dir / "loss.png", units=trainer.model.metric_units)
     last = {kind: next((e for e in reversed(trainer.history) if e["kind"] == kind), {}) for kind in ("train", "eval")}
     summary = {"model": trainer.model.name, "data": data, "step": trainer.step,
-               "train": last["train"], "eval": last["eval"]}
+               "train": last["train"], "eval": last["eval"], "best": trainer.best_entry()}
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return sorted(set(written)) + ["loss.png", "metrics.json", "metrics.jsonl", "checkpoint/"]
 
@@ -365,6 +374,8 @@ def _eval(args) -> int:
     from genkernels.train.checkpoint import load_checkpoint
     from genkernels.train.trainer import seed_everything, validation_losses
 
+    if (Path(args.checkpoint) / "best" / "trainer.json").exists():  # a run: its best checkpoint
+        args.checkpoint = str(Path(args.checkpoint) / "best")
     path, device, model = _load_for_inference(args)
     meta = load_checkpoint(path, weights_only=True).meta
     data = args.data or meta.get("metadata", {}).get("data") or model.default_data

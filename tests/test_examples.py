@@ -19,6 +19,9 @@ def cache_dir(tmp_path_factory):
     ("train_vae.py", ["--steps", "30"], "anomaly score"),
     ("train_gan.py", ["--steps", "30"], "frechet_distance"),
     ("diffusion_toy2d.py", ["--steps", "60", "--sample-steps", "5"], "samples  vs held-out"),
+    ("pixelcnn_digits.py", ["--steps", "20", "--channels", "8", "--num-layers", "2", "--num-classes", "10"], "test NLL"),
+    ("wavenet_audio.py", ["--steps", "4", "--channels", "8", "--cycles", "1", "--seconds", "0.05",
+                          "--samples", "2", "--val-clips", "2", "--test-clips", "2"], "bits/sample"),
 ])
 def test_example_runs(tmp_path, cache_dir, script, extra, expect):
     args = [sys.executable, str(ROOT / "python" / script), *extra]

@@ -12,7 +12,7 @@ import json
 
 import torch
 
-SUITES = ("diffusion", "attention", "overhead")
+SUITES = ("diffusion", "attention", "overhead", "conv")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -88,6 +88,12 @@ def main(argv=None) -> int:
 
         print("\nattention:")
         result["attention"] = attention.run_suite(device)
+    if "conv" in args.suite:
+        from genkernels.bench import conv
+
+        result["conv"] = conv.run_suite(device, DTYPES[args.dtype], not args.no_compile)
+        print("\nconv-family ops:\n" + format_table(
+            result["conv"], ["op", "provider", "dtype", "shape", "ms", "GB/s", "speedup_vs_eager"]))
     if "overhead" in args.suite and not args.no_overhead:
         over = overhead.overhead_rows()
         print("\nper-call host overhead (16-element CPU tensor, CPU time of the calling thread):\n"

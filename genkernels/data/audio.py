@@ -218,3 +218,21 @@ class AudioDataset(Dataset):
     def __repr__(self) -> str:
         return (f"AudioDataset({self.source!r}, split={self.split!r}, clips={len(self)}, "
                 f"samples={self.clips.shape[1]}, sample_rate={self.sample_rate}, form={self.form!r})")
+
+
+def write_wav(file, audio, sample_rate: int) -> None:
+    """Write mono audio (samples,) in [-1, 1] (clipped) as a 16-bit PCM WAV file.
+
+    file: a path or a binary file object (io.BytesIO for the bytes); audio: numpy or torch.
+    """
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
+    samples = np.asarray(audio.detach().cpu() if isinstance(audio, torch.Tensor) else audio, dtype=np.float64)
+    if samples.ndim != 1:
+        raise ValueError(f"audio must be mono (samples,), got shape {samples.shape}")
+    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    with wave.open(file if not isinstance(file, (str, os.PathLike)) else str(file), "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(sample_rate)
+        writer.writeframes(pcm.tobytes())

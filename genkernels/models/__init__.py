@@ -9,6 +9,8 @@ from genkernels.models.base import GenerativeModel, ImageGenerativeModel
 REGISTRY: dict[str, str] = {}
 REGISTRY["vae"] = "genkernels.models.vae:VAE"
 REGISTRY["gan"] = "genkernels.models.gan:GAN"
+REGISTRY["pixelcnn"] = "genkernels.models.pixelcnn:PixelCNN"
+REGISTRY["wavenet"] = "genkernels.models.wavenet:WaveNet"
 
 
 def get_model_class(name: str) -> type[GenerativeModel]:

@@ -1,5 +1,8 @@
 from genkernels.nn.attention import CrossAttention, KVCache, MultiheadAttention, SelfAttention  # noqa: F401
+from genkernels.nn.causal_conv import CausalConv1d, WaveNetLayer  # noqa: F401
+from genkernels.nn.gated import GatedActivation  # noqa: F401
 from genkernels.nn.latent import GaussianLatent  # noqa: F401
+from genkernels.nn.masked_conv import GatedMaskedConv2d, MaskedConv2d  # noqa: F401
 from genkernels.nn.likelihoods import (  # noqa: F401
     BinomialLikelihood,
     CategoricalLikelihood,

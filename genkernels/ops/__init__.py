@@ -10,6 +10,7 @@ import sys
 import types
 
 from genkernels.ops.diffusion_loss import diffusion_loss
+from genkernels.ops.gated_activation import gated_activation
 from genkernels.ops.philox import philox_normal
 from genkernels.ops.q_sample import q_sample
 from genkernels.ops.reparam_kl import reparam_kl
@@ -19,9 +20,11 @@ _LAZY = {
     "attention": "genkernels.ops.attention",
     "attention_varlen": "genkernels.ops.attention",
     "attention_decode": "genkernels.ops.attention_decode",
+    "masked_conv2d": "genkernels.ops.masked_conv",
 }
 
-__all__ = ["q_sample", "diffusion_loss", "ddpm_step", "ddim_step", "philox_normal", "reparam_kl", *_LAZY]
+__all__ = ["gated_activation",
+           "q_sample", "diffusion_loss", "ddpm_step", "ddim_step", "philox_normal", "reparam_kl", *_LAZY]
 
 
 def __getattr__(name):

@@ -15,7 +15,7 @@ _INT_MINIMUMS = {
     "steps": 1, "batch_size": 1, "warmup_steps": 0, "eval_every": 0, "log_every": 1,
     "sample_every": 0, "checkpoint_every": 0, "seed": 0, "num_workers": 0, "num_samples": 1,
 }
-_BOOL_FIELDS = ("compile", "progress", "skip_nonfinite")
+_BOOL_FIELDS = ("compile", "progress", "skip_nonfinite", "keep_best")
 
 
 @dataclass
@@ -51,6 +51,14 @@ class TrainConfig:
                       NonFiniteError naming the step. True: that group's update (and the step's
                       EMA update) is skipped and counted ("skipped_steps" in the log); training
                       still stops after more than 100 skipped steps in a row.
+    keep_best         track the evaluation with the lowest `best_metric`: keep its (EMA) weights
+                      (`Trainer.best_weights()`) and, with out_dir, its checkpoint in
+                      out_dir/best, which `genkernels eval RUN` then uses
+    best_metric       the evaluation entry minimised, e.g. "val/loss" or "eval/nll_bpd"; None:
+                      the first "val/" entry (the held-out objective). A family without a
+                      validation loss (GAN) has no best unless this names one of its metrics
+    patience          stop training after this many evaluations in a row without a new best
+                      (early stopping; the final checkpoint is written at the stop); None: never
     """
 
     # CPU-friendly: `genkernels train vae` takes a few minutes on 2 cores (families override these
@@ -78,6 +86,9 @@ class TrainConfig:
     num_samples: int = 64
     progress: bool = True
     skip_nonfinite: bool = False
+    keep_best: bool = True
+    best_metric: Optional[str] = None
+    patience: Optional[int] = None
 
     def __post_init__(self):
         self.validate()
@@ -91,6 +102,8 @@ class TrainConfig:
             self.grad_clip = float(self.grad_clip)
         if self.eval_max_items is not None:
             self.eval_max_items = int(self.eval_max_items)
+        if self.patience is not None:
+            self.patience = int(self.patience)
         self.device = str(self.device)
         if self.out_dir is not None:
             self.out_dir = os.fspath(self.out_dir)
@@ -117,6 +130,12 @@ class TrainConfig:
                              f"got {self.precision!r}")
         if self.eval_max_items is not None:
             _check_int("eval_max_items", self.eval_max_items, 1, or_none=True)
+        if self.patience is not None:
+            _check_int("patience", self.patience, 1, or_none=True)
+        if self.best_metric is not None and (not isinstance(self.best_metric, str) or not self.best_metric):
+            error = TypeError if not isinstance(self.best_metric, str) else ValueError
+            raise error(f"TrainConfig.best_metric must be a metric name such as 'val/loss' or "
+                        f"'eval/nll_bpd', or None, got {self.best_metric!r}")
         for name in _BOOL_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, bool):

@@ -10,6 +10,12 @@ seeded, restored RNG state, so evaluating or sampling never changes what trainin
 Same seed, same losses (bitwise on CPU); checkpoints carry every RNG state so a resumed run
 continues exactly as an uninterrupted one.
 
+Best checkpoint and early stopping: after each evaluation the trainer finds the evaluation with
+the lowest `best_metric` in its history (`best_entry`); with `keep_best` it keeps those weights
+(the evaluated ones: EMA when on) and, with out_dir, saves that checkpoint to out_dir/best. With
+`patience` it stops after that many evaluations in a row without a new best. Both are derived from
+the history, which checkpoints carry, so a resumed run keeps counting where it left off.
+
 Non-finite values: a NaN/inf loss, or a NaN/inf gradient norm outside fp16 (where the GradScaler
 skips such steps by design), raises NonFiniteError naming the step before the optimizer is
 stepped, so the weights stay those of the last good step; with `skip_nonfinite` the group's update
@@ -21,6 +27,7 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -234,6 +241,8 @@ class Trainer:
         self.out_dir = Path(config.out_dir) if config.out_dir else None
         self._stream: Optional[Iterator] = None
         self._log_started = False  # metrics.jsonl written by this trainer yet
+        self._best_state: Optional[dict[str, torch.Tensor]] = None  # CPU copy of the best weights
+        self.stopped_early = False  # patience ran out
         self._reset_log_window()
 
     # -- setup helpers ---------------------------------------------------------------------
@@ -459,6 +468,9 @@ class Trainer:
             mode, entries = ("a", [entry]) if self._log_started else ("w", self.history)
             with open(self.out_dir / "metrics.jsonl", mode) as log:
                 log.writelines(json.dumps(e) + "\n" for e in entries)
+            stale_best = self.out_dir / "best"
+            if not self._log_started and self._best_state is None and (stale_best / "trainer.json").exists():
+                shutil.rmtree(stale_best)  # likewise an earlier run's best, which `eval RUN` would pick
             self._log_started = True
 
     # -- the loop --------------------------------------------------------------------------
@@ -476,8 +488,9 @@ class Trainer:
         progress = tqdm(total=config.steps, initial=self.step, desc=f"train {self.model.name}".strip(),
                         disable=not (self.is_main and config.progress), dynamic_ncols=True)
         self._reset_log_window()
+        stop = self._patience_exhausted()  # a resumed run that had already stopped stays stopped
         try:
-            while self.step < target:
+            while self.step < target and not stop:
                 self._accumulate(self.train_step())
                 progress.update(1)
                 if self.step % config.log_every == 0 or self.step == config.steps:
@@ -488,6 +501,7 @@ class Trainer:
                 last_step = self.step == config.steps
                 if config.eval_every and self.step % config.eval_every == 0 and not last_step:
                     self._record_eval()
+                    stop = self._patience_exhausted()
                 if config.sample_every and self.step % config.sample_every == 0:
                     self._save_periodic_samples()
                 if config.checkpoint_every and self.step % config.checkpoint_every == 0 and not last_step:
@@ -500,14 +514,87 @@ class Trainer:
             raise NonFiniteError(f"step {self.step}: all {config.steps} steps had a non-finite loss or "
                                  "gradient norm and were skipped; nothing was learned, so no checkpoint "
                                  f"is written: lower lr (now {config.lr:g}) or check the data for NaN/inf")
-        if finishing:
+        if stop:
+            self.stopped_early = True
+            self.save_checkpoint()  # its last evaluation was at this very step
+        elif finishing:
             self._record_eval()
             self.save_checkpoint()
         return self.history
 
     def _record_eval(self) -> None:
+        """Evaluate (rank 0), then on every rank keep the weights if they are the best so far."""
         if self.val_set is not None and self.is_main:
             self._record(self.evaluate())
+        improved = self.is_main and self.val_set is not None and self.history[-1] is self.best_entry()
+        if self.config.keep_best and self._from_main(improved):
+            self._keep_best()
+
+    # -- best checkpoint and early stopping ------------------------------------------------
+    def _from_main(self, value: Any) -> Any:
+        """Rank 0's value on every rank (evaluations, hence best and stop decisions, are rank 0's)."""
+        return distributed.gather_objects(value, self.dist)[0]
+
+    def best_metric(self) -> Optional[str]:
+        """The history key minimised: config.best_metric, else the first "val/" entry of the first
+        evaluation that has one; None when there is none (a GAN without best_metric)."""
+        if self.config.best_metric is not None:
+            return self.config.best_metric
+        for entry in self.history:
+            if entry["kind"] == "eval":
+                key = next((k for k in entry if k.startswith("val/")), None)
+                if key is not None:
+                    return key
+        return None
+
+    def best_entry(self) -> Optional[dict[str, Any]]:
+        """The evaluation entry of the history with the lowest finite best_metric (the earliest on
+        ties), or None before any such evaluation."""
+        key, best = self.best_metric(), None
+        for entry in self.history:
+            value = entry.get(key) if entry["kind"] == "eval" else None
+            if isinstance(value, (int, float)) and math.isfinite(value) and (best is None or value < best[key]):
+                best = entry
+        return best
+
+    def evaluations_since_best(self) -> int:
+        """Evaluations after the best one (all of them when there is no best yet)."""
+        best = self.best_entry()
+        evaluations = [e for e in self.history if e["kind"] == "eval"]
+        return len(evaluations) if best is None else sum(e["step"] > best["step"] for e in evaluations)
+
+    def _patience_exhausted(self) -> bool:
+        patience = self.config.patience
+        exhausted = patience is not None and self.is_main and self.evaluations_since_best() >= patience
+        return bool(self._from_main(exhausted))
+
+    def _keep_best(self) -> None:
+        """Keep the evaluated weights in memory and, with out_dir, the checkpoint in out_dir/best."""
+        with self.averaged_weights():
+            self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        if self.out_dir is not None:
+            self.save_checkpoint(self.out_dir / "best")
+
+    @contextlib.contextmanager
+    def best_weights(self):
+        """Context in which the model holds the weights of `best_entry()` (the evaluated ones: EMA
+        when on); the current weights come back on exit. After a resume they are read from
+        out_dir/best. Raises ValueError when no best was kept (keep_best off, or no evaluation)."""
+        from genkernels.train.checkpoint import load_checkpoint
+
+        if self._best_state is None and self.out_dir is not None and (self.out_dir / "best").exists():
+            saved = load_checkpoint(self.out_dir / "best", weights_only=True)
+            # the EMA holds parameters and buffers; tied aliases absent from the file share storage
+            self._best_state = {**saved.model_state, **(saved.ema_state or {})}
+        if self._best_state is None:
+            raise ValueError("no best weights were kept: needs keep_best=True and an evaluation with "
+                             f"{self.best_metric() or 'a val/ metric (or set best_metric)'}")
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self._best_state, strict=False)
+        try:
+            yield self.model
+        finally:
+            self.model.load_state_dict(current)
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, path: Optional[str | Path] = None) -> Optional[Path]:

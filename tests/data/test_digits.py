@@ -39,3 +39,15 @@ def test_dataset_items():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DigitsDataset(**kwargs)
+
+
+def test_digits_levels_is_the_same_split_as_digits_at_seventeen_levels():
+    """`digits-levels` (PixelCNN's default data) holds the digits split's images as the integer
+    codes 0..16 that `digits` holds as k / 16, in the same order, with the same labels."""
+    from genkernels.data import get_dataset
+
+    for split in ("train", "val", "test"):
+        levels, floats = get_dataset("digits-levels", split), get_dataset("digits", split)
+        assert len(levels) == len(floats) and levels.num_levels == NUM_LEVELS == 17
+        assert torch.equal(levels.images, (floats.images * 16).round().long())
+        assert torch.equal(levels.labels, floats.labels)

@@ -498,3 +498,102 @@ def test_empty_train_set_and_bad_device_raise():
 def test_base_protocol_defaults():
     assert GenerativeModel.train_defaults == {}
     assert ToyAutoencoder(ToyConfig()).evaluate(ToyImages(4)).keys() == {"mean_abs_code"}
+
+
+# -- best checkpoint and early stopping ----------------------------------------------------
+class ScriptedScore(ToyAutoencoder):
+    """Evaluations report a scripted score and a fingerprint of the weights they saw."""
+
+    scores: tuple = ()
+
+    @torch.no_grad()
+    def evaluate(self, dataset, *, max_items=None):
+        self.calls = getattr(self, "calls", 0) + 1
+        return {"score": self.scores[self.calls - 1], "fingerprint": self.decoder.bias.sum().item()}
+
+
+def scripted_trainer(scores, tmp_path=None, **overrides) -> Trainer:
+    torch.manual_seed(0)
+    model = type("Scripted", (ScriptedScore,), {"scores": tuple(scores)})(ToyConfig())
+    values = dict(best_metric="eval/score", eval_every=2, steps=8,
+                  out_dir=None if tmp_path is None else str(tmp_path))
+    values.update(overrides)
+    return Trainer(model, ToyImages(40), ToyImages(16, seed=1), small_config(**values))
+
+
+def test_the_best_checkpoint_is_the_evaluation_with_the_lowest_metric(tmp_path):
+    trainer = scripted_trainer([3.0, 1.0, 2.0, 5.0], tmp_path)  # evaluations at steps 2, 4, 6, 8
+    trainer.fit()
+    best = trainer.best_entry()
+    assert best["step"] == 4 and best["eval/score"] == 1.0
+    assert trainer.step == 8 and not trainer.stopped_early
+    assert load_checkpoint(tmp_path / "best", weights_only=True).step == 4
+    assert load_checkpoint(tmp_path / "checkpoint", weights_only=True).step == 8
+    # the kept weights, in memory and on disk, are the (EMA) weights that evaluation saw
+    assert load_checkpoint(tmp_path / "best").ema_state["decoder.bias"].sum().item() == best["eval/fingerprint"]
+    final = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    with trainer.best_weights() as model:
+        assert model.decoder.bias.sum().item() == best["eval/fingerprint"]
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, final[name])
+
+
+def test_best_defaults_to_the_validation_loss_and_survives_a_resume(tmp_path):
+    trainer = make_trainer(out_dir=str(tmp_path), eval_every=2, steps=8)
+    trainer.fit(stop_at=4)
+    trainer.save_checkpoint()
+    assert trainer.best_metric() == "val/loss"
+    resumed = make_trainer(out_dir=str(tmp_path), eval_every=2, steps=8).resume(tmp_path / "checkpoint")
+    resumed.fit()
+    losses = [e["val/loss"] for e in resumed.history if e["kind"] == "eval"]
+    assert len(losses) == 4 and resumed.best_entry()["val/loss"] == min(losses)
+    assert load_checkpoint(tmp_path / "best", weights_only=True).step == resumed.best_entry()["step"]
+    with resumed.best_weights():
+        pass  # readable after the resume (from out_dir/best when the best predates it)
+
+
+def test_early_stopping_after_patience_evaluations_without_a_new_best(tmp_path):
+    # evaluations at steps 2 (3.0), 4 (1.0, best), 6 (2.0), 8 (1.5): two without a new best
+    trainer = scripted_trainer([3.0, 1.0, 2.0, 1.5, 0.1, 0.1], tmp_path, steps=20, patience=2)
+    trainer.fit()
+    assert trainer.stopped_early and trainer.step == 8
+    assert [e["step"] for e in trainer.history if e["kind"] == "eval"] == [2, 4, 6, 8]
+    assert load_checkpoint(tmp_path / "checkpoint", weights_only=True).step == 8
+    assert load_checkpoint(tmp_path / "best", weights_only=True).step == 4
+    # a resumed run that had stopped stays stopped
+    resumed = scripted_trainer([], tmp_path, steps=20, patience=2).resume(tmp_path / "checkpoint")
+    resumed.fit()
+    assert resumed.step == 8 and resumed.stopped_early
+
+
+def test_a_new_best_resets_the_patience():
+    trainer = scripted_trainer([3.0, 2.0, 2.5, 1.0, 1.2, 0.5, 0.6], steps=14, patience=2)
+    trainer.fit()
+    assert not trainer.stopped_early and trainer.step == 14
+    assert trainer.best_entry()["step"] == 12
+
+
+def test_keep_best_off_keeps_nothing(tmp_path):
+    trainer = scripted_trainer([3.0, 1.0, 2.0, 5.0], tmp_path, keep_best=False)
+    trainer.fit()
+    assert trainer.best_entry()["step"] == 4  # still reported
+    assert not (tmp_path / "best").exists()
+    with pytest.raises(ValueError, match="no best weights"):
+        with trainer.best_weights():
+            pass
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("keep_best", 1, TypeError), ("patience", 0, ValueError), ("patience", 2.0, TypeError),
+    ("best_metric", "", ValueError), ("best_metric", 3, TypeError),
+])
+def test_best_and_patience_fields_are_validated(field, value, error):
+    with pytest.raises(error, match=f"TrainConfig.{field}"):
+        TrainConfig(**{field: value})
+
+
+def test_a_fresh_run_into_a_used_folder_drops_the_old_best(tmp_path):
+    scripted_trainer([3.0, 1.0, 2.0, 5.0], tmp_path).fit()
+    assert (tmp_path / "best").is_dir()
+    scripted_trainer([3.0, 1.0, 2.0, 5.0], tmp_path, keep_best=False).fit()
+    assert not (tmp_path / "best").exists()

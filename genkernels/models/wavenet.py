@@ -1,0 +1,380 @@
+"""WaveNet (van den Oord et al. 2016): an autoregressive model of raw audio, one sample at a time.
+
+    p(x) = prod_t p(x_t | x_<t),   x_t a mu-law code in 0..L-1 (L = 256: ITU-T G.711 companding)
+
+Network: the previous codes are embedded (R channels), pass a stack of `WaveNetLayer`s (dilated
+causal conv -> gated activation -> 1x1 residual and 1x1 skip; genkernels.nn.causal_conv) with
+dilations 1, 2, ..., 2^(layers_per_cycle - 1), repeated `cycles` times, and the summed skips go
+through ReLU -> 1x1 -> ReLU -> 1x1 to L logits: a softmax over the next code. The receptive
+field is 1 + cycles (k - 1)(2^layers_per_cycle - 1) samples (511 for the defaults). Optional
+global conditioning: a class embedding added to every layer's gate (num_classes > 0).
+
+Position t of the network sees codes x_<t: its input sequence is [silence, x_0, ..., x_{T-2}]
+(silence = the mu-law code of 0.0), so every code of a clip, the first too, is predicted.
+
+Training cuts a random window from each clip: `train_length` scored positions after up to
+receptive_field - 1 positions of real context (or the clip start), so the loss on a crop equals
+the full clip's conditional NLL at those positions. Evaluation uses whole clips.
+
+Generation (`generate`, `sample`) runs on the incremental path: each layer keeps a ring buffer of
+its past inputs and one step costs O(layers), not O(receptive field) (Paine et al. 2016).
+`generate(..., incremental=False)` is the naive sampler that recomputes the network over the
+receptive field for every sample; given the same seed both draw the same codes: each step turns
+the same uniform number u into a code by inverting the categorical CDF.
+
+Units: "loss" is the NLL in nats per sample (batch mean), "bits_per_sample" the same in bits;
+`log_prob` is nats per clip. The uniform model scores log2 L bits per sample (8 for L = 256).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genkernels.models._validate import check_bool, check_int, check_real
+from genkernels.models.base import GenerativeModel
+from genkernels.nn.causal_conv import WaveNetLayer, receptive_field
+
+
+def _spectrogram_db(clip, nfft: int = 256):
+    """Power spectrogram in dB (frequencies, frames) of a clip in [-1, 1]: Hann frames of `nfft`
+    (shorter for short clips), hop nfft / 2, 0 dB = a full-scale sine, floored at -100 dB (silence)."""
+    import numpy as np
+
+    nfft = max(2, min(nfft, 2 ** int(math.log2(max(len(clip), 2)))))
+    hop = max(1, nfft // 2)
+    window = np.hanning(nfft)
+    starts = range(0, len(clip) - nfft + 1, hop)
+    frames = np.stack([clip[i:i + nfft] * window for i in starts])  # (frames, nfft)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2 / (window.sum() / 2) ** 2
+    return 10.0 * np.log10(np.maximum(power.T, 1e-10))
+
+
+@dataclasses.dataclass
+class WaveNetConfig:
+    """residual_channels  R, width of the residual stream (and of the code embedding)
+    skip_channels      S, width of the skip connections and of the output head
+    kernel_size        taps of each dilated causal conv (2 in the paper)
+    layers_per_cycle   layers per dilation cycle: dilations 1, 2, 4, ..., 2^(layers_per_cycle - 1)
+    cycles             repetitions of the dilation cycle
+    num_levels         mu-law levels L of the categorical output (256)
+    num_classes        0: unconditional; else global conditioning on a class label 0..num_classes-1
+                       (the data must yield (audio, label) pairs)
+    cond_dim           size of the class embedding (conditional only)
+    dropout            dropout on each layer's gated activations during training
+    sample_rate        Hz of the data (from the dataset); used for the figures and WAV files
+    train_length       scored samples per training crop (0: whole clips)
+    sample_length      samples `sample` generates by default
+    """
+
+    residual_channels: int = 32
+    skip_channels: int = 64
+    kernel_size: int = 2
+    layers_per_cycle: int = 8
+    cycles: int = 2
+    num_levels: int = 256
+    num_classes: int = 0
+    cond_dim: int = 16
+    dropout: float = 0.0
+    sample_rate: int = 8000
+    train_length: int = 1024
+    sample_length: int = 8000
+
+    def __post_init__(self):
+        for name, minimum in (("residual_channels", 1), ("skip_channels", 1), ("kernel_size", 1),
+                              ("layers_per_cycle", 1), ("cycles", 1), ("num_levels", 2), ("num_classes", 0),
+                              ("cond_dim", 1), ("sample_rate", 1), ("train_length", 0), ("sample_length", 1)):
+            setattr(self, name, check_int(f"WaveNetConfig.{name}", getattr(self, name), minimum))
+        if self.layers_per_cycle > 24:
+            raise ValueError(f"WaveNetConfig.layers_per_cycle must be <= 24 (dilation 2^23), "
+                             f"got {self.layers_per_cycle}")
+        self.dropout = check_real("WaveNetConfig.dropout", self.dropout, 0.0)
+        if self.dropout >= 1.0:
+            raise ValueError(f"WaveNetConfig.dropout must be < 1, got {self.dropout}")
+
+    @property
+    def dilations(self) -> list[int]:
+        return [2 ** i for _ in range(self.cycles) for i in range(self.layers_per_cycle)]
+
+    @property
+    def receptive_field(self) -> int:
+        return receptive_field(self.kernel_size, self.dilations)
+
+
+class WaveNet(GenerativeModel):
+    """WaveNet over mu-law codes; see the module docstring for the network, units and sampling."""
+
+    name = "wavenet"
+    config_class = WaveNetConfig
+    default_data = "audio"
+    data_kinds = ("audio",)
+    # one clip is 8,000 samples: small batches of crops keep a step well under a second on a CPU
+    train_defaults = {"steps": 300, "batch_size": 8, "lr": 3e-3, "warmup_steps": 20, "eval_every": 100,
+                      "eval_max_items": 16, "num_samples": 4, "weight_decay": 0.0}
+    metric_units = {"loss": "nats/sample", "bits_per_sample": "bits/sample",
+                    "nll_bits_per_sample": "bits/sample", "uniform_bits_per_sample": "bits/sample"}
+
+    def __init__(self, config: WaveNetConfig | None = None):
+        super().__init__(config if config is not None else WaveNetConfig())
+        c = self.config
+        self.embed = nn.Embedding(c.num_levels, c.residual_channels)
+        self.class_embed = nn.Embedding(c.num_classes, c.cond_dim) if c.num_classes else None
+        self.layers = nn.ModuleList(
+            WaveNetLayer(c.residual_channels, c.skip_channels, c.kernel_size, d,
+                         cond_channels=c.cond_dim if c.num_classes else None, dropout=c.dropout)
+            for d in c.dilations)
+        self.head_hidden = nn.Conv1d(c.skip_channels, c.skip_channels, 1)
+        self.head_out = nn.Conv1d(c.skip_channels, c.num_levels, 1)
+
+    @property
+    def start_code(self) -> int:
+        """The mu-law code of silence (0.0), the input before the first sample."""
+        return self.config.num_levels // 2
+
+    # -- data conversion ------------------------------------------------------------------------
+    def _codes_and_labels(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(codes (N, T) int64, labels (N,) or None) from audio (N, T) in [-1, 1] or integer codes."""
+        from genkernels.data.audio import mu_law_encode
+
+        audio, labels = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        if not isinstance(audio, torch.Tensor) or audio.ndim != 2:
+            shape = tuple(audio.shape) if isinstance(audio, torch.Tensor) else type(audio).__name__
+            raise ValueError(f"audio must be a (N, T) tensor of samples or mu-law codes, got {shape}")
+        if audio.is_floating_point():
+            codes = mu_law_encode(audio, self.config.num_levels).to(audio.device)
+        else:
+            codes = audio.long()
+            if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.num_levels):
+                raise ValueError(f"mu-law codes must be in 0..{self.config.num_levels - 1}")
+        if self.config.num_classes and labels is None:
+            raise ValueError(f"this WaveNet is conditioned on {self.config.num_classes} classes: the data "
+                             f"must give (audio, label) pairs")
+        return codes, (labels.long().to(codes.device) if self.config.num_classes else None)
+
+    def _cond(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        return self.class_embed(labels) if self.class_embed is not None else None  # (N, cond_dim)
+
+    def _shifted(self, codes: torch.Tensor) -> torch.Tensor:
+        """Network inputs (N, T): [silence, x_0, ..., x_{T-2}]."""
+        start = torch.full_like(codes[:, :1], self.start_code)
+        return torch.cat([start, codes[:, :-1]], dim=1)
+
+    # -- network ----------------------------------------------------------------------------------
+    def network(self, inputs: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (N, L, T) from input codes (N, T); position t sees inputs[:, :t+1] only."""
+        h = self.embed(inputs).transpose(1, 2)  # (N, R, T)
+        skips = 0
+        for layer in self.layers:
+            h, skip = layer(h, cond)
+            skips = skips + skip  # (N, S, T)
+        return self.head_out(F.relu(self.head_hidden(F.relu(skips))))
+
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (N, L, T) of p(x_t | x_<t) for codes (N, T)."""
+        return self.network(self._shifted(codes), self._cond(labels))
+
+    # -- training -------------------------------------------------------------------------------
+    def _crop(self, inputs: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """A random window: (inputs with context, targets, scored length)."""
+        length, total = self.config.train_length, codes.shape[1]
+        if not self.training or not length or total <= length:
+            return inputs, codes, total
+        start = int(torch.randint(0, total - length + 1, ()))
+        context_start = max(0, start - (self.config.receptive_field - 1))
+        return inputs[:, context_start:start + length], codes[:, start:start + length], length
+
+    def loss(self, batch) -> dict[str, torch.Tensor]:
+        """{"loss": NLL in nats/sample (batch mean), "bits_per_sample": the same in bits}."""
+        codes, labels = self._codes_and_labels(batch)
+        inputs, targets, length = self._crop(self._shifted(codes), codes)
+        logits = self.network(inputs, self._cond(labels))[:, :, -length:]  # (N, L, length)
+        nll = F.cross_entropy(logits.float(), targets)
+        return {"loss": nll, "bits_per_sample": nll.detach() / math.log(2)}
+
+    def log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x) per clip in nats, (N,), for audio (N, T) in [-1, 1] or mu-law codes."""
+        codes, labels = self._codes_and_labels(x if labels is None else (x, labels))
+        logits = self.forward(codes, labels).float()
+        return -F.cross_entropy(logits, codes, reduction="none").sum(dim=1)
+
+    @torch.no_grad()
+    def evaluate(self, dataset, *, max_items: int | None = None, batch_size: int = 8) -> dict[str, float]:
+        """Held-out NLL in bits per sample over whole clips, beside the uniform model's log2 L."""
+        if max_items is not None:
+            check_int("max_items", max_items, 1)
+        check_int("batch_size", batch_size, 1)
+        count = len(dataset) if max_items is None else min(len(dataset), max_items)
+        if count == 0:
+            raise ValueError("evaluate needs a non-empty dataset")
+        device = next(self.parameters()).device
+        total_nats, total_samples = 0.0, 0
+        for begin in range(0, count, batch_size):
+            items = [dataset[i] for i in range(begin, min(count, begin + batch_size))]
+            if isinstance(items[0], (tuple, list)):
+                batch = (torch.stack([a for a, _ in items]).to(device), torch.as_tensor([y for _, y in items]))
+            else:
+                batch = torch.stack(items).to(device)
+            codes, labels = self._codes_and_labels(batch)
+            total_nats -= self.log_prob(codes, labels).sum().item()
+            total_samples += codes.numel()
+        return {"nll_bits_per_sample": total_nats / total_samples / math.log(2),
+                "uniform_bits_per_sample": math.log2(self.config.num_levels)}
+
+    # -- generation -------------------------------------------------------------------------------
+    def _draw(self, logits: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Codes (N,) from logits (N, L) and uniforms u (N,): the inverse CDF of softmax(logits / T)
+        (argmax at temperature 0). Deterministic in u, so two samplers given the same u agree."""
+        if temperature == 0:
+            return logits.argmax(dim=1)
+        cdf = torch.softmax(logits.double() / temperature, dim=1).cumsum(dim=1)  # (N, L)
+        return torch.searchsorted(cdf, u.unsqueeze(1)).squeeze(1).clamp_(max=self.config.num_levels - 1)
+
+    def _check_labels(self, labels, n: int, device) -> torch.Tensor | None:
+        if not self.config.num_classes:
+            if labels is not None:
+                raise ValueError("labels given, but this WaveNet is unconditional (num_classes = 0)")
+            return None
+        if labels is None:
+            return torch.randint(0, self.config.num_classes, (n,), device=device)
+        labels = torch.as_tensor(labels, device=device).long().reshape(-1)
+        labels = labels.expand(n) if labels.numel() == 1 else labels
+        if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.config.num_classes:
+            raise ValueError(f"labels must be one class or {n} classes in 0..{self.config.num_classes - 1}, "
+                             f"got {labels.tolist()}")
+        return labels
+
+    @torch.no_grad()
+    def generate(self, n_samples: int, length: int, *, temperature: float = 1.0, labels=None,
+                 seed: int | None = None, incremental: bool = True) -> torch.Tensor:
+        """n_samples sequences of `length` mu-law codes, int64 (n_samples, length).
+
+        seed: the uniform numbers of the draws come from a torch.Generator seeded with it (the same
+        stream on both paths); None draws the seed from torch's global RNG. incremental=False
+        recomputes the whole network over the receptive field at each step (the naive sampler).
+        labels: one class or one per sequence (conditional models; default random classes).
+        """
+        check_int("n_samples", n_samples, 1)
+        check_int("length", length, 1)
+        temperature = check_real("temperature", temperature, 0.0)
+        check_bool("incremental", incremental)
+        device = next(self.parameters()).device
+        labels = self._check_labels(labels, n_samples, device)
+        if seed is None:
+            seed = int(torch.randint(0, 2 ** 62, ()))
+        generator = torch.Generator(device=device).manual_seed(check_int("seed", seed, 0))
+        uniforms = torch.rand(length, n_samples, generator=generator, device=device, dtype=torch.float64)
+        was_training = self.training
+        self.eval()
+        try:
+            sampler = self._generate_incremental if incremental else self._generate_naive
+            return sampler(n_samples, length, temperature, self._cond(labels), uniforms)
+        finally:
+            self.train(was_training)
+
+    def _generate_incremental(self, n, length, temperature, cond, uniforms) -> torch.Tensor:
+        """O(layers) per sample: every layer steps on its ring buffer (Paine et al. 2016)."""
+        states = [layer.init_state(n, cond) for layer in self.layers]
+        hidden_w, hidden_b = self.head_hidden.weight[:, :, 0].t().contiguous(), self.head_hidden.bias
+        out_w, out_b = self.head_out.weight[:, :, 0].t().contiguous(), self.head_out.bias
+        codes = torch.empty(n, length, dtype=torch.long, device=uniforms.device)
+        previous = torch.full((n,), self.start_code, dtype=torch.long, device=uniforms.device)
+        for t in range(length):
+            h = self.embed(previous)  # (N, R)
+            skips = 0
+            for layer, state in zip(self.layers, states):
+                h, skip = layer.step(h, state)
+                skips = skips + skip  # (N, S)
+            hidden = torch.addmm(hidden_b, F.relu(skips), hidden_w).relu_()
+            logits = torch.addmm(out_b, hidden, out_w)  # (N, L)
+            previous = self._draw(logits, uniforms[t], temperature)
+            codes[:, t] = previous
+        return codes
+
+    def _generate_naive(self, n, length, temperature, cond, uniforms) -> torch.Tensor:
+        """O(receptive field) per sample: the whole network over the last receptive field."""
+        field = self.config.receptive_field
+        inputs = torch.full((n, length), self.start_code, dtype=torch.long, device=uniforms.device)
+        codes = torch.empty_like(inputs)
+        for t in range(length):
+            window = inputs[:, max(0, t + 1 - field):t + 1]
+            logits = self.network(window, cond)[:, :, -1]  # (N, L)
+            codes[:, t] = self._draw(logits, uniforms[t], temperature)
+            if t + 1 < length:
+                inputs[:, t + 1] = codes[:, t]
+        return codes
+
+    @torch.no_grad()
+    def sample(self, n: int, labels=None, temperature: float = 1.0, length: int | None = None) -> torch.Tensor:
+        """n clips of audio, float32 (n, length) in [-1, 1] (length: config.sample_length), drawn on
+        the incremental path with a seed from torch's global RNG."""
+        from genkernels.data.audio import mu_law_decode
+
+        length = self.config.sample_length if length is None else length
+        codes = self.generate(n, length, temperature=temperature, labels=labels)
+        return mu_law_decode(codes, self.config.num_levels)
+
+    # -- figures and files ------------------------------------------------------------------------
+    def _audio(self, samples: torch.Tensor) -> torch.Tensor:
+        from genkernels.data.audio import mu_law_decode
+
+        samples = samples.detach().cpu()
+        if samples.ndim != 2:
+            raise ValueError(f"samples must be audio (N, T), got {tuple(samples.shape)}")
+        return samples.float() if samples.is_floating_point() else mu_law_decode(samples, self.config.num_levels)
+
+    @torch.no_grad()
+    def figures(self, samples: torch.Tensor, *, nrow: int | None = None) -> dict[str, Any]:
+        """{"samples": waveform and spectrogram of up to `nrow` (default 4) clips}, a matplotlib Figure."""
+        from matplotlib.figure import Figure
+
+        audio = self._audio(samples)[: nrow or 4].numpy()
+        if not len(audio):
+            return {}
+        rate = self.config.sample_rate
+        figure = Figure(figsize=(11, 2.2 * len(audio)), layout="constrained")
+        axes = figure.subplots(len(audio), 2, squeeze=False)
+        for i, clip in enumerate(audio):
+            wave_axis, spec_axis = axes[i]
+            wave_axis.plot([t / rate for t in range(len(clip))], clip, linewidth=0.4)
+            wave_axis.set_ylim(-1.05, 1.05)
+            wave_axis.set_ylabel(f"sample {i}")
+            decibels = _spectrogram_db(clip)  # (frequencies, frames)
+            spec_axis.imshow(decibels, origin="lower", aspect="auto", cmap="magma", vmin=-80.0, vmax=0.0,
+                             extent=(0.0, len(clip) / rate, 0.0, rate / 2))
+            spec_axis.set_ylabel("Hz")
+        axes[0][0].set_title("waveform")
+        axes[0][1].set_title("spectrogram")
+        axes[-1][0].set_xlabel("seconds")
+        axes[-1][1].set_xlabel("seconds")
+        return {"samples": figure}
+
+    def sample_files(self, samples: torch.Tensor) -> dict[str, bytes]:
+        """{"samples.wav": every clip back to back, 0.25 s of silence apart, 16-bit PCM mono}."""
+        from genkernels.data.audio import write_wav
+
+        audio = self._audio(samples)
+        gap = torch.zeros(audio.shape[0], self.config.sample_rate // 4)
+        joined = torch.cat([audio, gap], dim=1).reshape(-1)
+        buffer = io.BytesIO()
+        write_wav(buffer, joined.numpy(), self.config.sample_rate)
+        return {"samples.wav": buffer.getvalue()}
+
+    # -- fitting to data --------------------------------------------------------------------------
+    @classmethod
+    def config_for_data(cls, dataset, overrides: dict[str, Any] | None = None, *,
+                        data_name: str | None = None) -> WaveNetConfig:
+        """sample_rate from the dataset; a conditional config needs (audio, label) items."""
+        cls.check_data(dataset, data_name)
+        values = dict(overrides or {})
+        values.setdefault("sample_rate", int(getattr(dataset, "sample_rate", WaveNetConfig.sample_rate)))
+        config = cls.config_class(**values)
+        if config.num_classes and len(dataset) and not isinstance(dataset[0], (tuple, list)):
+            name = f"data {str(data_name)!r}" if data_name is not None else "the data"
+            raise ValueError(f"num_classes={config.num_classes} needs (audio, label) items, but {name} "
+                             f"gives audio alone; use num_classes=0")
+        return config

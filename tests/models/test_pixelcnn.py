@@ -1,0 +1,258 @@
+"""PixelCNN: config checks; causality of the whole model tested through gradients (no output sees
+its own or a later pixel, and the v/h stacks leave no blind spot); the likelihood is normalised;
+a short CPU training run beats the uniform bound on held-out bits/dim; sampling and inpainting are
+seeded, keep the levels and the known pixels; the CLI trains, samples and evaluates it."""
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from genkernels.data.digits import DigitsDataset
+from genkernels.models import get_model_class
+from genkernels.models.pixelcnn import PixelCNN, PixelCNNConfig
+
+UNIFORM_BPD = math.log2(17)  # 4.09: every level equally likely
+
+
+def _tiny(**kw):
+    values = dict(channels=8, num_layers=3, kernel_size=3, first_kernel_size=3, head_channels=16, dropout=0.0)
+    values.update(kw)
+    return PixelCNNConfig(**values)
+
+
+def _model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return PixelCNN(_tiny(**kw)).eval()
+
+
+def test_registry_defaults_and_config_errors():
+    assert get_model_class("pixelcnn") is PixelCNN and PixelCNN.default_data == "digits-levels"
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        PixelCNNConfig(kernel_size=4)
+    with pytest.raises(ValueError, match="first_kernel_size must be odd"):
+        PixelCNNConfig(first_kernel_size=2)
+    with pytest.raises(ValueError, match="first_kernel_size must be >= 3"):
+        PixelCNNConfig(first_kernel_size=1)
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        PixelCNNConfig(likelihood="bernoulli")
+    with pytest.raises(ValueError, match="dropout must be in"):
+        PixelCNNConfig(dropout=1.0)
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("channels", 0, ValueError), ("channels", 8.0, TypeError), ("num_layers", True, TypeError),
+    ("num_levels", 1, ValueError), ("num_classes", -1, ValueError), ("dropout", -0.1, ValueError),
+    ("dropout", float("nan"), ValueError), ("image_shape", (1, 8), ValueError), ("head_channels", "8", TypeError),
+])
+def test_config_rejects_nonsense_naming_the_field(field, value, error):
+    with pytest.raises(error, match=field):
+        PixelCNNConfig(**{field: value})
+
+
+# -- causality -------------------------------------------------------------------------------
+def _dependence(model, image_shape, labels=None):
+    """(pixels, pixels) bool: [i, j] is True when some output at raster pixel i has a non-zero
+    gradient with respect to some channel of input pixel j."""
+    c, h, w = image_shape
+    inputs = torch.rand(1, c, h, w, requires_grad=True)
+    params = model.network(inputs * 2 - 1, labels)  # (1, P, C, H, W)
+    rows = []
+    for i in range(h * w):
+        (grad,) = torch.autograd.grad(params[0, :, :, i // w, i % w].sum(), inputs, retain_graph=True)
+        rows.append(grad[0].abs().sum(0).flatten() != 0)  # (H W,)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("kw", [
+    {}, {"num_classes": 10}, {"likelihood": "logistic"}, {"image_shape": (3, 5, 7), "num_levels": 256},
+    {"kernel_size": 5, "first_kernel_size": 7, "num_layers": 2},
+])
+def test_no_output_sees_its_own_or_a_later_pixel(kw):
+    model = _model(**kw)
+    shape = model.config.image_shape
+    labels = torch.tensor([3]) if model.config.num_classes else None
+    depends = _dependence(model, shape, labels)
+    # exactly zero on and above the diagonal: pixel i never sees pixels >= i (raster order)
+    assert not depends.triu().any()
+    # and it does see its left neighbour (the model is not trivially causal)
+    width = shape[2]
+    left = depends.diagonal(-1)[torch.arange(1, depends.shape[0]) % width != 0]
+    assert left.all()
+
+
+def test_vertical_and_horizontal_stacks_leave_no_blind_spot():
+    """A plain masked-conv stack never sees the pixels up and to the right; the v/h stacks do."""
+    model = _model(num_layers=3)
+    h = w = 8
+    depends = _dependence(model, (1, h, w))
+    for row, col in itertools.product(range(1, h), range(w - 1)):
+        assert depends[row * w + col, (row - 1) * w + col + 1], (row, col)
+
+
+@pytest.mark.parametrize("kw", [{}, {"num_layers": 2, "first_kernel_size": 5}, {"kernel_size": 5}])
+def test_receptive_rows_is_the_exact_vertical_reach(kw):
+    """The windowed sampler relies on it: row i sees rows i - R .. i, and row i - R itself."""
+    model = _model(image_shape=(1, 12, 3), **kw)
+    reach = model.receptive_rows
+    depends = _dependence(model, (1, 12, 3)).view(12, 3, 12, 3).any(3).any(1)  # (out row, in row)
+    rows = torch.arange(12)
+    too_far = rows.view(-1, 1) - rows.view(1, -1) > reach
+    assert not depends[too_far].any()
+    assert all(depends[i, i - reach] for i in range(reach, 12))
+
+
+def test_log_prob_is_normalised():
+    """Summed over every image of a 1x3 picture at 3 levels, p(x) is exactly one distribution."""
+    model = _model(image_shape=(1, 1, 3), num_levels=3)
+    images = torch.tensor(list(itertools.product(range(3), repeat=3))).view(-1, 1, 1, 3)  # all 27
+    total = model.log_prob(images).double().exp().sum()
+    assert abs(total.item() - 1.0) < 1e-5
+
+
+# -- training ------------------------------------------------------------------------------
+def test_a_short_training_run_beats_the_uniform_bound_on_held_out_digits():
+    train, val = DigitsDataset("train", form="levels"), DigitsDataset("val", form="levels")
+    model = _model(seed=0, channels=16, num_layers=3, head_channels=32).train()
+    before = model.eval().evaluate(val)["nll_bpd"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(60):
+        index = torch.randint(0, len(train), (64,), generator=generator)
+        loss = model.loss((train.images[index], train.labels[index]))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    metrics = model.eval().evaluate(val)
+    assert metrics["uniform_bpd"] == pytest.approx(UNIFORM_BPD)
+    assert metrics["nll_bpd"] < UNIFORM_BPD and metrics["nll_bpd"] < before - 1.0, (before, metrics)
+    # loss (bits/dim) and log_prob (nats/item) agree
+    images = val.images[:8]
+    bits = -model.log_prob(images).mean() / (64 * math.log(2))
+    assert bits.item() == pytest.approx(model.loss(images)["loss"].item(), rel=1e-5)
+
+
+def test_dropout_is_active_in_training_only():
+    model = _model(dropout=0.5)
+    images = DigitsDataset("val", form="levels").images[:4]
+    assert torch.equal(model(images), model(images))
+    model.train()
+    assert not torch.equal(model(images), model(images))
+
+
+# -- sampling and inpainting ---------------------------------------------------------------
+@pytest.mark.parametrize("likelihood", ["categorical", "logistic"])
+def test_samples_are_seeded_images_on_the_levels(likelihood):
+    model = _model(likelihood=likelihood)
+    samples = model.sample(5, seed=3)
+    assert samples.shape == (5, 1, 8, 8) and samples.dtype == torch.float32
+    levels = samples * 16
+    assert torch.equal(levels, levels.round()) and samples.min() >= 0 and samples.max() <= 1
+    assert torch.equal(samples, model.sample(5, seed=3))
+    assert not torch.equal(samples, model.sample(5, seed=4))
+    torch.manual_seed(0)
+    first = model.sample(2)
+    torch.manual_seed(0)
+    assert torch.equal(first, model.sample(2))  # no seed: the global RNG decides
+    assert torch.equal(model.sample(2, temperature=0), model.sample(2, temperature=0, seed=9))
+
+
+@pytest.mark.parametrize("likelihood", ["categorical", "logistic"])
+def test_windowed_sampling_equals_naive_sampling(likelihood):
+    model = _model(image_shape=(1, 11, 5), likelihood=likelihood, num_classes=3, num_layers=2)
+    assert model.receptive_rows < 10  # so the window really drops rows
+    windowed = model.sample(4, labels=[0, 1, 2, 1], seed=5)
+    assert torch.equal(windowed, model.sample(4, labels=[0, 1, 2, 1], seed=5, windowed=False))
+
+
+def test_inpainting_keeps_the_known_pixels_exactly():
+    model = _model()
+    images = DigitsDataset("test").images[:6]  # floats k / 16
+    mask = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    mask[..., :4, :] = True  # top half known
+    mask[..., 6, 2] = True  # and one pixel inside the unknown part
+    filled = model.inpaint(images, mask, seed=0)
+    known = mask.expand_as(images)
+    assert torch.equal(filled[known], images[known])
+    assert torch.equal(filled * 16, (filled * 16).round())
+    assert not torch.equal(filled[~known], images[~known])  # drawn, not copied
+    assert torch.equal(filled, model.inpaint(images, mask, seed=0))
+    levels = DigitsDataset("test", form="levels").images[:6]
+    assert torch.equal(model.inpaint(levels, mask, seed=0), filled)  # levels or floats alike
+    everything = torch.ones(1, 1, 8, 8, dtype=torch.bool)
+    assert torch.equal(model.inpaint(images, everything), images)
+
+
+def test_inpaint_and_sample_reject_bad_arguments():
+    model = _model()
+    images = torch.zeros(2, 1, 8, 8)
+    with pytest.raises(TypeError, match="mask must be a bool tensor"):
+        model.inpaint(images, torch.ones(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        model.inpaint(images, torch.ones(1, 1, 4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="x must have shape"):
+        model.inpaint(torch.zeros(2, 1, 6, 6), torch.ones(1, 1, 6, 6, dtype=torch.bool))
+    for n, error in ((0, ValueError), (2.5, TypeError)):
+        with pytest.raises(error, match="n must be"):
+            model.sample(n)
+    with pytest.raises(ValueError, match="temperature must be"):
+        model.sample(2, temperature=-1.0)
+    with pytest.raises(ValueError, match="seed must be"):
+        model.sample(2, seed=-1)
+
+
+def test_labels_are_validated_and_condition_the_samples():
+    with pytest.raises(ValueError, match="unconditional"):
+        _model().sample(2, labels=3)
+    model = _model(num_classes=10)
+    for labels, error, message in ((10, ValueError, r"in \[0, 10\)"), ([1, 2, 3], ValueError, "one entry per"),
+                                   (1.5, TypeError, "integer class"), ("a", TypeError, "class indices")):
+        with pytest.raises(error, match=message):
+            model.sample(2, labels=labels)
+    with pytest.raises(ValueError, match="pass labels"):
+        model.log_prob(torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="no labels"):
+        model.loss(torch.zeros(2, 1, 8, 8))
+    assert torch.equal(model.sample(3, labels=4, seed=1), model.sample(3, labels=[4, 4, 4], seed=1))
+    images = DigitsDataset("val", form="levels").images[:3]
+    # the class changes the likelihood
+    assert not torch.equal(model.log_prob(images, labels=0), model.log_prob(images, labels=1))
+
+
+def test_figures_show_samples_and_inpainting_and_write_nothing(tmp_path):
+    model = _model(num_classes=10)
+    model.evaluate(DigitsDataset("val", form="levels"), max_items=16)
+    figures = model.figures(model.sample(8, seed=0))
+    assert set(figures) == {"samples", "inpainting"}
+    assert all(hasattr(f, "save") for f in figures.values())
+    assert not any(tmp_path.iterdir())
+    fresh = _model()  # no evaluate: the samples themselves are inpainted
+    assert set(fresh.figures(fresh.sample(8, seed=0))) == {"samples", "inpainting"}
+
+
+# -- the command line ----------------------------------------------------------------------
+def test_cli_trains_samples_and_evaluates_a_tiny_pixelcnn(tmp_path, capsys):
+    from genkernels.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "pixelcnn", "--steps", "5", "--batch-size", "16", "--eval-every", "2",
+                 "--eval-max-items", "32", "--num-samples", "4", "--no-progress", "--device", "cpu",
+                 "--out", str(out), "--set", "channels=8", "--set", "num_layers=2", "--set", "head_channels=8"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["best"]["kind"] == "eval" and "eval/nll_bpd" in summary["eval"]
+    assert {"samples.png", "inpainting.png", "best", "checkpoint"} <= {p.name for p in out.iterdir()}
+    capsys.readouterr()
+    code = main(["sample", str(out), "-n", "3", "--seed", "1", "--condition", "temperature=0.5",
+                 "--out", str(tmp_path / "s"), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "s" / "samples.png").exists()
+    capsys.readouterr()
+    code = main(["eval", str(out), "--max-items", "40", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)
+    assert result["checkpoint"].endswith("best") and result["step"] == summary["best"]["step"]
+    assert result["metrics"]["nll_bpd"] == pytest.approx(result["losses"]["loss"], rel=1e-5)
