@@ -49,3 +49,33 @@ def check_int_tuple(name: str, value: Any, length: int | None = None, minimum: i
     if not value:
         raise ValueError(f"{name} must not be empty")
     return tuple(check_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(value))
+
+
+def class_labels(labels: Any, n: int, num_classes: int, *, model: str, device, generator=None):
+    """Class indices for n samples of a class-conditional model: (n,) int64 on `device`, or None for
+    an unconditional one (num_classes = 0). labels None: random classes (from `generator`); an int
+    or a one-entry sequence: that class for all n; else one integer class per sample."""
+    import torch  # the config checks above stay importable without torch
+
+    if not num_classes:
+        if labels is not None:
+            raise ValueError(f"labels were given but this {model} is unconditional (num_classes=0)")
+        return None
+    if labels is None:
+        return torch.randint(0, num_classes, (n,), generator=generator, device=device)
+    try:
+        labels = torch.as_tensor(labels, device=device)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"labels must be class indices (an int or a sequence/tensor of ints), got "
+                        f"{labels!r:.60}") from error
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    labels = labels.long().reshape(-1)
+    if labels.shape[0] == 1:
+        labels = labels.expand(n)  # one class for all n samples
+    if labels.shape[0] != n:
+        raise ValueError(f"labels must have one entry per sample ({n}), got shape {tuple(labels.shape)}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must be in [0, {num_classes}), got "
+                         f"[{labels.min().item()}, {labels.max().item()}]")
+    return labels

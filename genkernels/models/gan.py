@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from genkernels.models._validate import check_bool, check_choice, check_int, check_int_tuple, check_real
+from genkernels.models._validate import check_bool, check_choice, check_int, check_int_tuple, check_real, class_labels
 from genkernels.models.base import ImageGenerativeModel
 
 LOSSES = ("nonsaturating", "hinge", "wgan-gp")
@@ -175,28 +175,8 @@ class GAN(ImageGenerativeModel):
         return self.generator.proj.weight.device
 
     def _check_labels(self, labels, n: int) -> torch.Tensor | None:
-        if not self.config.conditional:
-            if labels is not None:
-                raise ValueError("labels were given but this GAN is unconditional (num_classes=0)")
-            return None
-        if labels is None:
-            return torch.randint(0, self.config.num_classes, (n,), device=self.device)
-        try:
-            labels = torch.as_tensor(labels, device=self.device)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError(f"labels must be class indices (an int or a sequence/tensor of ints), got "
-                            f"{labels!r:.60}") from error
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
-        labels = labels.long().reshape(-1)
-        if labels.shape[0] == 1:
-            labels = labels.expand(n)  # one class for all n samples
-        if labels.shape[0] != n:
-            raise ValueError(f"labels must have one entry per sample ({n}), got shape {tuple(labels.shape)}")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.config.num_classes):
-            raise ValueError(f"labels must be in [0, {self.config.num_classes}), got "
-                             f"[{labels.min().item()}, {labels.max().item()}]")
-        return labels
+        return class_labels(labels, n, self.config.num_classes if self.config.conditional else 0, model="GAN",
+                            device=self.device)
 
     def _split_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(real images in [-1, 1], labels or None) from (images in [0, 1], labels) or images."""

@@ -10,6 +10,7 @@ the parameters of an output head of genkernels.nn.likelihoods over the data's L 
 
   categorical  a softmax over the L levels per pixel (the original PixelCNN's head)
   logistic     discretised logistic per pixel (PixelCNN++, one component)
+  logistic_mixture  a mixture of `num_mixtures` discretised logistics per pixel (PixelCNN++)
 
 With C > 1 channels (RGB folders) the channels of one pixel are modelled independently given the
 earlier pixels (p(x_i | x_<i) = prod_c p(x_ic | x_<i)): a valid likelihood, without the R -> G -> B
@@ -36,12 +37,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from genkernels.models._validate import check_bool, check_choice, check_int, check_int_tuple, check_real
+from genkernels.models._validate import check_bool, check_choice, check_int, check_int_tuple, check_real, class_labels
 from genkernels.models.base import ImageGenerativeModel
 from genkernels.nn.likelihoods import DiscreteLikelihood, get_likelihood
 from genkernels.nn.masked_conv import GatedMaskedConv2d
 
-PIXELCNN_LIKELIHOODS = ("categorical", "logistic")
+PIXELCNN_LIKELIHOODS = ("categorical", "logistic", "logistic_mixture")
 
 
 @dataclasses.dataclass
@@ -53,7 +54,8 @@ class PixelCNNConfig:
     kernel_size        odd kernel size of the mask-"B" layers
     first_kernel_size  odd kernel size of the first (mask "A") layer
     head_channels      width of the 1x1 output head
-    likelihood         "categorical" or "logistic" (see the module docstring)
+    likelihood         "categorical", "logistic" or "logistic_mixture" (see the module docstring)
+    num_mixtures       mixture components K of "logistic_mixture" (unused by the other heads)
     num_classes        classes for conditioning; 0: unconditional
     dropout            dropout probability on the horizontal stack and in the head (training only)
     """
@@ -68,6 +70,7 @@ class PixelCNNConfig:
     likelihood: str = "categorical"
     num_classes: int = 0
     dropout: float = 0.2
+    num_mixtures: int = 5
 
     def __post_init__(self):
         self.image_shape = check_int_tuple("PixelCNNConfig.image_shape", self.image_shape, length=3)
@@ -83,13 +86,19 @@ class PixelCNNConfig:
                              f"earlier pixel, got {self.first_kernel_size}")
         self.likelihood = check_choice("PixelCNNConfig.likelihood", self.likelihood, PIXELCNN_LIKELIHOODS)
         self.num_classes = check_int("PixelCNNConfig.num_classes", self.num_classes, 0)
+        self.num_mixtures = check_int("PixelCNNConfig.num_mixtures", self.num_mixtures, 1)
         self.dropout = check_real("PixelCNNConfig.dropout", self.dropout, 0.0)
         if self.dropout >= 1:
             raise ValueError(f"PixelCNNConfig.dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def params_per_channel(self) -> int:
-        return get_likelihood(self.likelihood, self.num_levels).params_per_channel
+        return self.make_likelihood().params_per_channel
+
+    def make_likelihood(self) -> DiscreteLikelihood:
+        """The output head over num_levels (with num_mixtures for "logistic_mixture")."""
+        mixtures = self.num_mixtures if self.likelihood == "logistic_mixture" else None
+        return get_likelihood(self.likelihood, self.num_levels, mixtures)
 
 
 class PixelCNN(ImageGenerativeModel):
@@ -110,7 +119,7 @@ class PixelCNN(ImageGenerativeModel):
         super().__init__(config if config is not None else PixelCNNConfig())
         config = self.config
         c = config.image_shape[0]
-        self.likelihood: DiscreteLikelihood = get_likelihood(config.likelihood, config.num_levels)
+        self.likelihood: DiscreteLikelihood = config.make_likelihood()
         cond = config.channels if config.num_classes else None
         self.class_embedding = nn.Embedding(config.num_classes, config.channels) if config.num_classes else None
         # 1x1: each position sees only its own pixel, so causality rests on the masked layers
@@ -158,33 +167,9 @@ class PixelCNN(ImageGenerativeModel):
         return levels.float() / (self.config.num_levels - 1)
 
     def _labels(self, labels, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
-        """Class indices (n,) int64 on the model's device, or None for an unconditional model.
-
-        labels None on a conditional model: random classes (from `generator`); an int or a one-entry
-        sequence: that class for all n."""
-        num_classes = self.config.num_classes
-        if not num_classes:
-            if labels is not None:
-                raise ValueError("labels were given but this PixelCNN is unconditional (num_classes=0)")
-            return None
-        if labels is None:
-            return torch.randint(0, num_classes, (n,), generator=generator, device=self.device)
-        try:
-            labels = torch.as_tensor(labels, device=self.device)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError(f"labels must be class indices (an int or a sequence/tensor of ints), got "
-                            f"{labels!r:.60}") from error
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
-        labels = labels.long().reshape(-1)
-        if labels.shape[0] == 1:
-            labels = labels.expand(n)
-        if labels.shape[0] != n:
-            raise ValueError(f"labels must have one entry per image ({n}), got shape {tuple(labels.shape)}")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(f"labels must be in [0, {num_classes}), got "
-                             f"{labels.min().item()}..{labels.max().item()}")
-        return labels
+        """Class indices (n,) int64 on the model's device, or None for an unconditional model."""
+        return class_labels(labels, n, self.config.num_classes, model="PixelCNN", device=self.device,
+                            generator=generator)
 
     def _batch(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(levels, labels or None) from a collated batch: images, or (images, labels)."""
@@ -229,7 +214,8 @@ class PixelCNN(ImageGenerativeModel):
     def _draw(self, params: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
         """Levels (N, C) drawn from head parameters (N, P, C) of one pixel, at `temperature`.
 
-        Temperature 0 is the mode (categorical) or the location (logistic)."""
+        Temperature 0 is the mode (categorical) or the location (logistic; the most likely
+        component's for logistic_mixture)."""
         top = self.config.num_levels - 1
         if self.config.likelihood == "categorical":
             logits = params.movedim(1, -1)  # (N, C, L)
@@ -237,6 +223,8 @@ class PixelCNN(ImageGenerativeModel):
                 return logits.argmax(-1)
             probs = (logits / temperature).softmax(-1).reshape(-1, logits.shape[-1])
             return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
+        if self.config.likelihood == "logistic_mixture":
+            return self.likelihood.draw(params, temperature, generator)
         mean, log_scale = self.likelihood.location_and_log_scale(params)  # (N, C) each
         u = torch.rand(mean.shape, generator=generator, device=mean.device).clamp(1e-5, 1 - 1e-5)
         x = mean + temperature * torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u))  # inverse CDF

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genkernels.models._validate import check_bool, check_int, check_real
+from genkernels.models._validate import check_bool, check_int, check_real, class_labels
 from genkernels.models.base import GenerativeModel
 from genkernels.nn.causal_conv import WaveNetLayer, receptive_field
 
@@ -235,18 +235,7 @@ class WaveNet(GenerativeModel):
         return torch.searchsorted(cdf, u.unsqueeze(1)).squeeze(1).clamp_(max=self.config.num_levels - 1)
 
     def _check_labels(self, labels, n: int, device) -> torch.Tensor | None:
-        if not self.config.num_classes:
-            if labels is not None:
-                raise ValueError("labels given, but this WaveNet is unconditional (num_classes = 0)")
-            return None
-        if labels is None:
-            return torch.randint(0, self.config.num_classes, (n,), device=device)
-        labels = torch.as_tensor(labels, device=device).long().reshape(-1)
-        labels = labels.expand(n) if labels.numel() == 1 else labels
-        if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.config.num_classes:
-            raise ValueError(f"labels must be one class or {n} classes in 0..{self.config.num_classes - 1}, "
-                             f"got {labels.tolist()}")
-        return labels
+        return class_labels(labels, n, self.config.num_classes, model="WaveNet", device=device)
 
     @torch.no_grad()
     def generate(self, n_samples: int, length: int, *, temperature: float = 1.0, labels=None,
