@@ -2,6 +2,7 @@
 and the real-time factor at 16 kHz (see genkernels/bench/wavenet.py for what is timed).
 
 Run:  OMP_NUM_THREADS=1 python bench/bench_wavenet.py --json bench/results/cpu_wavenet_2core.json
+The same table (genkernels.bench.wavenet.run_suite) runs as `genkernels bench --suite wavenet`.
 """
 import sys
 

@@ -4,8 +4,10 @@
 # build: the CUDA module (sm_90 only, to build fast); test: the GPU-relevant suites (parallel);
 # sanitize: the out-of-range varlen offsets / decode cache lengths under compute-sanitizer memcheck
 # (log committed as bench/results/<device>-memcheck.txt);
-# tune: bench/tune_attention.py's config sweep; bench: the diffusion and attention tables, JSON
-# under bench/results/. Logs and JSON are also copied to $OUT when the device tool sets it.
+# tune: bench/tune_attention.py's config sweep; bench: the diffusion and attention tables, then the
+# issue-9 suites (masked_conv in float32 and bfloat16, wavenet, pixelcnn; each under a minute on an
+# H100-class GPU, capped by SUITE_TIMEOUT), JSON under bench/results/. Logs and JSON are also copied
+# to $OUT when the device tool sets it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/genkernels-out}
@@ -51,6 +53,12 @@ for stage in $stages; do
       done
       python bench/bench_attention.py > "$OUT/bench-attention.log" 2>&1
       tail -60 "$OUT/bench-attention.log"
+      for suite in masked_conv:float32 masked_conv:bfloat16 wavenet:float32 pixelcnn:float32; do
+        name=${suite%%:*} dtype=${suite#*:}
+        timeout ${SUITE_TIMEOUT:-120} genkernels bench --suite "$name" --dtype "$dtype" \
+          --json "bench/results/${device}-${name}-${dtype}.json" > "$OUT/bench-${name}-${dtype}.log" 2>&1
+        echo "$name $dtype exit $?"; tail -30 "$OUT/bench-${name}-${dtype}.log"
+      done
       cp bench/results/*.json "$OUT"/ 2>/dev/null
       ;;
   esac

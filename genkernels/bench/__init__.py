@@ -4,15 +4,19 @@ Per op: reference eager, torch.compile of the reference, and each fast backend p
 in one run (median of repeated timings, warm-up and compilation excluded), plus achieved GB/s and,
 on a GPU, the fraction of the measured copy bandwidth. Results can be written as JSON with the
 device, versions, shapes and dtypes. The same setups back the pytest-benchmark cases in bench/.
+Two model suites run when named: `wavenet` (incremental vs naive generation, real-time factor at
+16 kHz) and `pixelcnn` (windowed vs naive sampling of 32x32 images), in float32.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import torch
 
-SUITES = ("diffusion", "attention", "overhead", "conv")
+SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv", "wavenet", "pixelcnn")
+DEFAULT_SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv")  # the model suites run when named
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -55,8 +59,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--numel", type=int, default=1 << 22, help="elements per op call (default 2^22)")
     parser.add_argument("--batch", type=int, default=16, help="samples the elements are split into")
-    parser.add_argument("--suite", nargs="+", choices=SUITES, default=list(SUITES),
-                        help="which tables to run (default: all)")
+    parser.add_argument("--suite", nargs="+", choices=SUITES, default=list(DEFAULT_SUITES),
+                        help="which tables to run (default: the op tables; wavenet and pixelcnn, the "
+                             "sampler speeds, run when named)")
     parser.add_argument("--ops", nargs="+", choices=diffusion.OPS, default=list(diffusion.OPS),
                         help="diffusion ops to time (default: all)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
@@ -94,12 +99,33 @@ def main(argv=None) -> int:
         result["conv"] = conv.run_suite(device, DTYPES[args.dtype], not args.no_compile)
         print("\nconv-family ops:\n" + format_table(
             result["conv"], ["op", "provider", "dtype", "shape", "ms", "GB/s", "speedup_vs_eager"]))
+    if "masked_conv" in args.suite:
+        from genkernels.bench import masked_conv
+
+        result["masked_conv"] = masked_conv.run_suite(device, DTYPES[args.dtype])
+        print(f"\nmasked conv ({masked_conv.NOTE}):\n" + format_table(
+            result["masked_conv"], ["op", "mode", "provider", "backend", "dtype", "batch", "ms", "speedup_vs_conv2d"]))
+    if "wavenet" in args.suite:
+        from genkernels.bench import wavenet
+
+        result["wavenet"] = wavenet.run_suite(device)
+        print("\nWaveNet generation (incremental vs naive, float32):\n" + format_table(
+            result["wavenet"], ["model", "batch", "receptive_field", "incremental_samples_per_s",
+                                "naive_samples_per_s", "speedup", "real_time_factor_16khz"]))
+    if "pixelcnn" in args.suite:
+        from genkernels.bench import pixelcnn
+
+        result["pixelcnn"] = pixelcnn.run_suite(device)
+        print("\nPixelCNN sampling (windowed vs naive, float32):\n" + format_table(
+            result["pixelcnn"], ["model", "image_shape", "batch", "receptive_rows", "windowed_images_per_s",
+                                 "naive_images_per_s", "speedup"]))
     if "overhead" in args.suite and not args.no_overhead:
         over = overhead.overhead_rows()
         print("\nper-call host overhead (16-element CPU tensor, CPU time of the calling thread):\n"
               + format_table(over, ["case", "us_per_call"]))
         result["overhead"] = over
     if args.json:
+        env["load_average_1min_at_end"] = os.getloadavg()[0]  # other jobs sharing the cores
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
         print(f"\nwrote {args.json}")

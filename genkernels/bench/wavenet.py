@@ -25,6 +25,7 @@ MODELS = (
     ("20 layers, R=64 S=64", dict(residual_channels=64, skip_channels=64, layers_per_cycle=10, cycles=2)),
     ("30 layers, R=64 S=64", dict(residual_channels=64, skip_channels=64, layers_per_cycle=10, cycles=3)),
 )
+TINY_MODELS = (("tiny, RF 15", dict(residual_channels=4, skip_channels=4, layers_per_cycle=3, cycles=2)),)
 REAL_TIME_RATE = 16_000
 
 
@@ -65,6 +66,23 @@ def bench_model(fields: dict, batch: int = 1, length: int = 256, repeat: int = 3
             "real_time_factor_16khz": 1.0 / incremental / REAL_TIME_RATE}
 
 
+def run_suite(device, models=None, batches=(1, 16), length: int = 256, repeat: int = 3) -> list[dict]:
+    """One row per model and batch (the table of `genkernels bench --suite wavenet` and of main);
+    models: (name, config fields) pairs, default MODELS."""
+    rows = []
+    for name, fields in MODELS if models is None else models:
+        for batch in batches:
+            rows.append({"model": name, **bench_model(fields, batch, length, repeat, device=device)})
+    return rows
+
+
+def format_row(row: dict) -> str:
+    return (f"{row['model']:22s} batch {row['batch']:3d}  RF {row['receptive_field']}  incremental "
+            f"{row['incremental_samples_per_s']:9.0f} samples/s  naive {row['naive_samples_per_s']:8.1f} "
+            f"samples/s  speedup {row['speedup']:6.1f}x  real-time factor at 16 kHz "
+            f"{row['real_time_factor_16khz']:.3f}")
+
+
 def main(argv=None) -> int:
     import argparse
     import json
@@ -82,12 +100,8 @@ def main(argv=None) -> int:
     rows = []
     for name, fields in MODELS:
         for batch in args.batch:
-            row = {"model": name, **bench_model(fields, batch, args.length, device=args.device)}
-            rows.append(row)
-            print(f"{name:22s} batch {batch:3d}  RF {row['receptive_field']}  incremental "
-                  f"{row['incremental_samples_per_s']:9.0f} samples/s  naive {row['naive_samples_per_s']:8.1f} "
-                  f"samples/s  speedup {row['speedup']:6.1f}x  real-time factor at 16 kHz "
-                  f"{row['real_time_factor_16khz']:.3f}", flush=True)
+            rows += run_suite(args.device, ((name, fields),), (batch,), args.length)
+            print(format_row(rows[-1]), flush=True)
     if args.json:
         environment = {"device": str(args.device), "threads": args.threads, "torch": torch.__version__,
                        "python": platform.python_version(), "processor": platform.processor() or platform.machine(),

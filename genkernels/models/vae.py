@@ -44,7 +44,8 @@ class VAEConfig:
     architecture   "mlp" or "conv" encoder/decoder
     hidden         MLP width (two hidden layers each way)
     channels       conv widths: a 3x3 stem at full resolution, then one stride-2 stage per entry
-    likelihood     "bernoulli", "categorical" or "logistic" (see the module docstring)
+    likelihood     "bernoulli", "categorical", "logistic" or "logistic_mixture" (5 components; see
+                   the module docstring and genkernels.nn.likelihoods)
     beta           weight of the KL in the training loss (1: the ELBO; evaluation always uses 1)
     iwae_samples   importance samples K of the IWAE bound in `evaluate`
     """

@@ -8,5 +8,6 @@ from genkernels.nn.likelihoods import (  # noqa: F401
     CategoricalLikelihood,
     DiscreteLikelihood,
     DiscretizedLogisticLikelihood,
+    DiscretizedLogisticMixtureLikelihood,
     get_likelihood,
 )

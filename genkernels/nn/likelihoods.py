@@ -9,6 +9,12 @@ the head turns them into a normalised distribution over the L levels:
   DiscretizedLogisticLikelihood discretised logistic (Salimans et al. 2017, PixelCNN++, one
                                 component): levels mapped onto [-1, 1], bins of width 2 / (L - 1),
                                 open-ended edge bins (2 parameters: mean, log-scale).
+  DiscretizedLogisticMixtureLikelihood
+                                K of those per channel, mixed by softmax weights (PixelCNN++, the
+                                16-bit audio head of Parallel WaveNet): 3K parameters, K mixture
+                                logits, then K locations, then K log-scales. K = 1 is the logistic head.
+                                Channels are independent given the parameters (no PixelCNN++ R -> G -> B
+                                linear coupling inside a pixel).
 
 Layout: params (N, P, C, *S) float, P = params_per_channel, levels (N, C, *S) int64 in [0, L - 1]
 (*S: any spatial or time dims, e.g. (H, W) for images, (T,) for audio). `log_prob` gives nats per
@@ -24,6 +30,25 @@ import torch.nn.functional as F
 
 # log-scale clamp: below -7 a bin (width 2/16) holds all the mass anyway; above 7 it is flat
 LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 7.0
+
+
+def _logistic_bin_log_prob(levels: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor,
+                           num_levels: int) -> torch.Tensor:
+    """log P(bin of `levels`) under logistic(mean, exp(log_scale)) on [-1, 1]; levels broadcast.
+
+    Level k sits at x = 2k / (L - 1) - 1 with the bin [x - 1/(L-1), x + 1/(L-1)]; the lowest bin
+    reaches to -inf and the highest to +inf, so the L bins hold all the mass."""
+    top = num_levels - 1
+    x = 2.0 * levels.to(mean.dtype) / top - 1.0
+    half_bin, inv_scale = 1.0 / top, torch.exp(-log_scale)
+    upper, lower = (x + half_bin - mean) * inv_scale, (x - half_bin - mean) * inv_scale
+    # log(sigmoid(u) - sigmoid(l)) = logsigmoid(u) + logsigmoid(-l) + log(1 - exp(l - u)): every term
+    # stays in the log domain, so the bin mass never underflows to log(0), whether the bin sits far in
+    # a tail (logsigmoid) or is tiny next to the scale (expm1): PixelCNN++'s fallback to the density
+    # at the bin centre is not needed. With log s >= -7, l - u = -2 / ((L - 1) s) <= -0.03 at L = 65536.
+    interior = F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(lower - upper))
+    return torch.where(levels == 0, F.logsigmoid(upper),
+                       torch.where(levels == top, F.logsigmoid(-lower), interior))
 
 
 class DiscreteLikelihood:
@@ -132,15 +157,7 @@ class DiscretizedLogisticLikelihood(DiscreteLikelihood):
     def log_prob(self, params, levels):
         self._check(params, levels)
         mean, log_scale = self.location_and_log_scale(params)
-        top = self.num_levels - 1
-        x = 2.0 * levels.to(params.dtype) / top - 1.0
-        half_bin, inv_scale = 1.0 / top, torch.exp(-log_scale)
-        upper, lower = (x + half_bin - mean) * inv_scale, (x - half_bin - mean) * inv_scale
-        # log(sigmoid(u) - sigmoid(l)) = logsigmoid(u) + logsigmoid(-l) + log(1 - exp(l - u)), stable
-        # for tiny and huge bins alike (no PixelCNN++ mid-point fallback needed)
-        interior = F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(lower - upper))
-        return torch.where(levels == 0, F.logsigmoid(upper),
-                           torch.where(levels == top, F.logsigmoid(-lower), interior))
+        return _logistic_bin_log_prob(levels, mean, log_scale, self.num_levels)
 
     def mean(self, params):
         # the location, not the exact mean of the binned distribution: what figures show
@@ -155,16 +172,86 @@ class DiscretizedLogisticLikelihood(DiscreteLikelihood):
         return (((x + 1) / 2) * top).round().clamp(0, top).long()
 
 
+class DiscretizedLogisticMixtureLikelihood(DiscreteLikelihood):
+    """Mixture of K discretised logistics per data channel (PixelCNN++, Salimans et al. 2017).
+
+    params (N, 3K, C, *S): [:, :K] mixture logits, [:, K:2K] locations on [-1, 1] (any real: a
+    location outside the range piles mass into the edge bins), [:, 2K:] log-scales (clamped to
+    [LOG_SCALE_MIN, LOG_SCALE_MAX] = [-7, 7] as in PixelCNN++)."""
+
+    name = "logistic_mixture"
+
+    def __init__(self, num_levels: int, num_mixtures: int = 5):
+        super().__init__(num_levels)
+        if isinstance(num_mixtures, bool) or not isinstance(num_mixtures, int) or num_mixtures < 1:
+            raise ValueError(f"num_mixtures must be an int >= 1, got {num_mixtures!r}")
+        self.num_mixtures = num_mixtures
+
+    @property
+    def params_per_channel(self) -> int:
+        return 3 * self.num_mixtures
+
+    def components(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log weights, locations, clamped log-scales), each (N, K, C, *S)."""
+        self._check(params)
+        k = self.num_mixtures
+        return (params[:, :k].log_softmax(dim=1), params[:, k:2 * k],
+                params[:, 2 * k:].clamp(LOG_SCALE_MIN, LOG_SCALE_MAX))
+
+    def log_prob(self, params, levels):
+        self._check(params, levels)
+        log_weights, mean, log_scale = self.components(params)
+        per_component = _logistic_bin_log_prob(levels.unsqueeze(1), mean, log_scale, self.num_levels)
+        return torch.logsumexp(log_weights + per_component, dim=1)
+
+    def mean(self, params):
+        # the weighted location (clamped to the range), like the logistic head: what figures show
+        log_weights, mean, _ = self.components(params)
+        return ((log_weights.exp() * mean.clamp(-1, 1)).sum(1) + 1) / 2
+
+    def draw(self, params: torch.Tensor, temperature: float = 1.0,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Levels int64 (N, C, *S): a component from softmax(logits / T), then the inverse logistic
+        CDF with its scale times T, rounded to the nearest level. T = 0: the location of the most
+        likely component."""
+        log_weights, mean, log_scale = self.components(params)
+        top = self.num_levels - 1
+        if temperature == 0:
+            chosen = log_weights.argmax(dim=1, keepdim=True)
+            x = mean.gather(1, chosen).squeeze(1)
+        else:
+            flat = (log_weights / temperature).softmax(dim=1).movedim(1, -1).reshape(-1, self.num_mixtures)
+            chosen = torch.multinomial(flat, 1, generator=generator).view(*mean.shape[:1], *mean.shape[2:])
+            chosen = chosen.unsqueeze(1)
+            loc, scale = mean.gather(1, chosen).squeeze(1), log_scale.gather(1, chosen).squeeze(1).exp()
+            u = torch.rand(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+            u = u.clamp(1e-5, 1 - 1e-5)
+            x = loc + temperature * scale * (torch.log(u) - torch.log1p(-u))  # inverse logistic CDF
+        return (((x + 1) / 2) * top).round().clamp(0, top).long()
+
+    def sample(self, params):
+        return self.draw(params)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_levels={self.num_levels}, num_mixtures={self.num_mixtures})"
+
+
 LIKELIHOODS: dict[str, type[DiscreteLikelihood]] = {
-    cls.name: cls for cls in (BinomialLikelihood, CategoricalLikelihood, DiscretizedLogisticLikelihood)}
+    cls.name: cls for cls in (BinomialLikelihood, CategoricalLikelihood, DiscretizedLogisticLikelihood,
+                              DiscretizedLogisticMixtureLikelihood)}
 
 
-def get_likelihood(name: str, num_levels: int) -> DiscreteLikelihood:
-    """The head registered as `name` ("bernoulli", "categorical" or "logistic") over `num_levels`."""
+def get_likelihood(name: str, num_levels: int, num_mixtures: int | None = None) -> DiscreteLikelihood:
+    """The head registered as `name` ("bernoulli", "categorical", "logistic" or "logistic_mixture")
+    over `num_levels`; `num_mixtures` K only for "logistic_mixture" (default 5)."""
     if name not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {tuple(LIKELIHOODS)}, got {name!r}")
+    if name == DiscretizedLogisticMixtureLikelihood.name:
+        return DiscretizedLogisticMixtureLikelihood(num_levels, 5 if num_mixtures is None else num_mixtures)
+    if num_mixtures is not None:
+        raise ValueError(f"num_mixtures applies only to the 'logistic_mixture' likelihood, not {name!r}")
     return LIKELIHOODS[name](num_levels)
 
 
 __all__ = ["DiscreteLikelihood", "BinomialLikelihood", "CategoricalLikelihood", "DiscretizedLogisticLikelihood",
-           "LIKELIHOODS", "get_likelihood"]
+           "DiscretizedLogisticMixtureLikelihood", "LIKELIHOODS", "get_likelihood"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from genkernels.bench import diffusion, main, overhead
+from tests.helpers import triton_device, triton_test
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -45,3 +46,82 @@ def test_pytest_benchmark_cases_are_the_suite_cases():
     marks = {m.args[0]: m.args[1] for m in bench_diffusion.test_diffusion_op.pytestmark}
     assert list(marks["op"]) == list(diffusion.OPS)
     assert bench_diffusion.diffusion is diffusion
+
+
+def test_model_and_masked_conv_suites_run_tiny(tmp_path, monkeypatch, capsys):
+    """`genkernels bench --suite masked_conv wavenet pixelcnn` end to end on tiny tables: each
+    suite checks its providers agree before timing and records what it timed."""
+    from genkernels.bench import masked_conv, pixelcnn, wavenet
+
+    monkeypatch.setattr(masked_conv, "CPU_CASES", masked_conv.TINY_CASES)
+    monkeypatch.setattr(wavenet, "MODELS", wavenet.TINY_MODELS)
+    monkeypatch.setattr(pixelcnn, "MODELS", pixelcnn.TINY_MODELS)
+    out = tmp_path / "bench.json"
+    assert main(["--suite", "masked_conv", "wavenet", "pixelcnn", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert "load_average_1min_at_end" in result["environment"]
+    rows = result["masked_conv"]
+    assert [(r["op"], r["mode"], r["provider"]) for r in rows] == [
+        (c.name, m, p) for c in masked_conv.TINY_CASES for m in masked_conv.MODES for p in masked_conv.PROVIDERS]
+    assert all(r["ms"] > 0 and r["speedup_vs_conv2d"] > 0 for r in rows)
+    assert {r["backend"] for r in rows} == {"conv2d", "torch"}  # off CUDA the op runs the reference
+    assert [(r["model"], r["batch"]) for r in result["wavenet"]] == [("tiny, RF 15", 1), ("tiny, RF 15", 16)]
+    assert all(r["receptive_field"] == 15 and r["speedup"] > 0 and r["real_time_factor_16khz"] > 0
+               for r in result["wavenet"])
+    (px,) = result["pixelcnn"]
+    assert px["model"] == "tiny 8x8" and px["image_shape"] == "1x8x8" and px["speedup"] > 0
+    assert px["windowed_images_per_s"] > 0 and px["naive_images_per_s"] > 0
+    printed = capsys.readouterr().out
+    assert "speedup_vs_conv2d" in printed and "real_time_factor_16khz" in printed and "naive_images_per_s" in printed
+
+
+def test_masked_conv_check_catches_a_wrong_result():
+    from genkernels.bench import masked_conv
+
+    case = masked_conv.TINY_CASES[0]
+    for mode in masked_conv.MODES:
+        ref = masked_conv.case_function("conv2d", case, mode)()
+        masked_conv.check_close(masked_conv.case_function("genkernels", case, mode)(), ref, torch.float32, "cpu")
+        wrong = tuple(r + 0.01 for r in ref) if isinstance(ref, tuple) else ref + 0.01
+        try:
+            masked_conv.check_close(wrong, ref, torch.float32, "cpu")
+        except AssertionError:
+            continue
+        raise AssertionError(f"check_close accepted a wrong {mode} result")
+
+
+@triton_test
+def test_masked_conv_check_passes_the_triton_kernel():
+    """On the GPU path (here the interpreter) the suite's correctness gate accepts the kernel."""
+    import genkernels
+    from genkernels.bench import masked_conv
+
+    device = triton_device()
+    for case in masked_conv.TINY_CASES:
+        for mode in masked_conv.MODES:
+            with genkernels.use_backend("triton"):
+                out = masked_conv.case_function("genkernels", case, mode, torch.float32, device)()
+            ref = masked_conv.case_function("conv2d", case, mode, torch.float32, device)()
+            masked_conv.check_close(out, ref, torch.float32, device)
+
+
+def test_model_and_masked_conv_bench_files_use_the_suite_tables(tmp_path, monkeypatch):
+    from genkernels.bench import masked_conv, pixelcnn, wavenet
+
+    bench_masked_conv = _bench_module("masked_conv")
+    assert bench_masked_conv.masked_conv is masked_conv
+    assert bench_masked_conv.CASES == masked_conv.default_cases(bench_masked_conv.DEVICE)
+    marks = {m.args[0]: m.args[1] for m in bench_masked_conv.test_masked_conv.pytestmark}
+    assert tuple(marks["case"]) == bench_masked_conv.CASES
+    assert tuple(marks["mode"]) == masked_conv.MODES and tuple(marks["provider"]) == masked_conv.PROVIDERS
+    bench_pixelcnn = _bench_module("pixelcnn")
+    assert bench_pixelcnn.pixelcnn is pixelcnn and bench_pixelcnn.MODELS is pixelcnn.MODELS
+    monkeypatch.setattr(pixelcnn, "MODELS", pixelcnn.TINY_MODELS)  # its script writes the suite's rows
+    out = tmp_path / "pixelcnn.json"
+    threads = torch.get_num_threads()
+    try:
+        assert bench_pixelcnn.main(["--device", "cpu", "--batch", "2", "--json", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["model"] for r in json.loads(out.read_text())["pixelcnn"]] == ["tiny 8x8"]
+    assert _bench_module("wavenet").main is wavenet.main
