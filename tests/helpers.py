@@ -25,3 +25,17 @@ def triton_test(fn):
         triton_device() is None,
         reason="Triton kernels need a GPU, or the interpreter on CPU: run pytest with --triton-interpret",
     )(fn)
+
+
+def rerun_without_interpreter(test_file: str) -> None:
+    """Run `test_file` again in a fresh pytest process without TRITON_INTERPRET: under the
+    interpreter (set for the whole session by --triton-interpret) @triton.jit builds interpreted
+    functions, which the ahead-of-time compile tests cannot compile."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file],
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout, result.stdout[-2000:]

@@ -179,3 +179,20 @@ class ImageGenerativeModel(GenerativeModel):
             name = f"data {str(data_name)!r}" if data_name is not None else "the data"
             raise ValueError(f"{name} has images of shape {shape}, but this {self.name} model was built "
                              f"for {tuple(self.config.image_shape)}")
+
+    # -- data conversion (families over discrete levels: config.num_levels) -------------------
+    def _levels(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        """Images as int64 levels (N, C, H, W): integer data as is, float data in [0, 1] rounded."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor of images (N, *{self.config.image_shape}), "
+                            f"got {type(x).__name__}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.config.image_shape):
+            raise ValueError(f"{name} must have shape (N, *{self.config.image_shape}), got {tuple(x.shape)}")
+        top = self.config.num_levels - 1
+        if x.is_floating_point():
+            return (x.float() * top).round().clamp(0, top).long()
+        return x.long().clamp(0, top)
+
+    def _to_images(self, levels: torch.Tensor) -> torch.Tensor:
+        """Levels (or a mean over levels) as images in [0, 1]."""
+        return levels.float() / (self.config.num_levels - 1)

@@ -150,22 +150,6 @@ class PixelCNN(ImageGenerativeModel):
     def device(self) -> torch.device:
         return self.embed.weight.device
 
-    # -- data conversion --------------------------------------------------------------------------
-    def _levels(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
-        """Images as int64 levels (N, C, H, W): integer data as is, float data in [0, 1] rounded."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a tensor of images (N, *{self.config.image_shape}), "
-                            f"got {type(x).__name__}")
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.config.image_shape:
-            raise ValueError(f"{name} must have shape (N, *{self.config.image_shape}), got {tuple(x.shape)}")
-        top = self.config.num_levels - 1
-        if x.is_floating_point():
-            return (x.float() * top).round().clamp(0, top).long()
-        return x.long().clamp(0, top)
-
-    def _to_images(self, levels: torch.Tensor) -> torch.Tensor:
-        return levels.float() / (self.config.num_levels - 1)
-
     def _labels(self, labels, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """Class indices (n,) int64 on the model's device, or None for an unconditional model."""
         return class_labels(labels, n, self.config.num_classes, model="PixelCNN", device=self.device,

@@ -150,21 +150,6 @@ class VAE(ImageGenerativeModel):
     def num_dims(self) -> int:
         return math.prod(self.config.image_shape)
 
-    # -- data conversion --------------------------------------------------------------------------
-    def _levels(self, x: torch.Tensor) -> torch.Tensor:
-        """Images as int64 levels (N, C, H, W): integer data as is, float data in [0, 1] rounded."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a tensor of images (N, *{self.config.image_shape}), got {type(x).__name__}")
-        if tuple(x.shape[1:]) != self.config.image_shape:
-            raise ValueError(f"x must have shape (N, *{self.config.image_shape}), got {tuple(x.shape)}")
-        top = self.config.num_levels - 1
-        if x.is_floating_point():
-            return (x.float() * top).round().clamp(0, top).long()
-        return x.long().clamp(0, top)
-
-    def _to_images(self, levels_or_mean: torch.Tensor) -> torch.Tensor:
-        return levels_or_mean.float() / (self.config.num_levels - 1)
-
     @staticmethod
     def _images_of(batch) -> torch.Tensor:
         return batch[0] if isinstance(batch, (tuple, list)) else batch

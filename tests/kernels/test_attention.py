@@ -6,14 +6,13 @@ that no longer lowers to bulk copies. Each config of the per-generation lists is
 for sm_90 and sm_80 with Triton's bundled ptxas (about 2 s each).
 """
 import os
-import subprocess
-import sys
 
 import pytest
 import triton
 
 from genkernels.kernels import attention as kernels
 from genkernels.kernels import attention_decode as decode_kernels
+from tests.helpers import rerun_without_interpreter
 
 try:
     from triton.backends.compiler import GPUTarget
@@ -53,13 +52,7 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 
 @pytest.mark.skipif(not INTERPRETING, reason="the compile tests run in this process")
 def test_compile_checks_in_a_fresh_process():
-    # Under TRITON_INTERPRET=1 (set for the whole session by --triton-interpret) @triton.jit builds
-    # interpreted functions, which cannot be compiled: run this file again without it.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                            env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout, result.stdout[-2000:]
+    rerun_without_interpreter(__file__)
 
 
 @pytest.fixture

@@ -2,13 +2,12 @@
 problems, with no GPU present (the interpreter, tests/ops/test_masked_conv.py, checks the math but
 not what only the compiler sees: tile shapes the tensor-core path rejects, shared-memory overflow)."""
 import os
-import subprocess
-import sys
 
 import pytest
 import triton
 
 from genkernels.kernels import masked_conv as kernels
+from tests.helpers import rerun_without_interpreter
 
 try:
     from triton.backends.compiler import GPUTarget
@@ -45,12 +44,7 @@ def _compile(fn, constexprs, num_warps, arch, tensor):
 
 @pytest.mark.skipif(not INTERPRETING, reason="the compile tests run in this process")
 def test_compile_checks_in_a_fresh_process():
-    # Under TRITON_INTERPRET=1 @triton.jit builds interpreted functions: run this file without it.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                            env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout, result.stdout[-2000:]
+    rerun_without_interpreter(__file__)
 
 
 @pytest.fixture
