@@ -22,6 +22,14 @@ its past inputs and one step costs O(layers), not O(receptive field) (Paine et a
 receptive field for every sample; given the same seed both draw the same codes: each step turns
 the same uniform number u into a code by inverting the categorical CDF.
 
+Output likelihood (config.likelihood): "categorical", the L-way softmax above (the paper), or
+"logistic_mixture", a mixture of K = num_mixtures discretised logistics over the L levels (PixelCNN++,
+Parallel WaveNet; genkernels.nn.likelihoods): the head emits 3K numbers per sample instead of L. The
+input side (the code embedding) is the same for both. The mixture sampler uses two uniforms per step:
+the first picks the component by inverting the CDF of softmax(mixture logits / T), the second draws
+the logistic by its inverse CDF (scale times T), rounded and clamped to a level; T = 0 takes the
+location of the most likely component. Deterministic in the uniforms, so both samplers agree.
+
 Units: "loss" is the NLL in nats per sample (batch mean), "bits_per_sample" the same in bits;
 `log_prob` is nats per clip. The uniform model scores log2 L bits per sample (8 for L = 256).
 """
@@ -36,9 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genkernels.models._validate import check_bool, check_int, check_real, class_labels
+from genkernels.models._validate import check_bool, check_choice, check_int, check_real, class_labels
 from genkernels.models.base import GenerativeModel
 from genkernels.nn.causal_conv import WaveNetLayer, receptive_field
+from genkernels.nn.likelihoods import get_likelihood
+
+LIKELIHOODS = ("categorical", "logistic_mixture")
 
 
 def _spectrogram_db(clip, nfft: int = 256):
@@ -62,7 +73,10 @@ class WaveNetConfig:
     kernel_size        taps of each dilated causal conv (2 in the paper)
     layers_per_cycle   layers per dilation cycle: dilations 1, 2, 4, ..., 2^(layers_per_cycle - 1)
     cycles             repetitions of the dilation cycle
-    num_levels         mu-law levels L of the categorical output (256)
+    num_levels         mu-law levels L of the codes (256)
+    likelihood         output head: "categorical" (an L-way softmax) or "logistic_mixture" (a mixture
+                       of num_mixtures discretised logistics over the L levels, 3 numbers each)
+    num_mixtures       K, components of the logistic mixture (used by "logistic_mixture" only)
     num_classes        0: unconditional; else global conditioning on a class label 0..num_classes-1
                        (the data must yield (audio, label) pairs)
     cond_dim           size of the class embedding (conditional only)
@@ -78,6 +92,8 @@ class WaveNetConfig:
     layers_per_cycle: int = 8
     cycles: int = 2
     num_levels: int = 256
+    likelihood: str = "categorical"
+    num_mixtures: int = 10
     num_classes: int = 0
     cond_dim: int = 16
     dropout: float = 0.0
@@ -87,12 +103,14 @@ class WaveNetConfig:
 
     def __post_init__(self):
         for name, minimum in (("residual_channels", 1), ("skip_channels", 1), ("kernel_size", 1),
-                              ("layers_per_cycle", 1), ("cycles", 1), ("num_levels", 2), ("num_classes", 0),
-                              ("cond_dim", 1), ("sample_rate", 1), ("train_length", 0), ("sample_length", 1)):
+                              ("layers_per_cycle", 1), ("cycles", 1), ("num_levels", 2), ("num_mixtures", 1),
+                              ("num_classes", 0), ("cond_dim", 1), ("sample_rate", 1), ("train_length", 0),
+                              ("sample_length", 1)):
             setattr(self, name, check_int(f"WaveNetConfig.{name}", getattr(self, name), minimum))
         if self.layers_per_cycle > 24:
             raise ValueError(f"WaveNetConfig.layers_per_cycle must be <= 24 (dilation 2^23), "
                              f"got {self.layers_per_cycle}")
+        self.likelihood = check_choice("WaveNetConfig.likelihood", self.likelihood, LIKELIHOODS)
         self.dropout = check_real("WaveNetConfig.dropout", self.dropout, 0.0)
         if self.dropout >= 1.0:
             raise ValueError(f"WaveNetConfig.dropout must be < 1, got {self.dropout}")
@@ -129,7 +147,11 @@ class WaveNet(GenerativeModel):
                          cond_channels=c.cond_dim if c.num_classes else None, dropout=c.dropout)
             for d in c.dilations)
         self.head_hidden = nn.Conv1d(c.skip_channels, c.skip_channels, 1)
-        self.head_out = nn.Conv1d(c.skip_channels, c.num_levels, 1)
+        # categorical: L logits per sample; mixture: 3K numbers (genkernels.nn.likelihoods layout)
+        self.head = (get_likelihood("logistic_mixture", c.num_levels, c.num_mixtures)
+                     if c.likelihood == "logistic_mixture" else None)
+        self.head_out = nn.Conv1d(c.skip_channels, c.num_levels if self.head is None
+                                  else self.head.params_per_channel, 1)
 
     @property
     def start_code(self) -> int:
@@ -166,7 +188,8 @@ class WaveNet(GenerativeModel):
 
     # -- network ----------------------------------------------------------------------------------
     def network(self, inputs: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (N, L, T) from input codes (N, T); position t sees inputs[:, :t+1] only."""
+        """Output parameters (N, P, T) from input codes (N, T): P = L logits (categorical) or 3K mixture
+        parameters (logistic_mixture); position t sees inputs[:, :t+1] only."""
         h = self.embed(inputs).transpose(1, 2)  # (N, R, T)
         skips = 0
         for layer in self.layers:
@@ -175,7 +198,7 @@ class WaveNet(GenerativeModel):
         return self.head_out(F.relu(self.head_hidden(F.relu(skips))))
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (N, L, T) of p(x_t | x_<t) for codes (N, T)."""
+        """Parameters (N, P, T) of p(x_t | x_<t) for codes (N, T) (logits (N, L, T) if categorical)."""
         return self.network(self._shifted(codes), self._cond(labels))
 
     # -- training -------------------------------------------------------------------------------
@@ -192,15 +215,26 @@ class WaveNet(GenerativeModel):
         """{"loss": NLL in nats/sample (batch mean), "bits_per_sample": the same in bits}."""
         codes, labels = self._codes_and_labels(batch)
         inputs, targets, length = self._crop(self._shifted(codes), codes)
-        logits = self.network(inputs, self._cond(labels))[:, :, -length:]  # (N, L, length)
-        nll = F.cross_entropy(logits.float(), targets)
+        logits = self.network(inputs, self._cond(labels))[:, :, -length:]  # (N, P, length)
+        if self.head is None:
+            nll = F.cross_entropy(logits.float(), targets)
+        else:
+            nll = -self._mixture_log_prob(logits, targets).mean()
         return {"loss": nll, "bits_per_sample": nll.detach() / math.log(2)}
 
     def log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x) per clip in nats, (N,), for audio (N, T) in [-1, 1] or mu-law codes."""
         codes, labels = self._codes_and_labels(x if labels is None else (x, labels))
-        logits = self.forward(codes, labels).float()
-        return -F.cross_entropy(logits, codes, reduction="none").sum(dim=1)
+        logits = self.forward(codes, labels)
+        if self.head is not None:
+            return self._mixture_log_prob(logits, codes).sum(dim=1)
+        return -F.cross_entropy(logits.float(), codes, reduction="none").sum(dim=1)
+
+    def _mixture_log_prob(self, params: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """log p(code) in nats, (N, T), from mixture parameters (N, 3K, T) (float32, or float64 for a
+        float64 model)."""
+        params = params if params.dtype == torch.float64 else params.float()
+        return self.head.log_prob(params.unsqueeze(2), codes.unsqueeze(1)).squeeze(1)
 
     @torch.no_grad()
     def evaluate(self, dataset, *, max_items: int | None = None, batch_size: int = 8) -> dict[str, float]:
@@ -228,11 +262,32 @@ class WaveNet(GenerativeModel):
     # -- generation -------------------------------------------------------------------------------
     def _draw(self, logits: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
         """Codes (N,) from logits (N, L) and uniforms u (N,): the inverse CDF of softmax(logits / T)
-        (argmax at temperature 0). Deterministic in u, so two samplers given the same u agree."""
+        (argmax at temperature 0). Deterministic in u, so two samplers given the same u agree.
+        Mixture: params (N, 3K) and u (N, 2), see _draw_mixture."""
+        if self.head is not None:
+            return self._draw_mixture(logits, u, temperature)
         if temperature == 0:
             return logits.argmax(dim=1)
         cdf = torch.softmax(logits.double() / temperature, dim=1).cumsum(dim=1)  # (N, L)
         return torch.searchsorted(cdf, u.unsqueeze(1)).squeeze(1).clamp_(max=self.config.num_levels - 1)
+
+    def _draw_mixture(self, params: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Codes (N,) from mixture parameters (N, 3K) and uniforms u (N, 2): u[:, 0] picks the component
+        by the inverse CDF of softmax(mixture logits / T), u[:, 1] draws logistic(location, T scale) by
+        its inverse CDF, rounded and clamped to a level (the head's `draw`, but deterministic in u).
+        T = 0: the location of the most likely component."""
+        log_weights, location, log_scale = self.head.components(params.double())  # each (N, K)
+        top = self.config.num_levels - 1
+        if temperature == 0:
+            x = location.gather(1, log_weights.argmax(dim=1, keepdim=True)).squeeze(1)
+        else:
+            cdf = torch.softmax(log_weights / temperature, dim=1).cumsum(dim=1)  # (N, K)
+            chosen = torch.searchsorted(cdf, u[:, :1].contiguous())  # (N, 1)
+            chosen = chosen.clamp_(max=self.head.num_mixtures - 1)  # u beyond a rounded cdf[-1]
+            loc, scale = location.gather(1, chosen).squeeze(1), log_scale.gather(1, chosen).squeeze(1).exp()
+            v = u[:, 1].clamp(1e-5, 1 - 1e-5)
+            x = loc + temperature * scale * (torch.log(v) - torch.log1p(-v))  # inverse logistic CDF
+        return (((x + 1) / 2) * top).round().clamp(0, top).long()
 
     def _check_labels(self, labels, n: int, device) -> torch.Tensor | None:
         return class_labels(labels, n, self.config.num_classes, model="WaveNet", device=device)
@@ -243,8 +298,9 @@ class WaveNet(GenerativeModel):
         """n_samples sequences of `length` mu-law codes, int64 (n_samples, length).
 
         seed: the uniform numbers of the draws come from a torch.Generator seeded with it (the same
-        stream on both paths); None draws the seed from torch's global RNG. incremental=False
-        recomputes the whole network over the receptive field at each step (the naive sampler).
+        stream on both paths; one per draw, two with the logistic mixture); None draws the seed from
+        torch's global RNG. incremental=False recomputes the whole network over the receptive field at
+        each step (the naive sampler).
         labels: one class or one per sequence (conditional models; default random classes).
         """
         check_int("n_samples", n_samples, 1)
@@ -256,7 +312,8 @@ class WaveNet(GenerativeModel):
         if seed is None:
             seed = int(torch.randint(0, 2 ** 62, ()))
         generator = torch.Generator(device=device).manual_seed(check_int("seed", seed, 0))
-        uniforms = torch.rand(length, n_samples, generator=generator, device=device, dtype=torch.float64)
+        shape = (length, n_samples) if self.head is None else (length, n_samples, 2)  # 2 per mixture draw
+        uniforms = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
         was_training = self.training
         self.eval()
         try:
@@ -279,7 +336,7 @@ class WaveNet(GenerativeModel):
                 h, skip = layer.step(h, state)
                 skips = skips + skip  # (N, S)
             hidden = torch.addmm(hidden_b, F.relu(skips), hidden_w).relu_()
-            logits = torch.addmm(out_b, hidden, out_w)  # (N, L)
+            logits = torch.addmm(out_b, hidden, out_w)  # (N, P)
             previous = self._draw(logits, uniforms[t], temperature)
             codes[:, t] = previous
         return codes
@@ -291,7 +348,7 @@ class WaveNet(GenerativeModel):
         codes = torch.empty_like(inputs)
         for t in range(length):
             window = inputs[:, max(0, t + 1 - field):t + 1]
-            logits = self.network(window, cond)[:, :, -1]  # (N, L)
+            logits = self.network(window, cond)[:, :, -1]  # (N, P)
             codes[:, t] = self._draw(logits, uniforms[t], temperature)
             if t + 1 < length:
                 inputs[:, t + 1] = codes[:, t]
