@@ -347,11 +347,14 @@ def _sdpa(q, k, v, causal, scale, key_padding_mask):
     return out.transpose(1, 2)
 
 
-def _sdpa_ok(q, k, v, causal, key_padding_mask, return_lse) -> bool:
-    """Whether SDPA gives this call's answer. Its CPU kernels return zeros for a NaN query row and
-    let a NaN at a masked key reach unmasked rows, so non-finite inputs (checked only in eager
-    calls: a traced call cannot branch on data) take the reference path, which propagates NaN."""
+def _sdpa_ok(q, k, v, causal, scale, key_padding_mask, return_lse) -> bool:
+    """Whether SDPA gives this call's answer. Its CPU kernels return zeros for a NaN query row or a
+    NaN scale and let a NaN at a masked key reach unmasked rows, so non-finite inputs (checked only
+    in eager calls: a traced call cannot branch on data) take the reference path, which propagates
+    NaN."""
     if _backend_for(q.device.type) != "torch" or return_lse or q.numel() == 0 or k.shape[1] == 0:
+        return False
+    if not math.isfinite(scale):
         return False
     if causal and q.shape[1] != k.shape[1] and key_padding_mask is None:
         return False  # SDPA's is_causal is top-left aligned; ours bottom-right
@@ -365,7 +368,7 @@ def attention(q, k, v, causal=False, scale=None, key_padding_mask=None, layout="
     q:       (B, Sq, Hq, D) for layout "bshd", (B, Hq, Sq, D) for "bhsd"; fp16, bf16 or fp32
     k, v:    (B, Sk, Hkv, D) / (B, Hkv, Sk, D), Hq a multiple of Hkv (GQA / MQA), same dtype
     causal:  bottom-right aligned (query i sees keys j <= i + Sk - Sq)
-    scale:   softmax scale, a finite number > 0, default 1 / sqrt(D)
+    scale:   softmax scale, default 1 / sqrt(D) (a NaN scale gives NaN outputs)
     key_padding_mask: bool (B, Sk), True = padded key (ignored), as in nn.MultiheadAttention
     allow_tf32: let fp32 inputs use TF32 tensor cores on GPU
     Returns out in q's layout and dtype, and with return_lse the float32 lse (B, Hq, Sq).
@@ -380,7 +383,7 @@ def attention(q, k, v, causal=False, scale=None, key_padding_mask=None, layout="
     q, k, v = _check_qkv(q, k, v)
     _check_key_padding_mask(key_padding_mask, q, k)
     scale = _check_scale(q.shape[-1], scale)
-    if _sdpa_ok(q, k, v, causal, key_padding_mask, return_lse):
+    if _sdpa_ok(q, k, v, causal, scale, key_padding_mask, return_lse):
         out, lse = _sdpa(q, k, v, causal, scale, key_padding_mask), None
     else:
         out, lse = attention_forward_op(q, k, v, key_padding_mask, None, None, q.shape[1], k.shape[1], scale,
@@ -503,13 +506,12 @@ def _check_key_padding_mask(mask, q, k):
 
 
 def _check_scale(head_dim: int, scale) -> float:
-    """The softmax scale as a float: 1 / sqrt(D) by default, else a finite number > 0."""
+    """The softmax scale as a float: 1 / sqrt(D) by default, else any real number, taken as given
+    (as SDPA takes it): a NaN scale gives NaN outputs, as in the reference, never zeros."""
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a float (or None for 1/sqrt(head_dim)), got {_describe(scale)}")
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
     return float(scale)
 
 

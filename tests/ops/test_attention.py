@@ -1,6 +1,8 @@
 """Fused attention: Triton kernels (interpreter, small shapes) against a float64 reference with the
 2x rule, and the reference / SDPA path, validation, opcheck and torch.compile (always)."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -615,14 +617,39 @@ def test_nan_query_row_gives_nan(backend, return_lse):
         assert result[1][1, 0, 3].isnan()
 
 
-@pytest.mark.parametrize("scale, error", [(float("nan"), ValueError), (float("inf"), ValueError), (0.0, ValueError),
-                                          (-0.5, ValueError), ("0.1", TypeError)])
-def test_scale_must_be_finite_and_positive(scale, error):
+def test_scale_must_be_a_number():
     q, k, v = _good()
-    with pytest.raises(error, match="scale must be"):
-        attention(q, k, v, scale=scale)
-    with pytest.raises(error, match="scale must be"):
-        attention_varlen(q[0], k[0], v[0], *[torch.tensor([0, 4], dtype=torch.int32)] * 2, 4, 4, scale=scale)
+    with pytest.raises(TypeError, match="scale must be a float"):
+        attention(q, k, v, scale="0.1")
+    with pytest.raises(TypeError, match="scale must be a float"):
+        attention_varlen(q[0], k[0], v[0], *[torch.tensor([0, 4], dtype=torch.int32)] * 2, 4, 4, scale=True)
+
+
+SCALES = [float("nan"), float("inf"), 0.0, -0.5]
+
+
+def _check_scale_taken_as_given(scale):
+    # A NaN scale gives NaN outputs like the reference, never the zeros SDPA's CPU kernel returns;
+    # an inf scale gives what the reference gives; zero and negative scales are ordinary (if
+    # unusual) softmax temperatures.
+    q, k, v = _good()
+    truth, _ = attention_ref(q.double(), k.double(), v.double(), scale=scale)
+    out = attention(q, k, v, scale=scale)
+    assert torch.equal(out.isnan(), truth.isnan())
+    assert torch.allclose(out.double().nan_to_num(), truth.nan_to_num(), atol=1e-5)
+    if math.isnan(scale):
+        assert out.isnan().all()
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_any_scale_is_taken_as_given(scale):
+    _check_scale_taken_as_given(scale)
+
+
+@triton_test
+@pytest.mark.parametrize("scale", SCALES)
+def test_triton_any_scale_is_taken_as_given(scale):
+    _check_scale_taken_as_given(scale)
 
 
 def _poisoned_masked_keys(case):

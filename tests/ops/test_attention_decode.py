@@ -105,6 +105,13 @@ def test_nan_past_cache_length_is_never_read(backend, causal):
         assert got[0, 1].isnan().all() and torch.isfinite(got[1]).all()
 
 
+def test_nan_scale_gives_nan(backend):
+    q, k_cache, v_cache = _cache()
+    with use_backend(backend):
+        out = attention_decode(q, k_cache, v_cache, torch.tensor([5, 20]), scale=float("nan"))
+    assert out.isnan().all()
+
+
 def test_inputs_that_require_grad_fail_at_the_call():
     q, k_cache, v_cache = _cache()
     lengths = torch.tensor([20, 3], dtype=torch.int32)
@@ -121,8 +128,8 @@ def test_inputs_that_require_grad_fail_at_the_call():
     [
         (lambda q, k, v: attention_decode(q, k, v, torch.tensor([4])), ValueError, "cache_seqlens must have shape"),
         (lambda q, k, v: attention_decode(q, k, v, torch.tensor([4.0, 4.0])), TypeError, "cache_seqlens"),
-        (lambda q, k, v: attention_decode(q, k, v, torch.tensor([4, 4]), scale=float("nan")), ValueError,
-         "scale must be a finite number > 0"),
+        (lambda q, k, v: attention_decode(q, k, v, torch.tensor([4, 4]), scale="0.1"), TypeError,
+         "scale must be a float"),
         (lambda q, k, v: attention_decode(q, k[:1], v[:1], torch.tensor([4, 4])), ValueError, "same batch size"),
     ],
 )
