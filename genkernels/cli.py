@@ -300,9 +300,7 @@ def _write_samples(model, samples, out_dir: Path, nrow: Optional[int] = None) ->
     from genkernels.figures import save_figures
 
     written = [Path(p).name for p in save_figures(model.figures(samples, nrow=nrow), out_dir)]
-    # non-image outputs (a WaveNet's samples.wav): {file name: bytes} from an optional model hook
-    sample_files = getattr(model, "sample_files", None)
-    for name, data in (sample_files(samples) if sample_files is not None else {}).items():
+    for name, data in model.sample_files(samples).items():  # non-image outputs (samples.wav)
         (out_dir / name).write_bytes(data)
         written.append(name)
     return written

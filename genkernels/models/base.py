@@ -106,6 +106,11 @@ class GenerativeModel(nn.Module):
             return {"samples": image_grid(samples.float().cpu().clamp(0, 1), nrow)}
         return {}
 
+    def sample_files(self, samples: torch.Tensor) -> dict[str, bytes]:
+        """Non-image outputs of `sample`, {file name: bytes} (a WaveNet's samples.wav); the caller
+        writes them beside the figures. None by default."""
+        return {}
+
     # -- fitting to data -------------------------------------------------------------------
     @classmethod
     def check_data(cls, dataset, data_name: str | None = None) -> None:
