@@ -53,7 +53,12 @@ for stage in $stages; do
       done
       python bench/bench_attention.py > "$OUT/bench-attention.log" 2>&1
       tail -60 "$OUT/bench-attention.log"
-      for suite in masked_conv:float32 masked_conv:bfloat16 wavenet:float32 pixelcnn:float32; do
+      # wavenet: generation with and without the CUDA graph and the fused causal conv, in its own script (JSON
+      # with both tables)
+      timeout $((2 * ${SUITE_TIMEOUT:-120})) python bench/bench_wavenet.py --device cuda --json "bench/results/${device}-wavenet.json" \
+        > "$OUT/bench-wavenet.log" 2>&1
+      echo "wavenet exit $?"; tail -30 "$OUT/bench-wavenet.log"
+      for suite in masked_conv:float32 masked_conv:bfloat16 pixelcnn:float32; do
         name=${suite%%:*} dtype=${suite#*:}
         timeout ${SUITE_TIMEOUT:-120} genkernels bench --suite "$name" --dtype "$dtype" \
           --json "bench/results/${device}-${name}-${dtype}.json" > "$OUT/bench-${name}-${dtype}.log" 2>&1

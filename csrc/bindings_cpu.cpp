@@ -5,6 +5,7 @@
 #include "common/common_launch.h"
 #include "conv/conv_args.h"
 #include "diffusion/diffusion_args.h"
+#include "flow/flow_args.h"
 #include "vae/vae_args.h"
 
 PYBIND11_MODULE(_C, m) {
@@ -14,5 +15,6 @@ PYBIND11_MODULE(_C, m) {
   GK_DIFFUSION_OPS(GK_BIND_CPU)
   GK_VAE_OPS(GK_BIND_CPU)
   GK_CONV_OPS(GK_BIND_CPU)
+  GK_FLOW_OPS(GK_BIND_CPU)
   // --- further families add their GK_<FAMILY>_OPS(GK_BIND_CPU) line above this one ---
 }

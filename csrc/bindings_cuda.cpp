@@ -6,6 +6,7 @@
 #include "common/common_launch.h"
 #include "conv/conv_args.h"
 #include "diffusion/diffusion_args.h"
+#include "flow/flow_args.h"
 #include "vae/vae_args.h"
 
 PYBIND11_MODULE(_cuda, m) {
@@ -15,5 +16,6 @@ PYBIND11_MODULE(_cuda, m) {
   GK_DIFFUSION_OPS(GK_BIND_CUDA)
   GK_VAE_OPS(GK_BIND_CUDA)
   GK_CONV_OPS(GK_BIND_CUDA)
+  GK_FLOW_OPS(GK_BIND_CUDA)
   // --- further families add their GK_<FAMILY>_OPS(GK_BIND_CUDA) line above this one ---
 }

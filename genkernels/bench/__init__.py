@@ -5,7 +5,8 @@ in one run (median of repeated timings, warm-up and compilation excluded), plus 
 on a GPU, the fraction of the measured copy bandwidth. Results can be written as JSON with the
 device, versions, shapes and dtypes. The same setups back the pytest-benchmark cases in bench/.
 Two model suites run when named: `wavenet` (incremental vs naive generation, real-time factor at
-16 kHz) and `pixelcnn` (windowed vs naive sampling of 32x32 images), in float32.
+16 kHz) and `pixelcnn` (windowed vs naive sampling of 32x32 images), in float32; so does
+`flow_memory` (training memory and step time of a 32-block flow with and without recompute-by-inverse).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import os
 
 import torch
 
-SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv", "wavenet", "pixelcnn")
+SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv", "wavenet", "pixelcnn", "flow_memory")
 DEFAULT_SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv")  # the model suites run when named
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -119,6 +120,12 @@ def main(argv=None) -> int:
         print("\nPixelCNN sampling (windowed vs naive, float32):\n" + format_table(
             result["pixelcnn"], ["model", "image_shape", "batch", "receptive_rows", "windowed_images_per_s",
                                  "naive_images_per_s", "speedup"]))
+    if "flow_memory" in args.suite:
+        from genkernels.bench import flow_memory
+
+        result["flow_memory"] = flow_memory.run_suite(device)
+        print("\nflow training memory, stored vs recompute-by-inverse (float32):\n" + format_table(
+            result["flow_memory"], [c for c in flow_memory.COLUMNS if any(c in r for r in result["flow_memory"])]))
     if "overhead" in args.suite and not args.no_overhead:
         over = overhead.overhead_rows()
         print("\nper-call host overhead (16-element CPU tensor, CPU time of the calling thread):\n"

@@ -1,5 +1,7 @@
 """PixelCNN sampling speed: windowed (the network over the R + 1 rows that reach the current row)
-against naive (the whole image for every pixel), images of 32x32 (genkernels/models/pixelcnn.py).
+against naive (the whole image for every pixel), images of 32x32 and 32x32x3
+(genkernels/models/pixelcnn.py). The RGB model has colour groups (R -> G -> B inside a pixel), so
+each pixel takes three network passes, one per colour, for both samplers.
 
 Per model, in one run: after a warm-up forward over every input height the samplers use (first
 calls: Triton compiles on a GPU), each sampler draws the same batch from the same seed (median of
@@ -14,10 +16,13 @@ import torch
 
 from genkernels.models.pixelcnn import PixelCNN, PixelCNNConfig
 
-# (name, config fields): 32x32 single-channel images, 17 levels
+# (name, config fields): 32x32 single-channel and RGB images, 17 levels
 MODELS = (
     ("5 layers, 32 ch, 3x3 (first 5x5)", dict(image_shape=(1, 32, 32), channels=32, num_layers=5,
                                               kernel_size=3, first_kernel_size=5, dropout=0.0)),
+    ("RGB, colour groups, 5 layers, 33 ch", dict(image_shape=(3, 32, 32), channels=33, num_layers=5,
+                                                 kernel_size=3, first_kernel_size=5, head_channels=66,
+                                                 dropout=0.0)),
 )
 TINY_MODELS = (("tiny 8x8", dict(image_shape=(1, 8, 8), channels=4, num_layers=2, head_channels=8,
                                  dropout=0.0)),)

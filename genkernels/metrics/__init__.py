@@ -4,9 +4,11 @@ nll                likelihood units: nats -> bits, bits per dimension, categoric
                    dequantised continuous NLL, the IWAE bound
 text               bits per byte / char, perplexity, zlib and lzma baselines
 samples2d          MMD and energy distance between sample sets (2D toy data)
+density            Gaussian and KDE held-out log-likelihood baselines (nats per point), anomaly ROC AUC
 digits_classifier  a cached small CNN on the 8x8 digits: class accuracy of conditional samples,
                    features and a Fréchet distance (FID-style) in its feature space
 """
+from genkernels.metrics.density import anomaly_auc, gaussian_loglik, kde_loglik, select_kde_bandwidth
 from genkernels.metrics.digits_classifier import (
     class_accuracy,
     digits_classifier,
@@ -31,5 +33,6 @@ __all__ = [
     "dequantized_nll", "iwae_bound",
     "bits_per_byte", "bits_per_char", "perplexity", "compression_baselines",
     "mmd", "energy_distance",
+    "gaussian_loglik", "kde_loglik", "select_kde_bandwidth", "anomaly_auc",
     "digits_classifier", "class_accuracy", "digits_features", "frechet_distance", "digits_sample_metrics",
 ]

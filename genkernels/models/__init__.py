@@ -11,6 +11,9 @@ REGISTRY["vae"] = "genkernels.models.vae:VAE"
 REGISTRY["gan"] = "genkernels.models.gan:GAN"
 REGISTRY["pixelcnn"] = "genkernels.models.pixelcnn:PixelCNN"
 REGISTRY["wavenet"] = "genkernels.models.wavenet:WaveNet"
+REGISTRY["maf"] = "genkernels.models.maf:MAF"
+REGISTRY["realnvp"] = "genkernels.models.realnvp:RealNVP"
+REGISTRY["glow"] = "genkernels.models.glow:Glow"
 
 
 def get_model_class(name: str) -> type[GenerativeModel]:

@@ -17,7 +17,12 @@ receptive_field - 1 positions of real context (or the clip start), so the loss o
 the full clip's conditional NLL at those positions. Evaluation uses whole clips.
 
 Generation (`generate`, `sample`) runs on the incremental path: each layer keeps a ring buffer of
-its past inputs and one step costs O(layers), not O(receptive field) (Paine et al. 2016).
+its past inputs and one step costs O(layers), not O(receptive field) (Paine et al. 2016). A step
+(every layer, the head and the draw) is one function, `_sample_step`, over buffers allocated once
+per generation (`_SamplerState`: ring buffers addressed by a step counter on the device, the
+uniforms of every draw, the codes): on a CPU it runs eagerly, on CUDA it is captured once as a
+CUDA graph and replayed once per sample (`generate(cuda_graph=...)`): one launch per sample
+instead of several per layer, the launch overhead that dominates a batch-1 step.
 `generate(..., incremental=False)` is the naive sampler that recomputes the network over the
 receptive field for every sample; given the same seed both draw the same codes: each step turns
 the same uniform number u into a code by inverting the categorical CDF.
@@ -46,7 +51,7 @@ from torch import nn
 
 from genkernels.models._validate import check_bool, check_choice, check_int, check_real, class_labels
 from genkernels.models.base import GenerativeModel
-from genkernels.nn.causal_conv import WaveNetLayer, receptive_field
+from genkernels.nn.causal_conv import WaveNetLayer, WaveNetLayerState, receptive_field
 from genkernels.nn.likelihoods import get_likelihood
 
 LIKELIHOODS = ("categorical", "logistic_mixture")
@@ -122,6 +127,20 @@ class WaveNetConfig:
     @property
     def receptive_field(self) -> int:
         return receptive_field(self.kernel_size, self.dilations)
+
+
+@dataclasses.dataclass
+class _SamplerState:
+    """Every tensor a generation step reads or writes, allocated once per `generate` call, so a step
+    touches the same addresses at every t (what a CUDA graph replays)."""
+
+    clock: torch.Tensor                 # () int64: the step t, advanced by the step itself
+    uniforms: torch.Tensor              # (length, N) float64, or (length, N, 2) for the mixture
+    codes: torch.Tensor                 # (N, length) int64: code t written at step t
+    previous: torch.Tensor              # (N,) int64: the input of step t (silence at t = 0)
+    layers: list[WaveNetLayerState]     # ring buffers (on `clock`), weights as matrices, cond bias
+    head: tuple[torch.Tensor, ...]      # hidden (S, S), (S,); out (S, P), (P,): the 1x1 convs as matrices
+    temperature: float
 
 
 class WaveNet(GenerativeModel):
@@ -294,7 +313,7 @@ class WaveNet(GenerativeModel):
 
     @torch.no_grad()
     def generate(self, n_samples: int, length: int, *, temperature: float = 1.0, labels=None,
-                 seed: int | None = None, incremental: bool = True) -> torch.Tensor:
+                 seed: int | None = None, incremental: bool = True, cuda_graph: bool | None = None) -> torch.Tensor:
         """n_samples sequences of `length` mu-law codes, int64 (n_samples, length).
 
         seed: the uniform numbers of the draws come from a torch.Generator seeded with it (the same
@@ -302,12 +321,22 @@ class WaveNet(GenerativeModel):
         torch's global RNG. incremental=False recomputes the whole network over the receptive field at
         each step (the naive sampler).
         labels: one class or one per sequence (conditional models; default random classes).
+        cuda_graph: replay the incremental step as a captured CUDA graph (None: on for a CUDA model;
+        True needs one; should the capture fail under None, the step runs eagerly, with a warning).
         """
         check_int("n_samples", n_samples, 1)
         check_int("length", length, 1)
         temperature = check_real("temperature", temperature, 0.0)
         check_bool("incremental", incremental)
         device = next(self.parameters()).device
+        if cuda_graph is not None:
+            check_bool("cuda_graph", cuda_graph)
+            if cuda_graph and device.type != "cuda":
+                raise ValueError(f"cuda_graph=True replays the sampling step as a CUDA graph: it needs a model on "
+                                 f"a CUDA device, this one is on {device}; pass cuda_graph=None or False")
+            if cuda_graph and not incremental:
+                raise ValueError("cuda_graph=True captures the incremental step; the naive sampler "
+                                 "(incremental=False) runs eagerly: pass cuda_graph=None or False")
         labels = self._check_labels(labels, n_samples, device)
         if seed is None:
             seed = int(torch.randint(0, 2 ** 62, ()))
@@ -317,29 +346,78 @@ class WaveNet(GenerativeModel):
         was_training = self.training
         self.eval()
         try:
-            sampler = self._generate_incremental if incremental else self._generate_naive
-            return sampler(n_samples, length, temperature, self._cond(labels), uniforms)
+            if not incremental:
+                return self._generate_naive(n_samples, length, temperature, self._cond(labels), uniforms)
+            state = self._sampler_state(n_samples, temperature, self._cond(labels), uniforms)
+            use_graph = device.type == "cuda" if cuda_graph is None else cuda_graph
+            if use_graph:
+                return self._generate_cuda_graph(state, length, required=cuda_graph is True)
+            for _ in range(length):
+                self._sample_step(state)
+            return state.codes
         finally:
             self.train(was_training)
 
-    def _generate_incremental(self, n, length, temperature, cond, uniforms) -> torch.Tensor:
-        """O(layers) per sample: every layer steps on its ring buffer (Paine et al. 2016)."""
-        states = [layer.init_state(n, cond) for layer in self.layers]
-        hidden_w, hidden_b = self.head_hidden.weight[:, :, 0].t().contiguous(), self.head_hidden.bias
-        out_w, out_b = self.head_out.weight[:, :, 0].t().contiguous(), self.head_out.bias
-        codes = torch.empty(n, length, dtype=torch.long, device=uniforms.device)
-        previous = torch.full((n,), self.start_code, dtype=torch.long, device=uniforms.device)
-        for t in range(length):
-            h = self.embed(previous)  # (N, R)
-            skips = 0
-            for layer, state in zip(self.layers, states):
-                h, skip = layer.step(h, state)
-                skips = skips + skip  # (N, S)
-            hidden = torch.addmm(hidden_b, F.relu(skips), hidden_w).relu_()
-            logits = torch.addmm(out_b, hidden, out_w)  # (N, P)
-            previous = self._draw(logits, uniforms[t], temperature)
-            codes[:, t] = previous
-        return codes
+    # The incremental sampler: O(layers) per sample, every layer stepping on its ring buffer (Paine
+    # et al. 2016), as one step function over the buffers of a _SamplerState.
+    def _sampler_state(self, n, temperature, cond, uniforms) -> _SamplerState:
+        device = uniforms.device
+        clock = torch.zeros((), dtype=torch.long, device=device)
+        matrix = lambda conv: conv.weight[:, :, 0].t().contiguous()  # noqa: E731  (out, in, 1) -> (in, out)
+        return _SamplerState(
+            clock=clock, uniforms=uniforms,
+            codes=torch.zeros(n, uniforms.shape[0], dtype=torch.long, device=device),
+            previous=torch.full((n,), self.start_code, dtype=torch.long, device=device),
+            layers=[layer.init_state(n, cond, clock=clock) for layer in self.layers],
+            head=(matrix(self.head_hidden), self.head_hidden.bias, matrix(self.head_out), self.head_out.bias),
+            temperature=temperature)
+
+    def _sample_step(self, state: _SamplerState) -> torch.Tensor:
+        """Sample t = state.clock: code t from the codes before it; returns the logits (N, P). Reads
+        and writes only `state`'s buffers and advances its clock: no host synchronisation, no
+        Python-side state, so a CUDA graph of one call replays every later step."""
+        h = self.embed(state.previous)  # (N, R)
+        skips = 0
+        for layer, layer_state in zip(self.layers, state.layers):
+            h, skip = layer.step(h, layer_state)
+            skips = skips + skip  # (N, S)
+        hidden_w, hidden_b, out_w, out_b = state.head
+        hidden = torch.addmm(hidden_b, F.relu(skips), hidden_w).relu_()
+        logits = torch.addmm(out_b, hidden, out_w)  # (N, P)
+        t = state.clock.view(1)
+        code = self._draw(logits, state.uniforms.index_select(0, t).squeeze(0), state.temperature)  # (N,)
+        state.previous.copy_(code)
+        state.codes.index_copy_(1, t, code.unsqueeze(1))
+        state.clock.add_(1)
+        return logits
+
+    def _generate_cuda_graph(self, state: _SamplerState, length: int, required: bool) -> torch.Tensor:
+        """Step 0 eagerly on a side stream (it warms up cuBLAS and the kernels: the capture must not
+        see first-call work), then capture one step and replay the graph for steps 1 .. length-1."""
+        side = torch.cuda.Stream(state.codes.device)
+        side.wait_stream(torch.cuda.current_stream(state.codes.device))
+        with torch.cuda.stream(side):
+            self._sample_step(state)
+        torch.cuda.current_stream(state.codes.device).wait_stream(side)
+        if length == 1:
+            return state.codes
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._sample_step(state)  # recorded, not run: the clock still reads 1
+        except RuntimeError as error:
+            if required:
+                raise
+            import warnings
+
+            warnings.warn(f"WaveNet.generate: capturing the sampling step as a CUDA graph failed ({error}); "
+                          f"sampling eagerly", RuntimeWarning, stacklevel=3)
+            for _ in range(length - 1):
+                self._sample_step(state)
+            return state.codes
+        for _ in range(length - 1):
+            graph.replay()
+        return state.codes
 
     def _generate_naive(self, n, length, temperature, cond, uniforms) -> torch.Tensor:
         """O(receptive field) per sample: the whole network over the last receptive field."""

@@ -1,5 +1,8 @@
 from genkernels.nn.attention import CrossAttention, KVCache, MultiheadAttention, SelfAttention  # noqa: F401
 from genkernels.nn.causal_conv import CausalConv1d, WaveNetLayer  # noqa: F401
+from genkernels.nn.coupling import AdditiveCoupling, AffineCoupling, SplineCoupling  # noqa: F401
+from genkernels.nn.flow_layers import ActNorm, InvertibleConv1x1, Permute, Squeeze  # noqa: F401
+from genkernels.nn.flow_sequential import FlowSequential  # noqa: F401
 from genkernels.nn.gated import GatedActivation  # noqa: F401
 from genkernels.nn.latent import GaussianLatent  # noqa: F401
 from genkernels.nn.masked_conv import GatedMaskedConv2d, MaskedConv2d  # noqa: F401

@@ -3,8 +3,10 @@ with an incremental `step` for sample-by-sample generation (Paine et al. 2016, "
 
     CausalConv1d:  y[t] = b + sum_{j=0}^{k-1} W[:, :, j] x[t - (k - 1 - j) d]     (x[s < 0] = 0)
 
-so y[t] sees x[t - (k-1) d .. t] and nothing later. `forward` left-pads by (k - 1) d and runs a
-plain conv1d; the module is an nn.Conv1d (padding 0) and loads an nn.Conv1d state dict.
+so y[t] sees x[t - (k-1) d .. t] and nothing later. `forward` runs genkernels.ops.causal_conv1d,
+the Triton kernel (WaveNetLayer: the gate and the conditioning bias fused), where the backend is
+"triton" (CUDA tensors), and a plain conv1d on the input left-padded by (k - 1) d elsewhere; the
+module is an nn.Conv1d (padding 0) and loads an nn.Conv1d state dict.
 
 Incremental generation. A naive sampler recomputes the whole network over the receptive field
 for every new sample: O(receptive field) work per sample. The taps a causal conv needs at time t
@@ -12,6 +14,10 @@ are inputs it has already seen, so each conv keeps its last (k - 1) d inputs in 
 (`RingBuffer`) and `step(x_t, buffer)` computes y[t] from x_t and k - 1 buffered taps: O(layers)
 work per sample. The buffers start at zero, exactly the zero left-padding of `forward`, so
 stepping through a sequence gives forward's outputs (to float rounding).
+
+`ClockedRingBuffer` is the same ring addressed by a shared step counter held on the device
+instead of a Python-side head: every step then launches the same kernels on the same addresses,
+which is what a CUDA graph captures and replays (genkernels.models.wavenet's generate).
 """
 from __future__ import annotations
 
@@ -19,9 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genkernels.ops.causal_conv1d import _backend_for, causal_conv1d
 from genkernels.ops.gated_activation import gated_activation
 
-__all__ = ["CausalConv1d", "WaveNetLayer", "RingBuffer", "WaveNetLayerState", "receptive_field"]
+__all__ = ["CausalConv1d", "WaveNetLayer", "RingBuffer", "ClockedRingBuffer", "WaveNetLayerState", "receptive_field"]
+
+
+def _use_op(x: torch.Tensor) -> bool:
+    """genkernels.ops.causal_conv1d where its backend is Triton (CUDA tensors, or forced under the
+    interpreter); elsewhere conv1d on the left-padded input, the op's reference, without the op's
+    argument checks (the module has checked its input)."""
+    return _backend_for(x.device.type) == "triton"
 
 
 def _gate(x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -60,6 +74,37 @@ class RingBuffer:
         self.head = (self.head + 1) % self.length
 
 
+class ClockedRingBuffer:
+    """A causal conv's last `length` = (k - 1) d inputs, (length, N, C), addressed by `clock`, a 0-d
+    int64 tensor t on the buffer's device that the caller advances once per time step (shared by
+    every layer of a network).
+
+    x[t - lag] sits in slot (t - lag) mod length. `taps()` gathers the k - 1 past taps
+    x[t - (k-1) d], ..., x[t - d] with index ops on the device; `push(x_t)` then writes x[t] over
+    the oldest, x[t - (k-1) d], whose slot (t - length) mod length = t mod length the gather has
+    just computed. No Python-side state changes between steps, so a CUDA graph of a step replays
+    correctly at every t. Starts at zero like RingBuffer.
+    """
+
+    def __init__(self, kernel_size: int, dilation: int, batch: int, channels: int, clock: torch.Tensor, *,
+                 dtype=None):
+        self.length = (kernel_size - 1) * dilation
+        self.data = torch.zeros(self.length, batch, channels, device=clock.device, dtype=dtype)  # (L, N, C)
+        self.clock = clock
+        self.lags = torch.arange(kernel_size - 1, 0, -1, device=clock.device) * dilation  # (k-1,): oldest first
+        self._slots = None
+
+    def taps(self) -> torch.Tensor:
+        """[x[t - (k-1) d], ..., x[t - d]] side by side, (N, (k - 1) C)."""
+        self._slots = torch.remainder(self.clock - self.lags, self.length)  # (k-1,)
+        past = self.data.index_select(0, self._slots)  # (k-1, N, C)
+        return past.transpose(0, 1).reshape(past.shape[1], -1)
+
+    def push(self, x_t: torch.Tensor) -> None:
+        """Store x[t] (N, C) in the oldest tap's slot (call after taps())."""
+        self.data.index_copy_(0, self._slots[:1], x_t.unsqueeze(0))
+
+
 class CausalConv1d(nn.Conv1d):
     """Left-padded dilated 1D convolution: output t sees inputs t - (k-1) dilation .. t only.
 
@@ -84,14 +129,22 @@ class CausalConv1d(nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be (N, {self.in_channels}, T), got {tuple(x.shape)}")
+        if _use_op(x):
+            return causal_conv1d(x, self.weight, self.bias, self.dilation[0])  # (N, out, T)
         return super().forward(F.pad(x, (self.history, 0)))  # (N, out, T)
 
     # -- incremental ----------------------------------------------------------------------------
-    def init_state(self, batch: int, *, device=None, dtype=None) -> RingBuffer | None:
-        """An empty (zero) ring buffer for `step`; None when the kernel has no past taps."""
+    def init_state(self, batch: int, *, device=None, dtype=None,
+                   clock: torch.Tensor | None = None) -> RingBuffer | ClockedRingBuffer | None:
+        """An empty (zero) ring buffer for `step`; None when the kernel has no past taps. With
+        `clock` (a 0-d int64 step counter on the device): a ClockedRingBuffer on its device."""
         device = self.weight.device if device is None else device
         dtype = self.weight.dtype if dtype is None else dtype
-        return RingBuffer(self.history, batch, self.in_channels, device=device, dtype=dtype) if self.history else None
+        if not self.history:
+            return None
+        if clock is not None:
+            return ClockedRingBuffer(self.kernel_size[0], self.dilation[0], batch, self.in_channels, clock, dtype=dtype)
+        return RingBuffer(self.history, batch, self.in_channels, device=device, dtype=dtype)
 
     def step_weight(self) -> torch.Tensor:
         """The weight as one matrix (k * in, out) over the taps [x[t-(k-1)d], ..., x[t]] concatenated
@@ -99,15 +152,20 @@ class CausalConv1d(nn.Conv1d):
         out_channels, in_channels, k = self.weight.shape
         return self.weight.permute(2, 1, 0).reshape(k * in_channels, out_channels)
 
-    def step(self, x_t: torch.Tensor, buffer: RingBuffer | None, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def step(self, x_t: torch.Tensor, buffer: RingBuffer | ClockedRingBuffer | None,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
         """y[t] (N, out) from x[t] (N, in) and the buffered past; pushes x[t] into the buffer.
 
         weight: `step_weight()` prepared once (computed here when None).
         """
         k, d = self.kernel_size[0], self.dilation[0]
         weight = self.step_weight() if weight is None else weight
-        taps = [buffer.past((k - 1 - j) * d) for j in range(k - 1)] + [x_t]
-        stacked = torch.cat(taps, dim=1) if k > 1 else x_t  # (N, k * in)
+        if k == 1:
+            stacked = x_t
+        elif isinstance(buffer, ClockedRingBuffer):
+            stacked = torch.cat([buffer.taps(), x_t], dim=1)  # (N, k * in)
+        else:
+            stacked = torch.cat([buffer.past((k - 1 - j) * d) for j in range(k - 1)] + [x_t], dim=1)
         y_t = torch.addmm(self.bias, stacked, weight) if self.bias is not None else stacked @ weight
         if buffer is not None:
             buffer.push(x_t)
@@ -134,8 +192,11 @@ class WaveNetLayer(nn.Module):
         residual_out = x + W_res z,   skip = W_skip z            (1x1 convs)
 
     residual_channels R, skip_channels S; the dilated conv maps R -> 2R (filter and gate halves,
-    gated by genkernels.ops.gated_activation); cond_channels: size of a per-sequence conditioning
-    vector c (N, cond_channels) mapped linearly to the 2R gate bias. `dropout` drops z in training.
+    gated by genkernels.ops.gated_activation, or in the epilogue of genkernels.ops.causal_conv1d's
+    Triton kernel, with the conditioning bias, where the backend is Triton); cond_channels: size of
+    a per-sequence conditioning vector c (N, cond_channels) mapped linearly to the 2R gate bias.
+    `dropout` drops z in training. The two 1x1 convs run as one over [W_res; W_skip] (R + S
+    outputs): z is read once; the parameters stay two nn.Conv1d ("residual", "skip") in the state dict.
     forward(x (N, R, T), cond=None) -> (residual_out (N, R, T), skip (N, S, T)).
     """
 
@@ -166,18 +227,28 @@ class WaveNetLayer(nn.Module):
         return self.cond(cond)  # (N, 2R)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        z = _gate(self.conv(x), self._cond_bias(cond, x.shape[0]))  # (N, R, T)
+        if x.ndim != 3 or x.shape[1] != self.residual_channels:
+            raise ValueError(f"x must be (N, {self.residual_channels}, T), got {tuple(x.shape)}")
+        cond_bias = self._cond_bias(cond, x.shape[0])  # (N, 2R) or None
+        if _use_op(x):  # conv, conditioning bias and gate in one kernel
+            z = causal_conv1d(x, self.conv.weight, self.conv.bias, self.conv.dilation[0], gated=True, cond=cond_bias)
+        else:
+            z = _gate(self.conv(x), cond_bias)  # (N, R, T)
         if self.dropout is not None:
             z = self.dropout(z)
-        return x + self.residual(z), self.skip(z)
+        out = F.conv1d(z, torch.cat([self.residual.weight, self.skip.weight]),
+                       torch.cat([self.residual.bias, self.skip.bias]))  # (N, R + S, T)
+        return x + out[:, :self.residual_channels], out[:, self.residual_channels:]
 
     # -- incremental ----------------------------------------------------------------------------
     @torch.no_grad()
-    def init_state(self, batch: int, cond: torch.Tensor | None = None) -> WaveNetLayerState:
-        """Zero history for `step`; snapshots the current weights (re-init after changing them)."""
+    def init_state(self, batch: int, cond: torch.Tensor | None = None,
+                   clock: torch.Tensor | None = None) -> WaveNetLayerState:
+        """Zero history for `step`; snapshots the current weights (re-init after changing them).
+        clock: a 0-d int64 step counter on the device, for a ClockedRingBuffer (CUDA graphs)."""
         weight = lambda conv: conv.weight[:, :, 0].t()  # noqa: E731  (out, in, 1) -> (in, out)
         return WaveNetLayerState(
-            self.conv.init_state(batch), self.conv.step_weight().contiguous(),
+            self.conv.init_state(batch, clock=clock), self.conv.step_weight().contiguous(),
             torch.cat([weight(self.residual), weight(self.skip)], dim=1).contiguous(),
             torch.cat([self.residual.bias, self.skip.bias]), self._cond_bias(cond, batch))
 

@@ -10,7 +10,8 @@ Both run genkernels.ops.masked_conv2d, the Triton kernel (only the kept taps), w
 "triton" (CUDA tensors), and conv2d on the masked weight (the reference) elsewhere. The masks are
 non-persistent buffers, so MaskedConv2d's state dict holds exactly nn.Conv2d's "weight" and "bias".
 On the reference path GatedMaskedConv2d convolves causally padded inputs with its compact
-(k // 2 + 1) x k and 1 x (k // 2 + 1) weights, so it multiplies no zero taps either.
+(k // 2 + 1) x k and 1 x (k // 2 + 1) weights, so it multiplies no zero taps either. Both layers take
+colour groups (color_groups=3: R, G, B) for RGB images.
 """
 from __future__ import annotations
 
@@ -102,15 +103,23 @@ class GatedMaskedConv2d(nn.Module):
     optional per-sample conditioning bias; the horizontal output passes a 1x1 convolution and, for
     mask "B", a residual connection. The first layer (mask "A") takes v = h = the image features.
     forward(v, h, cond=None) -> (v_out, h_out), each (N, channels, H, W).
+
+    color_groups=3 (channels divisible by 3) orders the colours of one pixel, R before G before B:
+    every channel dimension is split into consecutive thirds, and each gate half (a, b) keeps that
+    layout (gated channel j of group g comes from a_j and b_j, both of group g). At the current
+    pixel, horizontal output group g sees input groups < g (mask "A") or <= g (mask "B"): the
+    horizontal stack's centre tap is masked so ("hA"/"hB" with colour groups), the 1x1 output
+    convolution mixes groups <= g, and the residual is per channel. The vertical stack and the
+    vertical-to-horizontal link see only rows above, so they stay unmasked.
     """
 
-    def __init__(self, channels, kernel_size, mask_type="A", cond_channels=None):
-        check_conv_config(channels, channels, kernel_size, mask_type, 1)
+    def __init__(self, channels, kernel_size, mask_type="A", cond_channels=None, color_groups=1):
         if mask_type not in ("A", "B"):
             raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
+        check_conv_config(channels, channels, kernel_size, mask_type, color_groups)
         super().__init__()
         self.channels, self.kernel_size, self.mask_type = channels, kernel_size, mask_type
-        self.cond_channels = cond_channels
+        self.cond_channels, self.color_groups = cond_channels, color_groups
         c = kernel_size // 2
         # Weights hold only the rows/columns the stacks can use; on the Triton path forward pads
         # them to k x k (the masked-conv kernel skips the padded taps).
@@ -119,13 +128,17 @@ class GatedMaskedConv2d(nn.Module):
         self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, 1)
         self.horizontal_out = nn.Conv2d(channels, channels, 1)
         # mask "A" drops the centre row of the vertical stack and the centre column of the
-        # horizontal one (non-persistent: state dicts hold the four convolutions only)
-        vertical_mask, horizontal_mask = torch.ones(c + 1, kernel_size), torch.ones(1, c + 1)
+        # horizontal one (with colour groups: the later groups of the centre column); the masks
+        # are non-persistent, so state dicts hold the four convolutions only
+        vertical_mask = torch.ones(c + 1, kernel_size)
         if mask_type == "A":
             vertical_mask[c] = 0
-            horizontal_mask[0, c] = 0
+        horizontal_mask = conv_mask(2 * channels, channels, kernel_size, "h" + mask_type, color_groups,
+                                    gated=True)[:, :, c:c + 1, :c + 1]                       # (2C, C, 1, c + 1)
         self.register_buffer("vertical_mask", vertical_mask, persistent=False)
         self.register_buffer("horizontal_mask", horizontal_mask, persistent=False)
+        out_mask = conv_mask(channels, channels, 1, "B", color_groups) if color_groups > 1 else None
+        self.register_buffer("horizontal_out_mask", out_mask, persistent=False)
         if cond_channels is None:
             self.cond_vertical = self.cond_horizontal = None
         else:
@@ -133,7 +146,8 @@ class GatedMaskedConv2d(nn.Module):
             self.cond_horizontal = nn.Linear(cond_channels, 2 * channels, bias=False)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, kernel_size={self.kernel_size}, mask_type={self.mask_type!r}"
+        return (f"channels={self.channels}, kernel_size={self.kernel_size}, mask_type={self.mask_type!r}"
+                + (f", color_groups={self.color_groups}" if self.color_groups > 1 else ""))
 
     def _full_weights(self):
         """The stacks' weights placed in k x k windows: vertical in rows 0..c, horizontal in row c,
@@ -142,6 +156,19 @@ class GatedMaskedConv2d(nn.Module):
         vertical = F.pad(self.vertical.weight, (0, 0, 0, c))       # (2C, C, k, k)
         horizontal = F.pad(self.horizontal.weight, (0, c, c, c))   # (2C, C, k, k)
         return vertical, horizontal
+
+    def _horizontal_op(self, h, weight):
+        """The horizontal stack on masked_conv2d. Without the gate the op groups its 2C output
+        channels consecutively, so the rows go in as (group, half) blocks and the output comes back
+        as the halves (a, b), each grouped."""
+        mask_type, groups = "h" + self.mask_type, self.color_groups
+        if groups == 1:
+            return masked_conv2d(h, weight, self.horizontal.bias, mask_type)
+        n, two_c, height, width = h.shape[0], weight.shape[0], h.shape[2], h.shape[3]
+        by_group = weight.view(2, groups, two_c // (2 * groups), *weight.shape[1:]).transpose(0, 1)
+        bias = self.horizontal.bias.view(2, groups, -1).transpose(0, 1).reshape(two_c)
+        pre = masked_conv2d(h, by_group.reshape(weight.shape), bias, mask_type, groups)    # (N, [G, 2, C/G], H, W)
+        return pre.view(n, groups, 2, -1, height, width).transpose(1, 2).reshape(n, two_c, height, width)
 
     def forward(self, v, h, cond=None):
         _check_image("v", v, self.channels)
@@ -152,7 +179,7 @@ class GatedMaskedConv2d(nn.Module):
         if _use_op(v):
             vertical, horizontal = self._full_weights()
             v_pre = masked_conv2d(v, vertical, self.vertical.bias, "v" + self.mask_type)        # (N, 2C, H, W)
-            h_pre = masked_conv2d(h, horizontal, self.horizontal.bias, "h" + self.mask_type)
+            h_pre = self._horizontal_op(h, horizontal)
         else:  # the compact convolutions on causally padded inputs: no multiplications by zero taps
             c = self.kernel_size // 2
             v_pre = F.conv2d(F.pad(v, (c, c, c, 0)), self.vertical.weight * self.vertical_mask, self.vertical.bias)
@@ -163,8 +190,11 @@ class GatedMaskedConv2d(nn.Module):
         if cond is not None:
             cond_v, cond_h = self.cond_vertical(cond), self.cond_horizontal(cond)
         v_out = gated_activation(v_pre, cond_v)                                                   # (N, C, H, W)
-        h_out = self.horizontal_out(gated_activation(h_pre, cond_h))
+        h_gated = gated_activation(h_pre, cond_h)
+        if self.horizontal_out_mask is None:
+            h_out = self.horizontal_out(h_gated)
+        else:  # colour groups: output group g mixes gated groups <= g
+            h_out = F.conv2d(h_gated, self.horizontal_out.weight * self.horizontal_out_mask, self.horizontal_out.bias)
         if self.mask_type == "B":
             h_out = h_out + h
         return v_out, h_out
-

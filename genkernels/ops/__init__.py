@@ -9,11 +9,14 @@ import importlib
 import sys
 import types
 
+from genkernels.ops.actnorm import actnorm
+from genkernels.ops.affine_coupling import affine_coupling
 from genkernels.ops.diffusion_loss import diffusion_loss
 from genkernels.ops.gated_activation import gated_activation
 from genkernels.ops.philox import philox_normal
 from genkernels.ops.q_sample import q_sample
 from genkernels.ops.reparam_kl import reparam_kl
+from genkernels.ops.rq_spline import rq_spline
 from genkernels.ops.sampler_step import ddim_step, ddpm_step
 
 _LAZY = {
@@ -21,10 +24,11 @@ _LAZY = {
     "attention_varlen": "genkernels.ops.attention",
     "attention_decode": "genkernels.ops.attention_decode",
     "masked_conv2d": "genkernels.ops.masked_conv",
+    "causal_conv1d": "genkernels.ops.causal_conv1d",
 }
 
-__all__ = ["gated_activation",
-           "q_sample", "diffusion_loss", "ddpm_step", "ddim_step", "philox_normal", "reparam_kl", *_LAZY]
+__all__ = ["gated_activation", "affine_coupling", "actnorm",
+           "q_sample", "diffusion_loss", "ddpm_step", "ddim_step", "philox_normal", "reparam_kl", "rq_spline", *_LAZY]
 
 
 def __getattr__(name):

@@ -14,10 +14,12 @@ Generation with PixelCNN Decoders"), over a k x k window with centre c = k // 2:
                to and including the centre row ("vB"), every column.
   "hA" / "hB"  the horizontal stack: the centre row only, left of the centre ("hA") or up to and
                including it ("hB").
-Colour groups (color_groups=G > 1, "A"/"B" only): input and output channels are split into G
+Colour groups (color_groups=G > 1, "A"/"B"/"hA"/"hB"): input and output channels are split into G
 equal consecutive groups (R, G, B for G = 3); at the centre tap output group g sees input groups
-< g ("A") or <= g ("B"); every other kept tap sees every input channel. With gated=True the output
-channels are two halves (a, b) and each half is grouped the same way.
+< g ("A", "hA") or <= g ("B", "hB"); every other kept tap sees every input channel. With gated=True
+the output channels are two halves (a, b) and each half is grouped the same way. The vertical-stack
+masks take no colour groups: they see only rows above the centre (or a row the caller guarantees
+holds only such information, as the Gated PixelCNN's vertical stack does).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from genkernels.kernels._launch import device_scope, launcher
 from genkernels.ops._library import register, untraced
 
 MASK_TYPES = ("A", "B", "vA", "vB", "hA", "hB")
+COLOR_MASK_TYPES = ("A", "B", "hA", "hB")  # the masks whose centre tap colour groups split
 BACKENDS = ("torch", "triton")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -67,7 +70,10 @@ def conv_mask(out_channels: int, in_channels: int, kernel_size: int, mask_type: 
         period = out_channels // 2 if gated else out_channels
         out_group = (torch.arange(out_channels) % period) * color_groups // period
         in_group = torch.arange(in_channels) * color_groups // in_channels
-        sees = in_group[None, :] < out_group[:, None] if mask_type == "A" else in_group[None, :] <= out_group[:, None]
+        if mask_type in ("A", "hA"):
+            sees = in_group[None, :] < out_group[:, None]
+        else:
+            sees = in_group[None, :] <= out_group[:, None]
         mask[:, :, c, c] = sees.float()
     return mask
 
@@ -105,8 +111,8 @@ def check_conv_config(in_channels: int, out_channels: int, kernel_size: int, mas
     if not isinstance(color_groups, int) or color_groups < 1:
         raise ValueError(f"color_groups must be a positive int, got {color_groups!r}")
     if color_groups > 1:
-        if mask_type not in ("A", "B"):
-            raise ValueError(f"color_groups > 1 needs mask_type 'A' or 'B', got {mask_type!r}")
+        if mask_type not in COLOR_MASK_TYPES:
+            raise ValueError(f"color_groups > 1 needs mask_type in {COLOR_MASK_TYPES}, got {mask_type!r}")
         if in_channels % color_groups or out_channels % color_groups:
             raise ValueError(f"color_groups={color_groups} must divide in_channels ({in_channels}) and "
                              f"out_channels ({out_channels})")
@@ -168,10 +174,10 @@ def _gate_backward(grad, pre, cond_bias):
 @functools.lru_cache(maxsize=None)
 def _kept_taps(kernel_size: int, mask_type: str) -> tuple[tuple[int, int], ...]:
     """(row, col) of every tap the mask keeps in some channel pair (the centre of a colour-group
-    "A" mask too: it keeps the pairs from earlier groups)."""
+    "A" / "hA" mask too: it keeps the pairs from earlier groups)."""
     keep = spatial_mask(kernel_size, mask_type)
     c = kernel_size // 2
-    if mask_type == "A":
+    if mask_type in ("A", "hA"):
         keep[c, c] = 1  # with color_groups == 1 its weights are all masked to zero, see _plan
     return tuple((int(r), int(q)) for r, q in keep.nonzero().tolist())
 
@@ -196,7 +202,7 @@ def _plan(weight: torch.Tensor, mask_type: str, color_groups: int, gated: bool) 
     if cacheable and key in _plans:
         return _plans[key]
     kept = _kept_taps(k, mask_type)
-    if mask_type == "A" and color_groups == 1:  # the centre holds nothing: skip it
+    if mask_type in ("A", "hA") and color_groups == 1:  # the centre holds nothing: skip it
         kept = tuple(t for t in kept if t != (k // 2, k // 2))
     rows = torch.tensor([r for r, _ in kept], dtype=torch.int64)
     cols = torch.tensor([q for _, q in kept], dtype=torch.int64)
@@ -309,7 +315,7 @@ def masked_conv2d(x, weight, bias=None, mask_type="A", color_groups=1, gated=Fal
 
     x: (N, Cin, H, W); weight: (Cout, Cin, k, k), k odd (taps outside the mask are ignored);
     bias: (Cout,) or None; mask_type: "A", "B", "vA", "vB", "hA", "hB" (module docstring);
-    color_groups: channel groups in colour order (R before G before B), "A"/"B" only;
+    color_groups: channel groups in colour order (R before G before B), "A"/"B"/"hA"/"hB" only;
     gated: return tanh(a + ca) * sigmoid(b + cb) over the halves (a, b) of the Cout channels;
     cond_bias: (N, Cout) per-sample bias (ca, cb), gated only.
     Returns (N, Cout, H, W), or (N, Cout // 2, H, W) when gated, in x's dtype. On CUDA tensors the

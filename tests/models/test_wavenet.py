@@ -288,3 +288,78 @@ def test_cli_train_and_sample_with_the_mixture(capsys, tmp_path):
                  "--condition", "length=50"]) == 0, capsys.readouterr().err
     audio, rate = read_wav(tmp_path / "s" / "samples.wav")
     assert rate == 8000 and audio.shape == (2 * (50 + 2000),)
+
+
+# -- the static-buffer sampling step (CUDA graphs) -----------------------------------------------------
+
+
+def _ring_buffer_logits(model, codes, cond, n):
+    """The step-by-step path of WaveNetLayer.step on Python-headed RingBuffers (the sampler before
+    the static-buffer step): logits (N, P) of every step, given the drawn codes."""
+    states = [layer.init_state(n, cond) for layer in model.layers]
+    hidden_w, out_w = (conv.weight[:, :, 0].t().contiguous() for conv in (model.head_hidden, model.head_out))
+    previous = torch.full((n,), model.start_code, dtype=torch.long)
+    for t in range(codes.shape[1]):
+        h, skips = model.embed(previous), 0
+        for layer, state in zip(model.layers, states):
+            h, skip = layer.step(h, state)
+            skips = skips + skip
+        hidden = torch.addmm(model.head_hidden.bias, torch.relu(skips), hidden_w).relu_()
+        yield torch.addmm(model.head_out.bias, hidden, out_w)
+        previous = codes[:, t]
+
+
+@pytest.mark.parametrize("fields, conditioned", [(TINY, True), (MIXTURE, False)])
+def test_static_buffer_step_equals_the_ring_buffer_path_bit_for_bit(fields, conditioned):
+    """_sample_step (what a CUDA graph captures; run eagerly here) gives the RingBuffer path's logits
+    and draws bit for bit, in float32, well past the receptive field (15)."""
+    torch.manual_seed(0)
+    model = WaveNet(WaveNetConfig(**fields, num_classes=3 if conditioned else 0, cond_dim=4)).eval()
+    n, length = 2, 40
+    cond = model._cond(torch.tensor([2, 0])) if conditioned else None
+    shape = (length, n) if model.head is None else (length, n, 2)
+    uniforms = torch.rand(shape, dtype=torch.float64)
+    with torch.no_grad():
+        state = model._sampler_state(n, 0.8, cond, uniforms)
+        static_logits = [model._sample_step(state) for _ in range(length)]
+        assert int(state.clock) == length
+        for t, logits in enumerate(_ring_buffer_logits(model, state.codes, cond, n)):
+            assert torch.equal(static_logits[t], logits), f"step {t}"
+            assert torch.equal(state.codes[:, t], model._draw(logits, uniforms[t], 0.8))
+    labels = [2, 0] if conditioned else None
+    assert torch.equal(model.generate(n, length, seed=5, labels=labels),
+                       model.generate(n, length, seed=5, labels=labels, cuda_graph=False))
+
+
+def test_cuda_graph_argument_is_checked():
+    model = WaveNet(WaveNetConfig(**TINY))
+    with pytest.raises(ValueError, match="cuda_graph=True .* needs a model on a CUDA device"):
+        model.generate(1, 4, cuda_graph=True)
+    with pytest.raises(TypeError, match="cuda_graph"):
+        model.generate(1, 4, cuda_graph="yes")
+    assert model.generate(1, 4, seed=0, cuda_graph=False).shape == (1, 4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("fields", [TINY, MIXTURE])
+def test_cuda_graph_generation_equals_eager_and_naive(fields):
+    torch.manual_seed(0)
+    model = WaveNet(WaveNetConfig(**fields)).cuda()
+    graph = model.generate(3, 40, seed=11, cuda_graph=True)
+    assert torch.equal(graph, model.generate(3, 40, seed=11, cuda_graph=False))
+    assert torch.equal(graph, model.generate(3, 40, seed=11, incremental=False))
+    assert torch.equal(model.generate(2, 1, seed=3, cuda_graph=True), model.generate(2, 1, seed=3, cuda_graph=False))
+    with pytest.raises(ValueError, match="naive sampler"):
+        model.generate(1, 4, incremental=False, cuda_graph=True)
+
+
+def test_causal_conv_bench_checks_and_times_both_providers():
+    from genkernels.bench import wavenet as bench
+
+    rows = bench.conv_suite("cpu", dtypes=(torch.float32,), repeat=1)
+    assert [(r["mode"], r["provider"]) for r in rows] == [(m, p) for m in bench.CONV_MODES for p in bench.CONV_PROVIDERS]
+    assert all(r["ms"] > 0 and r["speedup_vs_conv1d"] > 0 for r in rows)
+    case = bench.TINY_CONV_CASES[0]
+    ref = bench.conv_function("conv1d", case, "fwd")()
+    with pytest.raises(AssertionError, match="differs from conv1d"):
+        bench._check_close(ref + 0.01, ref, torch.float32, "cpu")

@@ -265,3 +265,112 @@ def test_triton_masked_conv_color_groups(mask_type):
         assert (centre[sees] != 0).all() and (centre[~sees] == 0).all(), (g, centre)
         later = dx[g].abs().sum(0).flatten()[2 * W + 3 + 1:]
         assert (later == 0).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# Colour groups in the Gated PixelCNN layer (R before G before B inside a pixel)
+# ----------------------------------------------------------------------------------------------
+def _color_stack(channels=3, k=3, layers=2, cond=False):
+    torch.manual_seed(0)
+    return torch.nn.ModuleList(
+        GatedMaskedConv2d(channels, k, "A" if n == 0 else "B", 2 if cond else None, color_groups=3)
+        for n in range(layers))
+
+
+def _run_stack(stack, x, cond=None):
+    v, h = x, x
+    for layer in stack:
+        v, h = layer(v, h, cond)
+    return v, h
+
+
+def _color_visible(channels, rows, cols, reach, first_mask_a=True):
+    """(C, rows, cols, C, rows, cols) bool: horizontal output channel o at (i, j) may (and, within
+    the reach, does) depend on input channel q at (i2, j2): rows above (|j2 - j| <= reach), the row's
+    pixels left of j, and at (i, j) itself the input groups before o's (the first layer has mask A)."""
+    group = torch.arange(channels) * 3 // channels
+    visible = torch.zeros(channels, rows, cols, channels, rows, cols, dtype=torch.bool)
+    for i in range(rows):
+        for j in range(cols):
+            for i2 in range(rows):
+                for j2 in range(cols):
+                    if (i - reach <= i2 < i and abs(j2 - j) <= reach) or (i2 == i and j - reach <= j2 < j):
+                        visible[:, i, j, :, i2, j2] = True
+            visible[:, i, j, :, i, j] = group[None, :] < group[:, None]
+    return visible
+
+
+@pytest.mark.parametrize("channels, k, cond", [(3, 3, False), (6, 3, True), (3, 5, False)])
+def test_gated_color_groups_exact_jacobian(channels, k, cond):
+    """Every forbidden input (later pixels; at the same pixel, the same or a later colour group, as
+    the stack starts with mask A) has an exactly zero gradient, every allowed one inside the reach a
+    nonzero one (no blind spot); the vertical stack sees rows above only."""
+    layers, rows, cols = 2, 4, 5
+    stack = _color_stack(channels, k, layers, cond).double()
+    labels = torch.randn(1, 2, dtype=torch.float64) if cond else None
+    x = torch.randn(1, channels, rows, cols, dtype=torch.float64)
+    dep_h = _dependence(lambda t: _run_stack(stack, t, labels)[1], x)  # (C, rows, cols, C, rows, cols)
+    dep_v = _dependence(lambda t: _run_stack(stack, t, labels)[0], x)
+    visible = _color_visible(channels, rows, cols, layers * (k // 2))
+    assert (dep_h[~visible] == 0).all(), "leak"
+    assert (dep_h[visible] > 0).all(), "blind spot"
+    for i in range(rows):
+        assert (dep_v[:, i, :, :, i:] == 0).all(), ("vertical leak", i)
+
+
+def test_gated_color_groups_single_layer_b_sees_its_own_group():
+    """Mask B: at the current pixel output group g sees input groups <= g (itself included). (Only
+    h varies: a mask-B layer's v input holds rows above by construction.)"""
+    torch.manual_seed(0)
+    layer = GatedMaskedConv2d(6, 3, "B", color_groups=3).double()
+    x = torch.randn(1, 6, 3, 4, dtype=torch.float64)
+    v = torch.randn(1, 6, 3, 4, dtype=torch.float64)
+    dep = _dependence(lambda t: layer(v, t)[1], x)
+    group = torch.arange(6) // 2
+    for i in range(3):
+        for j in range(4):
+            centre = dep[:, i, j, :, i, j]  # (out, in)
+            sees = group[None, :] <= group[:, None]
+            assert (centre[~sees] == 0).all() and (centre[sees] > 0).all(), (i, j)
+
+
+def test_gated_color_groups_state_dict_and_errors():
+    plain, grouped = GatedMaskedConv2d(6, 3, "B"), GatedMaskedConv2d(6, 3, "B", color_groups=3)
+    assert set(plain.state_dict()) == set(grouped.state_dict())
+    grouped.load_state_dict(plain.state_dict())
+    assert "color_groups=3" in repr(grouped)
+    with pytest.raises(ValueError, match="color_groups=3 must divide"):
+        GatedMaskedConv2d(4, 3, "A", color_groups=3)
+    with pytest.raises(ValueError, match="color_groups must be"):
+        GatedMaskedConv2d(3, 3, "A", color_groups=0)
+
+
+@triton_test
+@pytest.mark.parametrize("channels", [3, 6])
+def test_triton_gated_color_groups_causality_and_parity(monkeypatch, channels):
+    """The same colour-group stack on masked_conv2d ("hA"/"hB" with colour groups, Triton
+    interpreter): equal outputs to the compact reference convolutions, and the same exact zeros."""
+    import genkernels.nn.masked_conv as layers_module
+    import genkernels.ops.masked_conv as op_module
+
+    k, layers, rows, cols = 3, 2, 3, 4
+    stack = _color_stack(channels, k, layers, cond=True)
+    stack.to(torch.device("cpu" if triton_device() == "cpu" else "cuda"))
+    x = torch.randn(1, channels, rows, cols)
+    labels = torch.randn(1, 2)
+    reference = _run_stack(stack, x, labels)
+    triton_only_here = lambda device: "triton"  # noqa: E731  (the masked convs only, see above)
+    monkeypatch.setattr(op_module, "_backend", triton_only_here)
+    monkeypatch.setattr(layers_module, "_backend_for", triton_only_here)
+    fast = _run_stack(stack, x, labels)
+    for a, b in zip(fast, reference):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # exact zeros from one backward pass per output (pixel, channel): a batch of copies of x
+    outputs = channels * rows * cols
+    xs = x.expand(outputs, -1, -1, -1).clone().requires_grad_()
+    _, h = _run_stack(stack, xs, labels.expand(outputs, -1))
+    select = torch.eye(outputs).view(outputs, channels, rows, cols)
+    (dx,) = torch.autograd.grad((h * select).sum(), (xs,))
+    dep = dx.abs().view(channels, rows, cols, channels, rows, cols)
+    visible = _color_visible(channels, rows, cols, layers * (k // 2))
+    assert (dep[~visible] == 0).all() and (dep[visible] > 0).all()

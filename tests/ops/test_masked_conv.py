@@ -99,6 +99,29 @@ def test_triton_stack_masks(mask_type):
 
 
 @triton_test
+@pytest.mark.parametrize("mask_type", ["hA", "hB"])
+@pytest.mark.parametrize("gated", [False, True])
+def test_triton_horizontal_stack_color_groups(mask_type, gated):
+    """The colour-group horizontal stack of GatedMaskedConv2d(color_groups=3)."""
+    check_against_reference(1, 6, 6, 3, mask_type=mask_type, color_groups=3, gated=gated)
+
+
+def test_horizontal_color_group_mask():
+    """"hA"/"hB" with colour groups: the row left of the centre sees every channel; the centre tap
+    sees earlier groups ("hA") or groups up to its own ("hB"); nothing else."""
+    for mask_type, centre in (("hA", torch.tensor([[0., 0, 0], [1, 0, 0], [1, 1, 0]])),
+                              ("hB", torch.tensor([[1., 0, 0], [1, 1, 0], [1, 1, 1]]))):
+        mask = conv_mask(3, 3, 5, mask_type, color_groups=3)
+        assert torch.equal(mask[:, :, 2, 2], centre)
+        assert (mask[:, :, 2, :2] == 1).all()
+        spatial = mask.clone()
+        spatial[:, :, 2, :3] = 0
+        assert not spatial.any()
+        gated = conv_mask(6, 3, 5, mask_type, color_groups=3, gated=True)
+        assert torch.equal(gated[:3, :, 2, 2], centre) and torch.equal(gated[3:, :, 2, 2], centre)
+
+
+@triton_test
 def test_triton_kernel_size_7_batch_1_odd_channels():
     check_against_reference(1, 7, 3, 7, mask_type="B", gated=True, cond=True)
 
@@ -187,6 +210,8 @@ def test_mask_a_skips_the_centre_tap():
         assert ((dy < 0) | ((dy == 0) & (dx < 0))).all()  # strictly before the centre in raster order
         assert _plan(torch.zeros(2, 2, k, k), "B", 1, False).rows.numel() == (k * k + 1) // 2
         assert _plan(torch.zeros(3, 3, k, k), "A", 3, False).rows.numel() == (k * k + 1) // 2  # centre: R -> G -> B
+        assert _plan(torch.zeros(3, 3, k, k), "hA", 1, False).rows.numel() == k // 2
+        assert _plan(torch.zeros(3, 3, k, k), "hA", 3, False).rows.numel() == k // 2 + 1
 
 
 @pytest.mark.parametrize("call, match", [

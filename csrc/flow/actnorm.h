@@ -1,0 +1,103 @@
+// ActNorm of Glow (Kingma & Dhariwal 2018, table 1), written once for the C++ CPU kernels and the
+// CUDA kernels, per channel c of x (N, C, inner):
+//
+//   forward   y = (x + b) * exp(ls)          dx = g e^ls    db = sum g e^ls     dls = sum g y
+//   inverse   y = x * exp(-ls) - b           dx = g e^-ls   db = -sum g         dls = -sum g x e^-ls
+//
+// (the log-determinant +-inner * sum(ls) and its gradient are the host's: one number per call).
+// Arithmetic in fp32 whatever the storage; the per-channel sums are deterministic chunked
+// reductions (no atomics). NaN propagates.
+#pragma once
+#include <cstdint>
+
+#include "common/dtype.h"
+#include "common/macros.h"
+#include "flow/affine_coupling.h"
+#include "flow/flow_args.h"
+
+namespace gk {
+
+// Rows of at least this many elements take the row loops (per-row constants, vectorised inner loop).
+constexpr int64_t kActNormRowMin = 16;
+
+struct ActNormChannel {
+  float b, e;  // bias and exp(+-log_scale) of the row's channel
+};
+
+template <typename T, bool Inverse>
+GK_HD ActNormChannel actnorm_channel(const T* bias, const T* log_scale, int64_t c) {
+  const float ls = load(log_scale, c);
+  return {load(bias, c), flow_exp(Inverse ? -ls : ls)};
+}
+
+template <bool Inverse>
+GK_HD float actnorm_value(float x, const ActNormChannel& ch) {
+  return Inverse ? x * ch.e - ch.b : (x + ch.b) * ch.e;
+}
+
+// Forward over N * C rows of `inner` elements (row r is channel r % C).
+template <typename T, bool Inverse>
+struct ActNormForwardRows {
+  const T *x, *bias, *log_scale;
+  T* y;
+  int64_t C, inner;
+  explicit ActNormForwardRows(const ops::actnorm::Args& p)
+      : x(as<const T>(p.x)), bias(as<const T>(p.bias)), log_scale(as<const T>(p.log_scale)), y(as<T>(p.y)), C(p.C),
+        inner(p.inner) {}
+  GK_HD ActNormChannel begin(int64_t r) const { return actnorm_channel<T, Inverse>(bias, log_scale, r % C); }
+  GK_HD void apply(const ActNormChannel& ch, int64_t r, int64_t i) const {
+    const int64_t k = r * inner + i;
+    store(y, k, actnorm_value<Inverse>(load(x, k), ch));
+  }
+};
+
+// Forward over N rows of C * inner elements (short rows, e.g. (N, D) vectors).
+template <typename T, bool Inverse>
+struct ActNormForward {
+  const T *x, *bias, *log_scale;
+  T* y;
+  int64_t C, inner;
+  explicit ActNormForward(const ops::actnorm::Args& p)
+      : x(as<const T>(p.x)), bias(as<const T>(p.bias)), log_scale(as<const T>(p.log_scale)), y(as<T>(p.y)), C(p.C),
+        inner(p.inner) {}
+  GK_HD int64_t begin(int64_t n) const { return n * C * inner; }
+  GK_HD void apply(int64_t base, int64_t, int64_t i) const {
+    const ActNormChannel ch = actnorm_channel<T, Inverse>(bias, log_scale, i / inner);
+    store(y, base + i, actnorm_value<Inverse>(load(x, base + i), ch));
+  }
+};
+
+// Backward: a reduction over 2C rows r = (h, c), each of N * inner elements j = (n, i). Row (0, c)
+// stores grad_x and sums the bias gradient, row (1, c) sums the log-scale gradient (each element is
+// visited twice; the sums take the fp32 terms, not their rounding to the storage dtype).
+struct ActNormRow {
+  int64_t h, c;
+  ActNormChannel ch;
+};
+
+template <typename T, bool Inverse>
+struct ActNormBackward {
+  const T *grad_y, *x, *bias, *log_scale;
+  T* grad_x;
+  int64_t C, inner;
+  explicit ActNormBackward(const ops::actnorm_backward::Args& p)
+      : grad_y(as<const T>(p.grad_y)), x(as<const T>(p.x)), bias(as<const T>(p.bias)),
+        log_scale(as<const T>(p.log_scale)), grad_x(as<T>(p.grad_x)), C(p.C), inner(p.inner) {}
+  GK_HD ActNormRow begin(int64_t r) const {
+    const int64_t h = r / C, c = r - h * C;
+    return {h, c, actnorm_channel<T, Inverse>(bias, log_scale, c)};
+  }
+  GK_HD float term(const ActNormRow& row, int64_t, int64_t j) const {
+    const int64_t n = j / inner, k = (n * C + row.c) * inner + (j - n * inner);
+    const float g = load(grad_y, k);
+    if (row.h == 0) {
+      const float gx = g * row.ch.e;
+      store(grad_x, k, gx);
+      return Inverse ? -g : gx;
+    }
+    const float xv = load(x, k);
+    return Inverse ? -(g * (xv * row.ch.e)) : g * ((xv + row.ch.b) * row.ch.e);
+  }
+};
+
+}  // namespace gk
