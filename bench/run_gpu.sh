@@ -28,6 +28,7 @@ for stage in $stages; do
       ;;
     test)
       timeout ${TEST_TIMEOUT:-420} python -m pytest -q -n 8 -p no:cacheprovider --timeout 600 tests/ops tests/nn tests/test_backend.py \
+        tests/kernels/test_causal_conv.py "tests/models/test_wavenet.py::test_cuda_graph_generation_equals_eager_and_naive" \
         tests/diffusion tests/test_compile.py > "$OUT/pytest.log" 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest.log" | tail -40
       ;;

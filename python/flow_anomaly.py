@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from genkernels.data import load_digits_tensors
+from genkernels.data import get_dataset, load_digits_tensors
 from genkernels.metrics import anomaly_auc, bits_per_dim
 from genkernels.models import get_model_class
 from genkernels.models.vae import VAE, VAEConfig
@@ -22,8 +22,10 @@ from genkernels.models.vae import VAE, VAEConfig
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1500, help="optimizer steps of each model")
+    parser.add_argument("--steps", type=int, default=1000, help="optimizer steps of each model")
     parser.add_argument("--flow", default="maf", choices=["maf", "realnvp", "glow"])
+    parser.add_argument("--blocks", type=int, default=3, help="MAF blocks")
+    parser.add_argument("--hidden", type=int, default=64, help="MAF hidden width")
     parser.add_argument("--seen", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="the training classes")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--score-draws", type=int, default=8, help="dequantisation / ELBO draws per score")
@@ -31,13 +33,12 @@ def parse_args():
     return parser.parse_args()
 
 
-def flow_model(name: str, images: torch.Tensor):
-    """The flow family `name` configured for the digits (MAF: 5 blocks of width 256)."""
+def flow_model(name: str, args):
+    """The flow family `name` configured for the digits (MAF: --blocks blocks of width --hidden;
+    small, because 500 training images are overfit quickly)."""
     cls = get_model_class(name)
-    fields = {"data_shape": tuple(images.shape[1:]), "num_levels": 17}
-    if name == "maf":
-        fields.update(num_blocks=5, hidden=256)
-    return cls(cls.config_class(**fields))
+    overrides = {"num_blocks": args.blocks, "hidden": args.hidden} if name == "maf" else {}
+    return cls(cls.config_for_data(get_dataset("digits", "train"), overrides))  # shape and levels
 
 
 def train(model, images: torch.Tensor, steps: int, batch_size: int, lr: float, seed: int):
@@ -71,7 +72,7 @@ def main():
     print(f"training on classes {args.seen}: {len(inliers)} images; scoring {int(is_seen.sum())} held-out seen "
           f"and {int((~is_seen).sum())} unseen digits")
 
-    models = {args.flow: (flow_model(args.flow, inliers), 1e-3),
+    models = {args.flow: (flow_model(args.flow, args), 1e-3),
               "vae": (VAE(VAEConfig(latent_dim=16, hidden=256)), 2e-3)}
     results = {}
     for name, (model, lr) in models.items():

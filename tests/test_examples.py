@@ -20,8 +20,12 @@ def cache_dir(tmp_path_factory):
     ("train_gan.py", ["--steps", "30"], "frechet_distance"),
     ("diffusion_toy2d.py", ["--steps", "60", "--sample-steps", "5"], "samples  vs held-out"),
     ("pixelcnn_digits.py", ["--steps", "20", "--channels", "8", "--num-layers", "2", "--num-classes", "10"], "test NLL"),
+    ("flow_digits.py", ["--steps", "4", "--hidden-channels", "8", "--num-classes", "10"], "test NLL"),
     ("wavenet_audio.py", ["--steps", "4", "--channels", "8", "--cycles", "1", "--seconds", "0.05",
                           "--samples", "2", "--val-clips", "2", "--test-clips", "2"], "bits/sample"),
+    ("flow_toy2d.py", ["--data", "moons", "--steps", "30", "--blocks", "2", "--hidden", "16", "--test-points", "200"],
+     "held-out log-likelihood"),
+    ("flow_anomaly.py", ["--steps", "20", "--hidden", "32", "--score-draws", "1"], "ROC AUC"),
 ])
 def test_example_runs(tmp_path, cache_dir, script, extra, expect):
     args = [sys.executable, str(ROOT / "python" / script), *extra]

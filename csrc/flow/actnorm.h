@@ -100,4 +100,41 @@ struct ActNormBackward {
   }
 };
 
+// Long rows (inner >= kActNormBackwardRowMin, e.g. images): the reduction runs over 2 C N rows
+// r = (h, c, n) of `inner` contiguous elements, without the per-element division of the flat form
+// (which keeps a CPU loop scalar); the host adds the (n, chunk) partials of each (h, c) in order.
+// partials: float32 (2, C, N, num_chunks(inner)).
+constexpr int64_t kActNormBackwardRowMin = 1024;
+GK_HD bool actnorm_backward_rows(int64_t inner) { return inner >= kActNormBackwardRowMin; }
+
+struct ActNormRowState {
+  int64_t h, base;  // base: offset of the row's first element
+  ActNormChannel ch;
+};
+
+template <typename T, bool Inverse>
+struct ActNormBackwardRows {
+  const T *grad_y, *x, *bias, *log_scale;
+  T* grad_x;
+  int64_t C, N, inner;
+  explicit ActNormBackwardRows(const ops::actnorm_backward::Args& p)
+      : grad_y(as<const T>(p.grad_y)), x(as<const T>(p.x)), bias(as<const T>(p.bias)),
+        log_scale(as<const T>(p.log_scale)), grad_x(as<T>(p.grad_x)), C(p.C), N(p.N), inner(p.inner) {}
+  GK_HD ActNormRowState begin(int64_t r) const {
+    const int64_t hc = r / N, n = r - hc * N, h = hc / C, c = hc - h * C;
+    return {h, (n * C + c) * inner, actnorm_channel<T, Inverse>(bias, log_scale, c)};
+  }
+  GK_HD float term(const ActNormRowState& row, int64_t, int64_t i) const {
+    const int64_t k = row.base + i;
+    const float g = load(grad_y, k);
+    if (row.h == 0) {
+      const float gx = g * row.ch.e;
+      store(grad_x, k, gx);
+      return Inverse ? -g : gx;
+    }
+    const float xv = load(x, k);
+    return Inverse ? -(g * (xv * row.ch.e)) : g * ((xv + row.ch.b) * row.ch.e);
+  }
+};
+
 }  // namespace gk

@@ -95,18 +95,43 @@ GK_HD void coupling_grads(float x, float t, float raw, float scale, float g, flo
 // parity, shift at x's index). The identity part is copied in the same pass.
 
 struct CouplingLayout {
-  int64_t D, half, H, W;
+  int64_t D, half;
   int parity;
+  double inv_H, inv_W;  // double: a float member would alias the float stores (no vectorised loop)
+  int32_t H, W;
   template <class Args>
   explicit CouplingLayout(const Args& p)
-      : D(p.C * p.inner), half(p.C / 2 * p.inner), H(p.H), W(p.W), parity(p.parity) {}
+      : D(p.C * p.inner), half(p.C / 2 * p.inner), parity(p.parity), inv_H(1.0 / static_cast<double>(p.H)),
+        inv_W(1.0 / static_cast<double>(p.W)), H(static_cast<int32_t>(p.H)), W(static_cast<int32_t>(p.W)) {}
   template <int Mask>
   GK_HD int64_t count() const { return Mask == kChannelMask ? half : D; }
-  // checkerboard: element j of a sample (c, h, w) belongs to the transformed part
-  GK_HD bool transformed(int64_t j) const {
-    const int64_t q = j / W, w = j - q * W, h = q - (q / H) * H;
-    return static_cast<int>((h + w) & 1) != parity;
+  // checkerboard: element j < 2^31 of a sample (c, h, w) belongs to the transformed part. The
+  // quotients come from floating-point products, not integer division (which no SIMD unit has, so
+  // one would keep the CPU loop scalar): (j + 1/2) / W lies at least 1/(2W) from an integer, and
+  // the product's error is below that for j < 2^22 in fp32 (below 2^-21 j / W) and for any
+  // j < 2^31 in fp64, so the truncation is the exact quotient either way.
+  template <class F>
+  GK_HD static int32_t quotient(int32_t j, F inv_d) {
+    return static_cast<int32_t>((static_cast<F>(j) + F(0.5)) * inv_d);
   }
+  GK_HD bool transformed(int64_t j) const {
+    const int32_t j32 = static_cast<int32_t>(j);
+    int32_t q, h;
+    if (D < (int64_t(1) << 22)) {  // fp32 products vectorise with SSE2 (fp64 <-> int32 do not)
+      q = quotient(j32, static_cast<float>(inv_W));
+      h = q - quotient(q, static_cast<float>(inv_H)) * H;
+    } else {
+      q = quotient(j32, inv_W);
+      h = q - quotient(q, inv_H) * H;
+    }
+    return ((h + j32 - q * W) & 1) != parity;
+  }
+};
+
+// Per-(sample, chunk) constants, held in the loop's local state rather than read from the functor
+// (a float member could alias the stores, which keeps the CPU loop scalar).
+struct CouplingState {
+  float scale, grad_logdet;
 };
 
 template <typename T, int Mask, int Form, bool Inverse>
@@ -114,34 +139,34 @@ struct AffineCouplingForward {
   const T *x, *shift, *log_scale;
   T* y;
   CouplingLayout L;
-  float scale;
+  double scale;
   explicit AffineCouplingForward(const ops::affine_coupling::Args& p)
       : x(as<const T>(p.x)), shift(as<const T>(p.shift)), log_scale(as<const T>(p.log_scale)), y(as<T>(p.y)),
-        L(p), scale(static_cast<float>(p.scale)) {}
-  GK_HD int64_t begin(int64_t n) const { return n; }
+        L(p), scale(p.scale) {}
+  GK_HD CouplingState begin(int64_t) const { return {static_cast<float>(scale), 0.f}; }
   GK_HD float raw(int64_t i) const {
     if constexpr (Form == kAdditive) return 0.f;
     else return load(log_scale, i);
   }
   // Writes the element's output (and, channel mask, its identity twin); returns its log-scale.
-  GK_HD float term(int64_t, int64_t n, int64_t j) const {
+  GK_HD float term(const CouplingState& st, int64_t n, int64_t j) const {
     float s;
     if constexpr (Mask == kChannelMask) {
       const int64_t base = n * L.D, id = base + L.parity * L.half + j, tr = base + (1 - L.parity) * L.half + j;
       const int64_t p = n * L.half + j;
       store(y, id, load(x, id));
-      store(y, tr, coupling_value<Form, Inverse>(load(x, tr), load(shift, p), raw(p), scale, s));
+      store(y, tr, coupling_value<Form, Inverse>(load(x, tr), load(shift, p), raw(p), st.scale, s));
       return s;
     } else {
       const int64_t i = n * L.D + j;
       const bool tr = L.transformed(j);
       const float xv = load(x, i);
-      const float v = coupling_value<Form, Inverse>(xv, load(shift, i), raw(i), scale, s);
+      const float v = coupling_value<Form, Inverse>(xv, load(shift, i), raw(i), st.scale, s);
       store(y, i, gate_select(tr, v, xv));
       return gate_select(tr, s, 0.f);
     }
   }
-  GK_HD void apply(int64_t st, int64_t n, int64_t j) const { term(st, n, j); }
+  GK_HD void apply(const CouplingState& st, int64_t n, int64_t j) const { term(st, n, j); }
 };
 
 template <typename T, int Mask, int Form, bool Inverse>
@@ -150,24 +175,27 @@ struct AffineCouplingBackward {
   const float* grad_logdet;
   T *grad_x, *grad_shift, *grad_log_scale;
   CouplingLayout L;
-  float scale;
+  double scale;
   explicit AffineCouplingBackward(const ops::affine_coupling_backward::Args& p)
       : grad_y(as<const T>(p.grad_y)), x(as<const T>(p.x)), shift(as<const T>(p.shift)),
         log_scale(as<const T>(p.log_scale)), grad_logdet(as<const float>(p.grad_logdet)), grad_x(as<T>(p.grad_x)),
         grad_shift(as<T>(p.grad_shift)), grad_log_scale(as<T>(p.grad_log_scale)), L(p),
-        scale(static_cast<float>(p.scale)) {}
-  GK_HD float begin(int64_t n) const { return grad_logdet ? grad_logdet[n] : 0.f; }
+        scale(p.scale) {}
+  GK_HD CouplingState begin(int64_t n) const {
+    return {static_cast<float>(scale), grad_logdet ? grad_logdet[n] : 0.f};
+  }
   GK_HD float raw(int64_t i) const {
     if constexpr (Form == kAdditive) return 0.f;
     else return load(log_scale, i);
   }
-  GK_HD void apply(float gld, int64_t n, int64_t j) const {
+  GK_HD void apply(const CouplingState& st, int64_t n, int64_t j) const {
+    const float gld = st.grad_logdet;
     float gx, gt, gr;
     if constexpr (Mask == kChannelMask) {
       const int64_t base = n * L.D, id = base + L.parity * L.half + j, tr = base + (1 - L.parity) * L.half + j;
       const int64_t p = n * L.half + j;
       store(grad_x, id, load(grad_y, id));
-      coupling_grads<Form, Inverse>(load(x, tr), load(shift, p), raw(p), scale, load(grad_y, tr), gld, gx, gt, gr);
+      coupling_grads<Form, Inverse>(load(x, tr), load(shift, p), raw(p), st.scale, load(grad_y, tr), gld, gx, gt, gr);
       store(grad_x, tr, gx);
       store(grad_shift, p, gt);
       if constexpr (Form != kAdditive) store(grad_log_scale, p, gr);
@@ -175,7 +203,7 @@ struct AffineCouplingBackward {
       const int64_t i = n * L.D + j;
       const bool tr = L.transformed(j);
       const float g = load(grad_y, i);
-      coupling_grads<Form, Inverse>(load(x, i), load(shift, i), raw(i), scale, g, gld, gx, gt, gr);
+      coupling_grads<Form, Inverse>(load(x, i), load(shift, i), raw(i), st.scale, g, gld, gx, gt, gr);
       store(grad_x, i, gate_select(tr, gx, g));
       store(grad_shift, i, gate_select(tr, gt, 0.f));
       if constexpr (Form != kAdditive) store(grad_log_scale, i, gate_select(tr, gr, 0.f));

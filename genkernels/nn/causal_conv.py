@@ -15,9 +15,10 @@ are inputs it has already seen, so each conv keeps its last (k - 1) d inputs in 
 work per sample. The buffers start at zero, exactly the zero left-padding of `forward`, so
 stepping through a sequence gives forward's outputs (to float rounding).
 
-`ClockedRingBuffer` is the same ring addressed by a shared step counter held on the device
-instead of a Python-side head: every step then launches the same kernels on the same addresses,
-which is what a CUDA graph captures and replays (genkernels.models.wavenet's generate).
+`ClockedRingBuffer` is the same ring addressed by a step counter held on the device (a
+`StepClock` shared by the network's buffers) instead of a Python-side head: every step then
+launches the same kernels on the same addresses, which is what a CUDA graph captures and replays
+(genkernels.models.wavenet's generate).
 """
 from __future__ import annotations
 
@@ -25,17 +26,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genkernels.ops.causal_conv1d import _backend_for, causal_conv1d
+from genkernels.ops.causal_conv1d import TRITON_DTYPES, _backend_for, causal_conv1d
 from genkernels.ops.gated_activation import gated_activation
 
-__all__ = ["CausalConv1d", "WaveNetLayer", "RingBuffer", "ClockedRingBuffer", "WaveNetLayerState", "receptive_field"]
+__all__ = ["CausalConv1d", "WaveNetLayer", "RingBuffer", "ClockedRingBuffer", "StepClock", "WaveNetLayerState",
+           "receptive_field"]
 
 
 def _use_op(x: torch.Tensor) -> bool:
     """genkernels.ops.causal_conv1d where its backend is Triton (CUDA tensors, or forced under the
-    interpreter); elsewhere conv1d on the left-padded input, the op's reference, without the op's
-    argument checks (the module has checked its input)."""
-    return _backend_for(x.device.type) == "triton"
+    interpreter) and takes x's dtype; elsewhere (float64 too) conv1d on the left-padded input, the
+    op's reference, without the op's argument checks (the module has checked its input)."""
+    return x.dtype in TRITON_DTYPES and _backend_for(x.device.type) == "triton"
 
 
 def _gate(x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -74,35 +76,72 @@ class RingBuffer:
         self.head = (self.head + 1) % self.length
 
 
+class StepClock:
+    """The step counter t of a network's ClockedRingBuffers, a 0-d int64 tensor on the device, and
+    the ring slots every buffer reads at t, computed for all of them at once into one tensor (the
+    buffers keep views of their part).
+
+    Per step: `tick()` (slots at t, two kernels for the whole network), the buffers' steps, then
+    `advance()` (t += 1, on the device). Nothing on the host changes between steps. Register every
+    buffer before the first tick.
+    """
+
+    def __init__(self, device=None):
+        self.t = torch.zeros((), dtype=torch.long, device=device)
+        self._lags, self._lengths = [], []
+        self._table = None
+        self.slots = None  # (taps of every buffer,) int64, allocated at the first tick()
+
+    def register(self, lags: list[int], length: int) -> slice:
+        """Where a buffer's taps sit in `slots`."""
+        if self._table is not None:
+            raise RuntimeError("StepClock.register: every buffer must be registered before the first tick()")
+        begin = len(self._lags)
+        self._lags += lags
+        self._lengths += [length] * len(lags)
+        return slice(begin, len(self._lags))
+
+    def tick(self) -> None:
+        """slots[i] = (t - lag_i) mod length_i: where x[t - lag_i] of tap i's buffer sits."""
+        if self._table is None:
+            self._table = torch.tensor([self._lags, self._lengths], dtype=torch.long, device=self.t.device)
+            self.slots = torch.empty(len(self._lags), dtype=torch.long, device=self.t.device)
+        torch.remainder(self.t - self._table[0], self._table[1], out=self.slots)
+
+    def advance(self) -> None:
+        self.t.add_(1)
+
+
 class ClockedRingBuffer:
-    """A causal conv's last `length` = (k - 1) d inputs, (length, N, C), addressed by `clock`, a 0-d
-    int64 tensor t on the buffer's device that the caller advances once per time step (shared by
-    every layer of a network).
+    """A causal conv's last `length` = (k - 1) d inputs, (length, N, C), addressed by a StepClock
+    instead of a Python-side head.
 
     x[t - lag] sits in slot (t - lag) mod length. `taps()` gathers the k - 1 past taps
-    x[t - (k-1) d], ..., x[t - d] with index ops on the device; `push(x_t)` then writes x[t] over
-    the oldest, x[t - (k-1) d], whose slot (t - length) mod length = t mod length the gather has
-    just computed. No Python-side state changes between steps, so a CUDA graph of a step replays
+    x[t - (k-1) d], ..., x[t - d] at the slots the clock computed; `push(x_t)` then writes x[t]
+    over the oldest, x[t - (k-1) d], whose slot (t - length) mod length = t mod length is the
+    first of them. No Python-side state changes between steps, so a CUDA graph of a step replays
     correctly at every t. Starts at zero like RingBuffer.
     """
 
-    def __init__(self, kernel_size: int, dilation: int, batch: int, channels: int, clock: torch.Tensor, *,
+    def __init__(self, kernel_size: int, dilation: int, batch: int, channels: int, clock: StepClock, *,
                  dtype=None):
         self.length = (kernel_size - 1) * dilation
-        self.data = torch.zeros(self.length, batch, channels, device=clock.device, dtype=dtype)  # (L, N, C)
+        self.data = torch.zeros(self.length, batch, channels, device=clock.t.device, dtype=dtype)  # (L, N, C)
         self.clock = clock
-        self.lags = torch.arange(kernel_size - 1, 0, -1, device=clock.device) * dilation  # (k-1,): oldest first
-        self._slots = None
+        self._taps = clock.register([(kernel_size - 1 - j) * dilation for j in range(kernel_size - 1)], self.length)
+        self._read = self._write = None  # views of clock.slots (allocated at its first tick)
 
     def taps(self) -> torch.Tensor:
         """[x[t - (k-1) d], ..., x[t - d]] side by side, (N, (k - 1) C)."""
-        self._slots = torch.remainder(self.clock - self.lags, self.length)  # (k-1,)
-        past = self.data.index_select(0, self._slots)  # (k-1, N, C)
-        return past.transpose(0, 1).reshape(past.shape[1], -1)
+        if self._read is None:
+            self._read = self.clock.slots[self._taps]
+            self._write = self._read[:1]
+        past = self.data.index_select(0, self._read)  # (k-1, N, C)
+        return past[0] if past.shape[0] == 1 else past.transpose(0, 1).reshape(past.shape[1], -1)
 
     def push(self, x_t: torch.Tensor) -> None:
-        """Store x[t] (N, C) in the oldest tap's slot (call after taps())."""
-        self.data.index_copy_(0, self._slots[:1], x_t.unsqueeze(0))
+        """Store x[t] (N, C) in the oldest tap's slot (after taps())."""
+        self.data.index_copy_(0, self._write, x_t.unsqueeze(0))
 
 
 class CausalConv1d(nn.Conv1d):
@@ -135,15 +174,16 @@ class CausalConv1d(nn.Conv1d):
 
     # -- incremental ----------------------------------------------------------------------------
     def init_state(self, batch: int, *, device=None, dtype=None,
-                   clock: torch.Tensor | None = None) -> RingBuffer | ClockedRingBuffer | None:
+                   clock: StepClock | None = None) -> RingBuffer | ClockedRingBuffer | None:
         """An empty (zero) ring buffer for `step`; None when the kernel has no past taps. With
-        `clock` (a 0-d int64 step counter on the device): a ClockedRingBuffer on its device."""
+        `clock`: a ClockedRingBuffer on the clock's device."""
         device = self.weight.device if device is None else device
         dtype = self.weight.dtype if dtype is None else dtype
         if not self.history:
             return None
         if clock is not None:
-            return ClockedRingBuffer(self.kernel_size[0], self.dilation[0], batch, self.in_channels, clock, dtype=dtype)
+            return ClockedRingBuffer(self.kernel_size[0], self.dilation[0], batch, self.in_channels, clock,
+                                     dtype=dtype)
         return RingBuffer(self.history, batch, self.in_channels, device=device, dtype=dtype)
 
     def step_weight(self) -> torch.Tensor:
@@ -243,9 +283,9 @@ class WaveNetLayer(nn.Module):
     # -- incremental ----------------------------------------------------------------------------
     @torch.no_grad()
     def init_state(self, batch: int, cond: torch.Tensor | None = None,
-                   clock: torch.Tensor | None = None) -> WaveNetLayerState:
+                   clock: StepClock | None = None) -> WaveNetLayerState:
         """Zero history for `step`; snapshots the current weights (re-init after changing them).
-        clock: a 0-d int64 step counter on the device, for a ClockedRingBuffer (CUDA graphs)."""
+        clock: a StepClock, for a ClockedRingBuffer (CUDA graphs)."""
         weight = lambda conv: conv.weight[:, :, 0].t()  # noqa: E731  (out, in, 1) -> (in, out)
         return WaveNetLayerState(
             self.conv.init_state(batch, clock=clock), self.conv.step_weight().contiguous(),

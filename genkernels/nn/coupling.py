@@ -281,8 +281,10 @@ class SplineCoupling(_Coupling):
             index = moved.flatten().nonzero().squeeze(1)
             x2 = x.flatten(2).index_select(2, index)
             theta = theta.flatten(2, 3).index_select(2, index)  # (N, C, H*W/2, 3K-1)
-        derivatives = theta[..., 2 * k:] + _IDENTITY_DERIVATIVE_OFFSET
-        z2, logdet = rq_spline(x2, theta[..., :k], theta[..., k:2 * k], derivatives, tail_bound=self.tail_bound,
+        # dense parameter tensors: the kernels read (..., K) rows
+        widths, heights = theta[..., :k].contiguous(), theta[..., k:2 * k].contiguous()
+        derivatives = (theta[..., 2 * k:] + _IDENTITY_DERIVATIVE_OFFSET).contiguous()
+        z2, logdet = rq_spline(x2.contiguous(), widths, heights, derivatives, tail_bound=self.tail_bound,
                                inverse=inverse, min_derivative=_MIN_DERIVATIVE)
         if self.mask == "channel":
             y = torch.cat([x1, z2] if self.parity == 0 else [z2, x1], dim=1)

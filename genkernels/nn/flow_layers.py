@@ -137,7 +137,10 @@ class InvertibleConv1x1(nn.Module):
         _check_input(y, self.channels, "y")
         weight, logabsdet = self.weight_and_logabsdet(y.dtype)
         positions = math.prod(y.shape[2:])
-        return _channel_matmul(torch.linalg.inv(weight), y), (-positions * logabsdet).expand(y.shape[0]).contiguous()
+        # the exact inverse of the (rounded) forward weight, rounded once: inverting in float32 would
+        # add cond(W) ulps, which recompute-by-inverse would carry into every earlier layer
+        inverse_weight = torch.linalg.inv(weight.to(torch.float64)).to(y.dtype)
+        return _channel_matmul(inverse_weight, y), (-positions * logabsdet).expand(y.shape[0]).contiguous()
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, lu={self.lu}"

@@ -57,6 +57,7 @@ def actnorm_backward_ref(grad_y, grad_logdet, x, bias, log_scale, inverse):
 
 
 # ---- host launchers (validate what only they see, allocate, launch) --------------------------
+_BACKWARD_ROW_MIN = 1024  # gk::kActNormBackwardRowMin
 def _sizes(x: torch.Tensor) -> tuple[int, int, int]:
     """(N, C, inner) of the kernels' view of x."""
     return x.shape[0], x.shape[1], math.prod(x.shape[2:])
@@ -75,9 +76,10 @@ def _actnorm_kernel(x, bias, log_scale, inverse):
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     n, c, inner = _sizes(x)
     if x.numel():
+        # dense copies bound to names: they must outlive the launch
+        x_dense, bias_dense, ls_dense = x.contiguous(), bias.contiguous(), log_scale.contiguous()
         args.kernel(backend, "actnorm", like=x)(
-            x=x.contiguous().data_ptr(), bias=bias.contiguous().data_ptr(), log_scale=log_scale.contiguous().data_ptr(),
-            y=y.data_ptr(), N=n, C=c, inner=inner, inverse=inverse, dtype=_ext.dtype_code(x))
+            x=x_dense.data_ptr(), bias=bias_dense.data_ptr(), log_scale=ls_dense.data_ptr(), y=y.data_ptr(), N=n, C=c, inner=inner, inverse=inverse, dtype=_ext.dtype_code(x))
     return y, _logdet(x, log_scale, inverse)
 
 
@@ -87,14 +89,19 @@ def _actnorm_backward_kernel(grad_y, grad_logdet, x, bias, log_scale, inverse):
         return actnorm_backward_ref(grad_y, grad_logdet, x, bias, log_scale, inverse)
     n, c, inner = _sizes(x)
     grad_x = torch.empty_like(x, memory_format=torch.contiguous_format)
-    chunks = args.num_chunks(n * inner)
+    # rows of `inner` per (sample, channel) for long rows, else one row of N * inner per channel:
+    # csrc/flow/actnorm.h's actnorm_backward_rows (the threshold must match kActNormBackwardRowMin)
+    rows, per_row = (2 * c * n, inner) if inner >= _BACKWARD_ROW_MIN else (2 * c, n * inner)
+    chunks = args.num_chunks(per_row)
     if x.numel():
-        partials = args.partial_sums(2 * c, chunks, x)
+        partials = args.partial_sums(rows, chunks, x)
+        grad_dense, x_dense = grad_y.to(x.dtype).contiguous(), x.contiguous()
+        bias_dense, ls_dense = bias.contiguous(), log_scale.contiguous()
         args.kernel(backend, "actnorm_backward", like=x)(
-            grad_y=grad_y.to(x.dtype).contiguous().data_ptr(), x=x.contiguous().data_ptr(),
-            bias=bias.contiguous().data_ptr(), log_scale=log_scale.contiguous().data_ptr(), grad_x=grad_x.data_ptr(),
+            grad_y=grad_dense.data_ptr(), x=x_dense.data_ptr(), bias=bias_dense.data_ptr(),
+            log_scale=ls_dense.data_ptr(), grad_x=grad_x.data_ptr(),
             partials=partials.data_ptr(), N=n, C=c, inner=inner, inverse=inverse, dtype=_ext.dtype_code(x))
-        sums = args.sum_partials(partials, 2 * c, chunks).view(2, c)
+        sums = partials.view(2, c, -1).sum(-1)  # each channel's partials added in order
     else:  # no element: the sums are zero (the kernel wrote nothing)
         sums = torch.zeros(2, c, dtype=torch.float32, device=x.device)
     logdet_term = inner * grad_logdet.to(torch.float32).sum()

@@ -84,7 +84,7 @@ def affine_coupling_ref(x, shift, log_scale=None, mask="channel", parity=0, scal
     if s is None:
         logdet = torch.zeros(n, dtype=_logdet_dtype(x), device=x.device)
     else:
-        logdet = s.reshape(n, -1).to(_logdet_dtype(x)).sum(1)
+        logdet = s.flatten(1).to(_logdet_dtype(x)).sum(1)
         if inverse:
             logdet = -logdet
     return y, logdet
@@ -169,9 +169,10 @@ def _affine_coupling_kernel(x, shift, log_scale, mask, parity, scale, form, inve
     chunks = args.num_chunks(count)
     partials = args.partial_sums(n, chunks, x) if log_scale is not None else None
     if x.numel():
+        # dense copies bound to names: they must outlive the launch
+        x_dense, shift_dense, raw_dense = x.contiguous(), shift.contiguous(), args.dense(log_scale)
         args.kernel(backend, "affine_coupling", like=x)(
-            x=x.contiguous().data_ptr(), shift=shift.contiguous().data_ptr(), log_scale=_ext.ptr(args.dense(log_scale)),
-            y=y.data_ptr(), logdet_partials=_ext.ptr(partials), **_layout(x, mask), mask=_MASK_CODES[mask],
+            x=x_dense.data_ptr(), shift=shift_dense.data_ptr(), log_scale=_ext.ptr(raw_dense), y=y.data_ptr(), logdet_partials=_ext.ptr(partials), **_layout(x, mask), mask=_MASK_CODES[mask],
             parity=parity, scale=scale, form=_FORM_CODES[form], inverse=inverse, dtype=_ext.dtype_code(x))
     if log_scale is None or not x.numel():
         return y, torch.zeros(n, dtype=_logdet_dtype(x), device=x.device)
@@ -189,10 +190,12 @@ def _affine_coupling_backward_kernel(grad_y, grad_logdet, x, shift, log_scale, m
     grad_raw = x.new_empty((0,)) if log_scale is None else torch.empty_like(log_scale, memory_format=torch.contiguous_format)
     if x.numel():
         gld = grad_logdet.to(torch.float32).contiguous()
+        grad_dense, x_dense, shift_dense = grad_y.to(x.dtype).contiguous(), x.contiguous(), shift.contiguous()
+        raw_dense = args.dense(log_scale)
         args.kernel(backend, "affine_coupling_backward", like=x)(
-            grad_y=grad_y.to(x.dtype).contiguous().data_ptr(), grad_logdet=gld.data_ptr(),
-            x=x.contiguous().data_ptr(), shift=shift.contiguous().data_ptr(),
-            log_scale=_ext.ptr(args.dense(log_scale)), grad_x=grad_x.data_ptr(), grad_shift=grad_shift.data_ptr(),
+            grad_y=grad_dense.data_ptr(), grad_logdet=gld.data_ptr(), x=x_dense.data_ptr(),
+            shift=shift_dense.data_ptr(), log_scale=_ext.ptr(raw_dense), grad_x=grad_x.data_ptr(),
+            grad_shift=grad_shift.data_ptr(),
             grad_log_scale=grad_raw.data_ptr() if log_scale is not None else 0, **_layout(x, mask),
             mask=_MASK_CODES[mask], parity=parity, scale=scale, form=_FORM_CODES[form], inverse=inverse,
             dtype=_ext.dtype_code(x))
@@ -286,6 +289,9 @@ def _check_inputs(x, shift, log_scale, mask, parity, scale, form, inverse) -> No
                          f"x has shape {tuple(x.shape)} ({x.shape[1]} channels)")
     if mask == "checkerboard" and x.dim() != 4:
         raise ValueError(f"mask 'checkerboard' needs x of shape (N, C, H, W), got {tuple(x.shape)}")
+    if mask == "checkerboard" and math.prod(x.shape[1:]) >= 2**31:
+        raise ValueError(f"mask 'checkerboard' takes samples of fewer than 2^31 elements (the kernels index "
+                         f"a sample with 32-bit integers), got C * H * W = {math.prod(x.shape[1:])}")
     expected = _param_shape(x, mask)
     for name, t in (("shift", shift), ("log_scale", log_scale)):
         if t is None and name == "log_scale":

@@ -124,6 +124,10 @@ def _weight_taps(weight: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     return (weight.permute(2, 0, 1) if transpose else weight.permute(2, 1, 0)).contiguous()
 
 
+def _dense(bias: torch.Tensor | None) -> torch.Tensor | None:
+    return None if bias is None else bias.contiguous()  # the kernel reads bias with unit stride
+
+
 def _forward_impl(x, weight, bias, cond, dilation, gated):
     if _backend(x.device) != "triton" or x.numel() == 0 or weight.shape[0] == 0:
         return causal_conv1d_ref(x, weight, bias, dilation, gated, cond)
@@ -133,7 +137,7 @@ def _forward_impl(x, weight, bias, cond, dilation, gated):
     out = x.new_empty((x.shape[0], cout // 2 if gated else cout, x.shape[2]))
     launch = launcher(x, weight, bias, cond)
     with device_scope(x, launch):
-        kernels.causal_conv_forward(launch, x, _weight_taps(weight), dilation, bias, cond, out, gated)
+        kernels.causal_conv_forward(launch, x, _weight_taps(weight), dilation, _dense(bias), cond, out, gated)
     return out
 
 
@@ -153,7 +157,7 @@ def _backward_impl(grad, x, weight, bias, cond, dilation, gated):
         dpre_exact = grad
         if gated:  # recompute the pre-activation (float32, cond added by the gate's derivative)
             pre = x.new_empty((x.shape[0], weight.shape[0], x.shape[2]), dtype=torch.float32)
-            kernels.causal_conv_forward(launch, x, _weight_taps(weight), dilation, bias, None, pre, False)
+            kernels.causal_conv_forward(launch, x, _weight_taps(weight), dilation, _dense(bias), None, pre, False)
             dpre_exact = _gate_backward(grad, pre, cond)
         dpre = dpre_exact.to(x.dtype)
         dx = torch.empty_like(x)

@@ -95,11 +95,12 @@ def test_triton_many_channels_and_strided_input():
     with use_backend("triton"):
         out = causal_conv1d(x, weight, None, dilation=3, gated=True)
         dx, dw = torch.autograd.grad((out * grad_out).sum(), (x, weight))
-    ref = causal_conv1d_ref(x, weight, None, 3, True)
-    rdx, rdw = torch.autograd.grad((ref * grad_out).sum(), (x, weight))
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(dx, rdx, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(dw, rdw, rtol=1e-4, atol=1e-5)
+    x64, weight64 = (t.detach().double().requires_grad_() for t in (x, weight))  # float64: no TF32 in cuDNN
+    ref = causal_conv1d_ref(x64, weight64, None, 3, True)
+    rdx, rdw = torch.autograd.grad((ref * grad_out.double()).sum(), (x64, weight64))
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dx.double(), rdx, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dw.double(), rdw, rtol=1e-4, atol=1e-5)
 
 
 @triton_test
@@ -121,6 +122,16 @@ def test_triton_propagates_nan():
     with use_backend("triton"):
         out = causal_conv1d(x, torch.randn(4, 2, 2), dilation=1, gated=True)
     assert out[..., :2].isfinite().all() and out[..., 2:4].isnan().all() and out[..., 4:].isfinite().all()
+
+
+@triton_test
+def test_triton_strided_bias_and_cond():
+    x, weight = torch.randn(2, 3, 9), torch.randn(4, 3, 2)
+    bias, cond = torch.randn(8)[::2], torch.randn(4, 2).T  # non-contiguous
+    with use_backend("triton"):
+        out = causal_conv1d(x, weight, bias, 2, gated=True, cond=cond)
+    ref = causal_conv1d_ref(*(t.double() for t in (x, weight, bias)), 2, True, cond.double())  # no TF32
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,3 +183,4 @@ def test_kernels_compile_for_sm90(monkeypatch, tensor):
     num_warps = tiles.pop("num_warps")
     compiled = compile_(kernels._causal_conv_dw_kernel, dict(DOT_MODE=0, **tiles), num_warps)
     assert compiled.metadata.shared <= 227 * 1024
+

@@ -132,7 +132,8 @@ def test_discrete_likelihood_bound_sums_to_at_most_one(preprocess):
     estimate_total = draws.exp().mean(0).sum().item()  # Monte Carlo P(x) summed: the mass on the grid
     # the mass the density puts on the grid's range: [logit(a), logit(1 - a)]^2 for the logit
     # transform (a = 0.05, z ~ N(0, 1)), [0, 1]^2 for N(0.5, 0.3^2) per coordinate when scaled
-    inside = math.erf(math.log(0.95 / 0.05) / math.sqrt(2)) if preprocess == "logit" else math.erf(0.5 / 0.3 / math.sqrt(2))
+    edge = math.log(0.95 / 0.05) if preprocess == "logit" else 0.5 / 0.3  # in standard deviations
+    inside = math.erf(edge / math.sqrt(2))
     assert estimate_total == pytest.approx(inside**2, abs=0.01)
     assert 0.9 * inside**2 < bound_total <= estimate_total
 

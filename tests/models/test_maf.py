@@ -1,7 +1,5 @@
 """MAF: MADE masks are autoregressive, blocks invert, log-determinants equal autograd's, the 2D
 density integrates to 1, and a few hundred seeded steps on moons beat a fitted Gaussian."""
-import math
-
 import pytest
 import torch
 

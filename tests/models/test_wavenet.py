@@ -322,7 +322,7 @@ def test_static_buffer_step_equals_the_ring_buffer_path_bit_for_bit(fields, cond
     with torch.no_grad():
         state = model._sampler_state(n, 0.8, cond, uniforms)
         static_logits = [model._sample_step(state) for _ in range(length)]
-        assert int(state.clock) == length
+        assert int(state.clock.t) == length
         for t, logits in enumerate(_ring_buffer_logits(model, state.codes, cond, n)):
             assert torch.equal(static_logits[t], logits), f"step {t}"
             assert torch.equal(state.codes[:, t], model._draw(logits, uniforms[t], 0.8))
@@ -357,9 +357,44 @@ def test_causal_conv_bench_checks_and_times_both_providers():
     from genkernels.bench import wavenet as bench
 
     rows = bench.conv_suite("cpu", dtypes=(torch.float32,), repeat=1)
-    assert [(r["mode"], r["provider"]) for r in rows] == [(m, p) for m in bench.CONV_MODES for p in bench.CONV_PROVIDERS]
+    modes_and_providers = [(m, p) for m in bench.CONV_MODES for p in bench.CONV_PROVIDERS]
+    assert [(r["mode"], r["provider"]) for r in rows] == modes_and_providers
     assert all(r["ms"] > 0 and r["speedup_vs_conv1d"] > 0 for r in rows)
     case = bench.TINY_CONV_CASES[0]
     ref = bench.conv_function("conv1d", case, "fwd")()
     with pytest.raises(AssertionError, match="differs from conv1d"):
         bench._check_close(ref + 0.01, ref, torch.float32, "cpu")
+
+
+@pytest.mark.parametrize("capture_fails", [False, True])
+def test_cuda_graph_control_flow_with_a_stand_in_graph(monkeypatch, capture_fails):
+    """generate's CUDA-graph path on a CPU, with the stream warm-up and the capture replaced by
+    stand-ins (a capture records the step without running it; its replay runs it): step 0 eagerly,
+    then length - 1 replays give the eager codes; a failed capture under cuda_graph=None warns and
+    finishes eagerly."""
+    import functools
+
+    torch.manual_seed(0)
+    model = WaveNet(WaveNetConfig(**TINY))
+    captures = []
+
+    def capture(state):
+        if capture_fails:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        captures.append(int(state.clock.t))
+        return functools.partial(model._sample_step, state)
+
+    monkeypatch.setattr(model, "_warm_up_step", model._sample_step)
+    monkeypatch.setattr(model, "_capture_step", capture)
+    expected = model.generate(2, 30, seed=4, cuda_graph=False)
+    uniforms = torch.rand(30, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    state = model._sampler_state(2, 1.0, None, uniforms)
+    if capture_fails:
+        with pytest.warns(RuntimeWarning, match="sampling eagerly"):
+            codes = model._generate_cuda_graph(state, 30, required=False)
+        with pytest.raises(RuntimeError, match="capturing"):
+            model._generate_cuda_graph(model._sampler_state(2, 1.0, None, uniforms), 30, required=True)
+    else:
+        codes = model._generate_cuda_graph(state, 30, required=False)
+        assert captures == [1]  # captured after the eager step 0
+    assert torch.equal(codes, expected) and int(state.clock.t) == 30

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genkernels.nn import CausalConv1d, WaveNetLayer
-from genkernels.nn.causal_conv import receptive_field
+from genkernels.nn.causal_conv import StepClock, receptive_field
 from tests.helpers import triton_device
 
 
@@ -122,12 +122,14 @@ def test_clocked_ring_buffer_step_equals_ring_buffer_step(kernel_size, dilation)
     """The device-clocked ring (CUDA-graph capturable) gives the Python-headed ring's outputs bit for bit."""
     conv = CausalConv1d(3, 4, kernel_size, dilation)
     x = torch.randn(2, 3, 25)
-    clock = torch.zeros((), dtype=torch.long)
+    clock = StepClock()
     clocked, plain, weight = conv.init_state(2, clock=clock), conv.init_state(2), conv.step_weight()
     for t in range(25):
+        clock.tick()
         a, b = conv.step(x[:, :, t], clocked, weight), conv.step(x[:, :, t], plain, weight)
-        clock.add_(1)
+        clock.advance()
         assert torch.equal(a, b), f"step {t}"
+    assert int(clock.t) == 25
 
 
 def test_wavenet_layer_state_dict_loads_from_dense_modules():

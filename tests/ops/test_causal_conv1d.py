@@ -121,7 +121,8 @@ def test_torch_compile_fullgraph_forward_backward():
     (lambda x, w: causal_conv1d(x, w[:5], gated=True), ValueError, "even number"),
     (lambda x, w: causal_conv1d(x, w, bias=torch.zeros(5)), ValueError, "bias must have shape"),
     (lambda x, w: causal_conv1d(x, w, cond=torch.zeros(1, 6)), ValueError, r"cond must have shape \(2, 6\)"),
-    (lambda x, w: causal_conv1d(x, w, cond=torch.zeros(2, 6, dtype=torch.float64)), TypeError, "cond must have x's dtype"),
+    (lambda x, w: causal_conv1d(x, w, cond=torch.zeros(2, 6, dtype=torch.float64)), TypeError,
+     "cond must have x's dtype"),
     (lambda x, w: causal_conv1d(x, w, cond=torch.zeros(2, 6, device="meta")), ValueError, "cond must be on x's device"),
     (lambda x, w: causal_conv1d(x, w.double()), TypeError, "weight must have x's dtype"),
 ])
