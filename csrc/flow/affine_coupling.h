@@ -11,7 +11,8 @@
 // Arithmetic in fp32 whatever the storage; the exponentials and tanh / sigmoid are those of
 // conv/gated_activation.h (every exponential of a non-positive argument: no overflow, no
 // cancellation in the tails). In the sigmoid form e^s = sigmoid(z) and e^-s = 1 + e^-z come from
-// the same e = exp(-|z|), and log sigmoid(z) = -log1p(e) (z >= 0) or z - log1p(e). NaN in any
+// the same e = exp(-|z|), and log sigmoid(z) = -log1p(e) (z >= 0) or z - log1p(e) (log1p our own,
+// flow_log1p_unit, so the loops vectorise). NaN in any
 // input propagates to every output it reaches.
 #pragma once
 #include <cmath>
@@ -32,6 +33,30 @@ enum CouplingForm : int { kTanhForm = 0, kSigmoidForm = 1, kAdditive = 2 };
 // result is +inf anyway (the clamp keeps 2^n in range).
 GK_HD float flow_exp(float x) { return gate_exp_nonpos(gate_select(x > 104.f, 104.f, x)); }
 
+// log(1 + e) for e in [0, 1], branch-free (libm's log1pf is a call, which keeps a CPU loop
+// scalar): Cephes logf of u = 1 + e = 2^k f, f in [sqrt(1/2), sqrt(2)), with Goldberg's
+// correction log(u) * e / (u - 1) for the rounding of 1 + e (exact for u = 1: e itself).
+GK_HD float flow_log1p_unit(float e) {
+  const float u = 1.f + e;
+  const bool big = u > 1.41421356f;
+  const float k = gate_select(big, 1.f, 0.f);
+  const float x = gate_select(big, 0.5f * u, u) - 1.f;  // exact (Sterbenz)
+  const float z = x * x;
+  float p = 7.0376836292e-2f;
+  p = p * x - 1.1514610310e-1f;
+  p = p * x + 1.1676998740e-1f;
+  p = p * x - 1.2420140846e-1f;
+  p = p * x + 1.4249322787e-1f;
+  p = p * x - 1.6668057665e-1f;
+  p = p * x + 2.0000714765e-1f;
+  p = p * x - 2.4999993993e-1f;
+  p = p * x + 3.3333331174e-1f;
+  float y = p * x * z + k * -2.12194440e-4f - 0.5f * z;
+  const float log_u = (x + y) + k * 0.693359375f;
+  const float d = u - 1.f;
+  return gate_select(d == 0.f, e, log_u * (e / gate_select(d == 0.f, 1.f, d)));
+}
+
 // s, the multiplier exp(+-s) of the map's direction and ds/draw for raw log-scale `raw`.
 struct LogScale {
   float s, m, ds;
@@ -46,7 +71,7 @@ GK_HD LogScale bounded_log_scale(float raw, float scale) {
   } else {
     const float z = raw + 2.f, e = gate_exp_nonpos(-fabsf(z)), o = 1.f + e;
     const bool pos = z >= 0.f;
-    const float l = log1pf(e);
+    const float l = flow_log1p_unit(e);
     const float s = gate_select(pos, -l, z - l);
     const float m = Inverse ? o / gate_select(pos, 1.f, e) : gate_select(pos, 1.f, e) / o;
     return {s, m, gate_select(pos, e, 1.f) / o};
@@ -94,44 +119,41 @@ GK_HD void coupling_grads(float x, float t, float raw, float scale, float g, flo
 // D = C * inner), or all D elements of the checkerboard mask (transformed where (h + w) % 2 !=
 // parity, shift at x's index). The identity part is copied in the same pass.
 
-struct CouplingLayout {
-  int64_t D, half;
-  int parity;
-  double inv_H, inv_W;  // double: a float member would alias the float stores (no vectorised loop)
-  int32_t H, W;
-  template <class Args>
-  explicit CouplingLayout(const Args& p)
-      : D(p.C * p.inner), half(p.C / 2 * p.inner), parity(p.parity), inv_H(1.0 / static_cast<double>(p.H)),
-        inv_W(1.0 / static_cast<double>(p.W)), H(static_cast<int32_t>(p.H)), W(static_cast<int32_t>(p.W)) {}
-  template <int Mask>
-  GK_HD int64_t count() const { return Mask == kChannelMask ? half : D; }
-  // checkerboard: element j < 2^31 of a sample (c, h, w) belongs to the transformed part. The
-  // quotients come from floating-point products, not integer division (which no SIMD unit has, so
-  // one would keep the CPU loop scalar): (j + 1/2) / W lies at least 1/(2W) from an integer, and
-  // the product's error is below that for j < 2^22 in fp32 (below 2^-21 j / W) and for any
-  // j < 2^31 in fp64, so the truncation is the exact quotient either way.
-  template <class F>
-  GK_HD static int32_t quotient(int32_t j, F inv_d) {
-    return static_cast<int32_t>((static_cast<F>(j) + F(0.5)) * inv_d);
-  }
-  GK_HD bool transformed(int64_t j) const {
-    const int32_t j32 = static_cast<int32_t>(j);
-    int32_t q, h;
-    if (D < (int64_t(1) << 22)) {  // fp32 products vectorise with SSE2 (fp64 <-> int32 do not)
-      q = quotient(j32, static_cast<float>(inv_W));
-      h = q - quotient(q, static_cast<float>(inv_H)) * H;
-    } else {
-      q = quotient(j32, inv_W);
-      h = q - quotient(q, inv_H) * H;
-    }
-    return ((h + j32 - q * W) & 1) != parity;
-  }
+// Per-(sample, chunk) constants, held in the loop's local state rather than read from the functor
+// (a float member could alias the float stores, which keeps the CPU loop scalar).
+struct CouplingState {
+  float scale, grad_logdet, inv_H, inv_W;
 };
 
-// Per-(sample, chunk) constants, held in the loop's local state rather than read from the functor
-// (a float member could alias the stores, which keeps the CPU loop scalar).
-struct CouplingState {
-  float scale, grad_logdet;
+struct CouplingLayout {
+  int64_t D, half;
+  int32_t H, W, parity;
+  template <class Args>
+  explicit CouplingLayout(const Args& p)
+      : D(p.C * p.inner), half(p.C / 2 * p.inner), H(static_cast<int32_t>(p.H)), W(static_cast<int32_t>(p.W)),
+        parity(p.parity) {}
+  template <int Mask>
+  GK_HD int64_t count() const { return Mask == kChannelMask ? half : D; }
+  GK_HD CouplingState state(double scale, float grad_logdet) const {
+    return {static_cast<float>(scale), grad_logdet, 1.f / static_cast<float>(H), 1.f / static_cast<float>(W)};
+  }
+  // checkerboard: element j of a sample (c, h, w) belongs to the transformed part. The quotients
+  // are fp32 estimates corrected by one step, not integer divisions (which no SIMD unit has, so
+  // one would keep the CPU loop scalar): for a quotient below 2^22 (the host checks C * H < 2^22
+  // and C * H * W < 2^31) the estimate is within 1 of the exact one.
+  GK_HD static int32_t divide(int32_t a, int32_t d, float inv_d, int32_t& remainder) {
+    int32_t q = static_cast<int32_t>(static_cast<float>(a) * inv_d);
+    int32_t r = a - q * d;
+    q += static_cast<int32_t>(r >= d) - static_cast<int32_t>(r < 0);
+    remainder = a - q * d;
+    return q;
+  }
+  GK_HD bool transformed(int64_t j, const CouplingState& st) const {
+    int32_t w, h;
+    const int32_t q = divide(static_cast<int32_t>(j), W, st.inv_W, w);
+    divide(q, H, st.inv_H, h);
+    return ((h + w) & 1) != parity;
+  }
 };
 
 template <typename T, int Mask, int Form, bool Inverse>
@@ -143,7 +165,7 @@ struct AffineCouplingForward {
   explicit AffineCouplingForward(const ops::affine_coupling::Args& p)
       : x(as<const T>(p.x)), shift(as<const T>(p.shift)), log_scale(as<const T>(p.log_scale)), y(as<T>(p.y)),
         L(p), scale(p.scale) {}
-  GK_HD CouplingState begin(int64_t) const { return {static_cast<float>(scale), 0.f}; }
+  GK_HD CouplingState begin(int64_t) const { return L.state(scale, 0.f); }
   GK_HD float raw(int64_t i) const {
     if constexpr (Form == kAdditive) return 0.f;
     else return load(log_scale, i);
@@ -159,7 +181,7 @@ struct AffineCouplingForward {
       return s;
     } else {
       const int64_t i = n * L.D + j;
-      const bool tr = L.transformed(j);
+      const bool tr = L.transformed(j, st);
       const float xv = load(x, i);
       const float v = coupling_value<Form, Inverse>(xv, load(shift, i), raw(i), st.scale, s);
       store(y, i, gate_select(tr, v, xv));
@@ -182,7 +204,7 @@ struct AffineCouplingBackward {
         grad_shift(as<T>(p.grad_shift)), grad_log_scale(as<T>(p.grad_log_scale)), L(p),
         scale(p.scale) {}
   GK_HD CouplingState begin(int64_t n) const {
-    return {static_cast<float>(scale), grad_logdet ? grad_logdet[n] : 0.f};
+    return L.state(scale, grad_logdet ? grad_logdet[n] : 0.f);
   }
   GK_HD float raw(int64_t i) const {
     if constexpr (Form == kAdditive) return 0.f;
@@ -201,7 +223,7 @@ struct AffineCouplingBackward {
       if constexpr (Form != kAdditive) store(grad_log_scale, p, gr);
     } else {
       const int64_t i = n * L.D + j;
-      const bool tr = L.transformed(j);
+      const bool tr = L.transformed(j, st);
       const float g = load(grad_y, i);
       coupling_grads<Form, Inverse>(load(x, i), load(shift, i), raw(i), st.scale, g, gld, gx, gt, gr);
       store(grad_x, i, gate_select(tr, gx, g));

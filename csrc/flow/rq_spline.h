@@ -9,13 +9,17 @@
 //   on its right, +B to the last bin; zero-width bins (min = 0) are skipped
 //   theta = (x - x_k) / w_k, T = theta (1 - theta), s = h_k / w_k
 //   den = s + (d_k + d_{k+1} - 2s) T,  Q = d_{k+1} theta^2 + 2s T + d_k (1 - theta)^2
-//   y = y_k + h_k (s theta^2 + d_k T) / den,   log dy/dx = log(s^2 Q) - 2 log(den)
+//   y = y_k + h_k (s theta^2 + d_k T) / den,   log dy/dx = log(s^2 Q / den^2)
 //   inverse: theta = 2c / (-b - sqrt(b^2 - 4ac)) (b >= 0 there, so nothing cancels), x = x_k + w_k theta
 //
 // Outside [-B, B] the identity (log-derivative 0, no parameter gradient); NaN inputs take that path
 // too, with a NaN log-derivative, so y and the sample's logdet are NaN. Arithmetic in fp32 whatever
-// the storage; the softmax is max-subtracted and its backward uses prefix and suffix sums of the
-// probabilities (1 - P(before) would cancel). The backward recomputes the bin from the input.
+// the storage, except where fp32 would set the error: the softmax, the knots (x - x_k, y_k + ...)
+// and the inverse's quadratic are in double, since a knot off by eps * B is multiplied by a steep
+// bin's slope (with them the kernel is several times more accurate than torch's fp32 chain, which
+// the 2x rule needs element by element). The softmax is max-subtracted and its backward uses
+// prefix and suffix sums of the probabilities (1 - P(before) would cancel). The backward
+// recomputes the bin from the input (nothing is stored between the passes).
 //
 // Gradients of L = g_y y + g_l log|dy/dx| (inverse: g_x x + g_l log|dx/dy|) with respect to the
 // bin's (input, x_k, w_k, y_k, h_k, d_k, d_{k+1}), from the closed forms (s, theta independent):
@@ -34,54 +38,81 @@
 
 namespace gk {
 
-// The softmax of one element's K unnormalised sizes, as max and 1 / sum, and the bin sizes' affine map.
+// The softmax of one element's K unnormalised sizes, in double (see the top). Up to
+// kRqCachedBins bins the exponentials are computed once and kept (registers / local memory).
+constexpr int64_t kRqCachedBins = 16;
+
+GK_HD double rq_exp_nonpos(double x) { return exp(x); }  // x = u_j - max, an exact double
+
 struct RqSoftmax {
-  float max, inv_sum, min_size, scale;  // size_j = min_size + scale * exp(u_j - max) * inv_sum
+  double max, inv_sum, min_size, scale;  // size_j = min_size + scale * exp(u_j - max) * inv_sum
+  double e[kRqCachedBins];               // exp(u_j - max) when K <= kRqCachedBins
+  bool cached;
+
+  template <typename T>
+  GK_HD double prob(const T* u, int64_t j) const {
+    return (cached ? e[j] : rq_exp_nonpos(load(u, j) - max)) * inv_sum;
+  }
+  template <typename T>
+  GK_HD double size(const T* u, int64_t j) const { return min_size + scale * prob(u, j); }
 };
 
 template <typename T>
 GK_HD RqSoftmax rq_softmax(const T* u, int64_t K, float min_size) {
-  float m = load(u, 0);
-  for (int64_t j = 1; j < K; ++j) m = fmaxf(m, load(u, j));  // fmaxf drops NaN: it comes back below
-  float sum = 0.f;
-  for (int64_t j = 0; j < K; ++j) sum += expf(load(u, j) - m);
-  return {m, 1.f / sum, min_size, 1.f - static_cast<float>(K) * min_size};
+  RqSoftmax sm;
+  sm.cached = K <= kRqCachedBins;
+  double m = load(u, 0);
+  for (int64_t j = 1; j < K; ++j) {
+    const double v = load(u, j);
+    m = v > m ? v : m;  // a NaN is skipped here and comes back through exp(NaN - m)
+  }
+  double sum = 0.0;
+  for (int64_t j = 0; j < K; ++j) {
+    const double e = rq_exp_nonpos(load(u, j) - m);
+    if (sm.cached) sm.e[j] = e;
+    sum += e;
+  }
+  sm.max = m;
+  sm.inv_sum = 1.0 / sum;
+  sm.min_size = min_size;
+  sm.scale = 1.0 - static_cast<double>(K) * min_size;
+  return sm;
 }
-
-template <typename T>
-GK_HD float rq_prob(const T* u, int64_t j, const RqSoftmax& sm) { return expf(load(u, j) - sm.max) * sm.inv_sum; }
 
 // One bin of one coordinate (x or y): its left knot and its size (right knot - left knot).
 struct RqBin {
-  float left, size;
+  double left;  // the knot in double: x - x_k and y_k + (y - y_k) are then exact up to one rounding
+  float size;
 };
 
 // Bin containing v (-B <= v <= B) among the knots of u: sets k.
 template <typename T>
 GK_HD RqBin rq_search(const T* u, int64_t K, const RqSoftmax& sm, float B, float v, int64_t& k) {
-  float cum = 0.f, left = -B, right = B;
+  const double b = B;
+  double cum = 0.0, left = -b, right = b;
   k = 0;
   for (int64_t j = 0; j < K; ++j) {
-    const float knot = j == 0 ? -B : 2.f * B * cum - B;
-    cum += sm.min_size + sm.scale * rq_prob(u, j, sm);
+    const double knot = j == 0 ? -b : 2.0 * b * cum - b;
+    cum += sm.size(u, j);
     if (knot <= v) {
       k = j;
       left = knot;
-      right = j == K - 1 ? B : 2.f * B * cum - B;
+      right = j == K - 1 ? b : 2.0 * b * cum - b;
     }
   }
-  return {left, right - left};
+  return {left, static_cast<float>(right - left)};
 }
 
 // Bin k of the knots of u (same arithmetic as rq_search).
 template <typename T>
 GK_HD RqBin rq_bin(const T* u, int64_t K, const RqSoftmax& sm, float B, int64_t k) {
-  float cum = 0.f;
-  for (int64_t j = 0; j < k; ++j) cum += sm.min_size + sm.scale * rq_prob(u, j, sm);
-  const float left = k == 0 ? -B : 2.f * B * cum - B;
-  cum += sm.min_size + sm.scale * rq_prob(u, k, sm);
-  const float right = k == K - 1 ? B : 2.f * B * cum - B;
-  return {left, right - left};
+  const double b = B;
+  double cum = 0.0;
+  for (int64_t j = 0; j < k; ++j) cum += sm.size(u, j);
+  const double left = k == 0 ? -b : 2.0 * b * cum - b;
+  cum += sm.size(u, k);
+  const double right = k == K - 1 ? b : 2.0 * b * cum - b;
+  return {left, static_cast<float>(right - left)};
 }
 
 GK_HD float rq_softplus(float u) { return fmaxf(u, 0.f) + log1pf(expf(-fabsf(u))); }
@@ -114,16 +145,25 @@ GK_HD RqEval rq_eval(float theta, float w, float h, float dk, float dk1) {
   return e;
 }
 
-GK_HD float rq_log_derivative(const RqEval& e) { return logf(e.s * e.s * e.q) - 2.f * logf(e.den); }
+// log(s^2 Q / den^2) as log(s) + log1p(Q / s - 1) - 2 log1p(den / s - 1), with Q = s + (d_{k+1} - s) theta^2 +
+// (d_k - s)(1 - theta)^2 and den = s + (d_k + d_{k+1} - 2s) T: exactly 0 where the bin is linear
+// (d_k = d_{k+1} = s, e.g. K = 1), where log(s^2 Q) - 2 log(den) keeps an ulp of each log.
+GK_HD float rq_log_derivative(const RqEval& e, float dk, float dk1) {
+  const float om = 1.f - e.theta;
+  const float q_rel = ((dk1 - e.s) * e.theta * e.theta + (dk - e.s) * om * om) / e.s;
+  const float den_rel = 1.f + (dk + dk1 - 2.f * e.s) * e.t1t / e.s;
+  return logf(e.s * ((1.f + q_rel) / (den_rel * den_rel)));
+}
 
-// theta of the inverse: the root in [0, 1] of a theta^2 + b theta + c = 0, dy = y - y_k.
-GK_HD float rq_inverse_theta(float dy, float w, float h, float dk, float dk1) {
-  const float s = h / w, slopes = dk + dk1 - 2.f * s;
-  const float a = dy * slopes + h * (s - dk);
-  const float b = h * dk - dy * slopes;
-  const float c = -s * dy;
-  const float disc = fmaxf(b * b - 4.f * a * c, 0.f);  // >= 0 in exact arithmetic
-  return (2.f * c) / (-b - sqrtf(disc));
+// theta of the inverse: the root in [0, 1] of a theta^2 + b theta + c = 0, dy = y - y_k. In double:
+// theta's rounding would otherwise dominate the inverse's error (a handful of operations).
+GK_HD float rq_inverse_theta(double dy, float w, float h, float dk, float dk1) {
+  const double s = static_cast<double>(h) / w, slopes = dk + dk1 - 2.0 * s;
+  const double a = dy * slopes + h * (s - dk);
+  const double b = h * dk - dy * slopes;
+  const double c = -s * dy;
+  const double disc = fmax(b * b - 4.0 * a * c, 0.0);  // >= 0 in exact arithmetic
+  return static_cast<float>((2.0 * c) / (-b - sqrt(disc)));
 }
 
 // Everything one element's forward or backward needs: the input's bin in both coordinates.
@@ -151,9 +191,10 @@ GK_HD RqElement rq_element(float v, const T* uw, const T* uh, const T* ud, int64
   }
   rq_derivatives(ud, K, r.k, min_d, r.dk, r.dk1);
   const float theta = inverse ? rq_inverse_theta(v - r.bh.left, r.bw.size, r.bh.size, r.dk, r.dk1)
-                              : (v - r.bw.left) / r.bw.size;
+                              : static_cast<float>(v - r.bw.left) / r.bw.size;
   r.ev = rq_eval(theta, r.bw.size, r.bh.size, r.dk, r.dk1);
-  r.out = inverse ? r.bw.left + r.bw.size * theta : r.bh.left + r.ev.y_rel;
+  r.out = static_cast<float>(inverse ? r.bw.left + static_cast<double>(r.bw.size * theta)
+                                     : r.bh.left + static_cast<double>(r.ev.y_rel));
   return r;
 }
 
@@ -169,10 +210,10 @@ GK_HD void rq_knot_grads(const T* u, T* grad_u, int64_t K, const RqSoftmax& sm, 
   const float a = k >= 1 ? g_left : 0.f;           // knot k interior
   const float c = k + 1 <= K - 1 ? g_right : 0.f;  // knot k + 1 interior
   float before = 0.f, after = 0.f;                 // P(j < k), P(j > k)
-  for (int64_t j = 0; j < k; ++j) before += rq_prob(u, j, sm);
-  for (int64_t j = k + 1; j < K; ++j) after += rq_prob(u, j, sm);
-  const float pk = rq_prob(u, k, sm);
-  const float f = 2.f * B * sm.scale;
+  for (int64_t j = 0; j < k; ++j) before += sm.prob(u, j);
+  for (int64_t j = k + 1; j < K; ++j) after += sm.prob(u, j);
+  const float pk = static_cast<float>(sm.prob(u, k));
+  const float f = static_cast<float>(2.0 * B * sm.scale);
   // g_p_j = f (a [j < k] + c [j <= k]); sum_i p_i g_p_i = f (a before + c (before + pk))
   //   j < k:  g_u_j = f p_j (a (1 - before) + c (1 - before - pk)) = f p_j (a (pk + after) + c after)
   //   j = k:  g_u_j = f p_j (-a before + c (1 - before - pk))      = f p_j (-a before + c after)
@@ -180,7 +221,7 @@ GK_HD void rq_knot_grads(const T* u, T* grad_u, int64_t K, const RqSoftmax& sm, 
   const float lo = a * (pk + after) + c * after, mid = -a * before + c * after, hi = -a * before - c * (before + pk);
   for (int64_t j = 0; j < K; ++j) {
     const float coef = j < k ? lo : (j == k ? mid : hi);
-    store(grad_u, j, f * rq_prob(u, j, sm) * coef);
+    store(grad_u, j, f * static_cast<float>(sm.prob(u, j)) * coef);
   }
 }
 
@@ -212,7 +253,7 @@ struct RqSplineForward {  // a reduction: stores the output, returns the log-der
     const RqElement r = rq_element(v, widths + e * K, heights + e * K, derivatives + e * (K - 1), K, B, min_w, min_h,
                                    min_d, inverse);
     store(y, e, r.out);
-    const float lad = rq_log_derivative(r.ev);
+    const float lad = rq_log_derivative(r.ev, r.dk, r.dk1);
     return inverse ? -lad : lad;
   }
 };

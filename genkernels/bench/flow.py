@@ -1,4 +1,4 @@
-"""Benchmark setups for the normalizing-flow ops (affine coupling, ActNorm).
+"""Benchmark setups for the normalizing-flow ops (affine coupling, ActNorm, rational-quadratic spline).
 
 Per case and provider, in one run: "eager" (the op's `*_ref`, autograd for the backward: what a
 user writes), "compile" (torch.compile of that reference) and each fast backend present for the
@@ -14,6 +14,7 @@ import genkernels
 from genkernels import _backend
 from genkernels.ops.actnorm import actnorm, actnorm_ref
 from genkernels.ops.affine_coupling import affine_coupling, affine_coupling_ref
+from genkernels.ops.rq_spline import rq_spline, rq_spline_ref
 
 SHAPE = (16, 16, 128, 128)  # 2^22 elements
 # (name, op, x shape, mask, forward + backward)
@@ -22,7 +23,11 @@ CASES = (
     ("affine_coupling fwd_bwd", "affine_coupling", SHAPE, "channel", True),
     ("affine_coupling checkerboard fwd_bwd", "affine_coupling", SHAPE, "checkerboard", True),
     ("actnorm fwd_bwd", "actnorm", SHAPE, None, True),
+    # K = RQ_BINS bins per element: the (N, D, K) parameters dominate the traffic; 2^20 elements
+    # (the eager reference takes seconds per call on one CPU thread)
+    ("rq_spline fwd_bwd", "rq_spline", (64, 16384), None, True),
 )
+RQ_BINS = 8
 
 
 def providers(device) -> list[str]:
@@ -48,6 +53,12 @@ def case_function(provider, op, shape, mask, backward, dtype, device):
         else:
             fn = lambda x, t, r: affine_coupling(x, t, r, mask=mask)  # noqa: E731
         param_numel = inputs[1].numel()
+    elif op == "rq_spline":
+        x = 3.6 * (2 * torch.rand(shape, generator=g) - 1)  # a sixth outside [-3, 3]: the identity tails
+        inputs = [x.to(device, dtype)] + [(1.5 * torch.randn(*shape, k, generator=g)).to(device, dtype)
+                                          for k in (RQ_BINS, RQ_BINS, RQ_BINS - 1)]
+        fn = rq_spline_ref if reference else rq_spline
+        param_numel = (3 * RQ_BINS - 1) * x.numel() // 2  # counted twice below, as the coupling's two
     else:
         x = torch.randn(shape, generator=g).to(device, dtype)
         bias, log_scale = (0.1 * torch.randn(shape[1], generator=g)).to(device, dtype), torch.zeros(shape[1]).to(

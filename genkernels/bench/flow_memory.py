@@ -15,7 +15,8 @@ Memory, per step and mode (stored activations vs recompute):
 - cuda_peak_MB (GPU only): torch.cuda.max_memory_allocated during the step minus what was allocated
   before it (parameters, input, gradients of the previous step).
 Time: median seconds per step, the two modes' steps interleaved (load from other processes hits
-both alike), after ActNorm's data-dependent initialisation and a warm-up step. Before timing, the two modes' gradients are checked to agree.
+both alike), after ActNorm's data-dependent initialisation and a warm-up step. Before timing, the
+two modes' gradients are checked to agree.
 """
 from __future__ import annotations
 
@@ -184,6 +185,8 @@ def run_suite(device, batch: int | None = None, blocks: int | None = None, image
     recomputing = copy.deepcopy(stored)
     recomputing.recompute = True
     agreement = gradient_agreement(stored, recomputing, x)
+    if not agreement < 1e-3:  # correctness before timing: the modes must train alike
+        raise AssertionError(f"recompute and stored parameter gradients differ by {agreement:.3g} of their scale")
     rows = []
     for mode, flow in (("stored", stored), ("recompute", recomputing)):
         train_step(flow, x)  # warm-up
@@ -200,8 +203,25 @@ def run_suite(device, batch: int | None = None, blocks: int | None = None, image
     return rows
 
 
-COLUMNS = ["mode", "blocks", "image", "batch", "saved_after_forward_MB", "saved_peak_MB", "cuda_peak_MB", "step_s", "memory_reduction",
-           "cuda_memory_reduction", "time_ratio", "max_relative_grad_difference"]
+def memory_by_depth(device, depths=(8, 16, 32, 64), batch: int = 4, image=IMAGE, hidden: int = 64) -> list[dict]:
+    """Saved-tensor peak of one training step per depth and mode: stored grows linearly, recompute
+    stays flat."""
+    device = torch.device(device)
+    x = torch.randn(batch, *image, device=device, generator=torch.Generator(device).manual_seed(0))
+    rows = []
+    for blocks in depths:
+        row = {"blocks": blocks, "batch": batch, "image": "x".join(map(str, image))}
+        for mode, recompute in (("stored", False), ("recompute", True)):
+            torch.manual_seed(0)
+            flow = realnvp_stack(blocks, image, hidden, recompute=recompute).to(device)
+            flow.initialize(x)
+            row[f"{mode}_saved_peak_MB"] = measure_memory(flow, x)["saved_peak_MB"]
+        rows.append(row)
+    return rows
+
+
+COLUMNS = ["mode", "blocks", "image", "batch", "saved_after_forward_MB", "saved_peak_MB", "cuda_peak_MB", "step_s",
+           "memory_reduction", "cuda_memory_reduction", "time_ratio", "max_relative_grad_difference"]
 
 
 def main(argv=None) -> int:
@@ -219,20 +239,27 @@ def main(argv=None) -> int:
     parser.add_argument("--blocks", type=int, default=None, help=f"coupling blocks (default {BLOCKS})")
     parser.add_argument("--hidden", type=int, default=None, help="conditioner channels (default 64)")
     parser.add_argument("--repeat", type=int, default=None, help="timed steps per mode (default 5)")
+    parser.add_argument("--depths", type=int, nargs="*", default=[8, 16, 32, 64],
+                        help="block counts for the memory-by-depth table (none: skip it)")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = run_suite(args.device, args.batch, args.blocks, None, args.hidden, args.repeat)
     print(format_table(rows, [c for c in COLUMNS if any(c in r for r in rows)]))
+    depth_rows = (memory_by_depth(args.device, args.depths, rows[0]["batch"], hidden=rows[0]["hidden"])
+                  if args.depths else [])
+    if depth_rows:
+        print("\nsaved-tensor peak by depth (MB):\n" + format_table(depth_rows, list(depth_rows[0])))
     if args.json:
         environment = {"device": str(args.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
                        "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
-                       "cpus": os.cpu_count(), "load_average_1min_at_end": os.getloadavg()[0]}
+                       "cpus": os.cpu_count(), "backend": os.environ.get("GENKERNELS_BACKEND") or "default",
+                       "load_average_1min_at_end": os.getloadavg()[0]}
         if torch.device(args.device).type == "cuda":
             environment["gpu"] = torch.cuda.get_device_name(args.device)
         with open(args.json, "w") as file:
-            json.dump({"environment": environment, "results": rows}, file, indent=2)
+            json.dump({"environment": environment, "results": rows, "memory_by_depth": depth_rows}, file, indent=2)
             file.write("\n")
         print(f"wrote {args.json}")
     return 0

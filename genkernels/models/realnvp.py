@@ -9,7 +9,8 @@ half of the channels as latents (they skip the later scales); the last scale run
 `final_couplings` checkerboard couplings. Every coupling is followed by an ActNorm (Kingma &
 Dhariwal 2018) in place of the paper's batch normalisation, so the density does not depend on the
 batch. Vectors (D,) (the 2D toys, or images with `flatten=True`): `num_couplings` couplings with
-MLP conditioners and alternating halves, each followed by an ActNorm. `coupling="spline"` uses
+MLP conditioners and alternating halves, each followed by an ActNorm (and, for D > 2, a fixed
+random permutation). `coupling="spline"` uses
 rational-quadratic spline couplings (Durkan et al. 2019) instead of affine ones.
 
 The layers come from genkernels.nn (AffineCoupling, SplineCoupling, ActNorm, Squeeze); each scale
@@ -31,7 +32,7 @@ from torch import nn
 from genkernels.models._validate import check_bool, check_choice, check_int, check_real
 from genkernels.models.flow_base import FlowConfig, FlowModel, standard_normal_log_prob
 from genkernels.nn.coupling import AffineCoupling, SplineCoupling
-from genkernels.nn.flow_layers import ActNorm, Squeeze
+from genkernels.nn.flow_layers import ActNorm, Permute, Squeeze
 from genkernels.nn.flow_sequential import FlowSequential
 
 COUPLINGS = ("affine", "spline")
@@ -148,8 +149,13 @@ class RealNVP(FlowModel):
     def _build_vector_flow(self) -> None:
         config = self.config
         dims = config.num_dims
-        self.scales.append(FlowSequential(*self._steps(dims, config.num_couplings, "channel", "mlp"),
-                                          recompute=config.recompute))
+        layers = self._steps(dims, config.num_couplings, "channel", "mlp")
+        if dims > 2:
+            # fixed halves would pair the same entries in every coupling (the top and bottom rows of
+            # a flattened digit); a fixed random permutation after each step mixes them
+            for k in reversed(range(1, config.num_couplings)):
+                layers.insert(2 * k, Permute(dims, mode="random", seed=k))
+        self.scales.append(FlowSequential(*layers, recompute=config.recompute))
         self.latent_shapes.append((dims,))
 
     def _build_multiscale_flow(self) -> None:

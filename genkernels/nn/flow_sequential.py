@@ -57,10 +57,12 @@ class _RecomputeByInverse(torch.autograd.Function):
                     grads.append(grad_logdet)
                 inputs = [*leaves, *layer_params] + ([layer_context] if want_context else [])
                 found = torch.autograd.grad(outputs, inputs, grads, allow_unused=True)
-            grad_x = torch.zeros_like(x)
+            grad_x = None
             for g in found[:len(leaves)]:
                 if g is not None:
-                    grad_x = grad_x + g
+                    grad_x = g if grad_x is None else grad_x + g
+            if grad_x is None:  # the layer's outputs do not depend on its input
+                grad_x = torch.zeros_like(x)
             for p, g in zip(layer_params, found[len(leaves):len(leaves) + len(layer_params)]):
                 if g is not None:
                     i = slot[id(p)]

@@ -289,9 +289,9 @@ def _check_inputs(x, shift, log_scale, mask, parity, scale, form, inverse) -> No
                          f"x has shape {tuple(x.shape)} ({x.shape[1]} channels)")
     if mask == "checkerboard" and x.dim() != 4:
         raise ValueError(f"mask 'checkerboard' needs x of shape (N, C, H, W), got {tuple(x.shape)}")
-    if mask == "checkerboard" and math.prod(x.shape[1:]) >= 2**31:
-        raise ValueError(f"mask 'checkerboard' takes samples of fewer than 2^31 elements (the kernels index "
-                         f"a sample with 32-bit integers), got C * H * W = {math.prod(x.shape[1:])}")
+    if mask == "checkerboard" and (math.prod(x.shape[1:]) >= 2**30 or x.shape[1] * x.shape[2] >= 2**22):
+        raise ValueError(f"mask 'checkerboard' takes samples with C * H * W < 2^30 and C * H < 2^22 (the kernels "
+                         f"find (h, w) with 32-bit arithmetic), got x of shape {tuple(x.shape)}")
     expected = _param_shape(x, mask)
     for name, t in (("shift", shift), ("log_scale", log_scale)):
         if t is None and name == "log_scale":

@@ -20,8 +20,14 @@ last bin (theta = 1). The bound itself is inside: x = +-B is evaluated by the sp
 
 The math (and its backward, which recomputes the bin instead of storing it) is written once in
 csrc/flow/rq_spline.h for the C++ CPU and CUDA kernels: fp32 arithmetic whatever the storage,
-max-subtracted softmax, per-sample log-determinant from per-(sample, chunk) partial sums added in a
-fixed order (no atomics).
+except the softmax, the knots and the inverse's quadratic, in double (a knot eps * B off is
+multiplied by a steep bin's slope; so the kernels are several times more accurate than this
+file's fp32 reference); per-sample log-determinant from per-(sample, chunk) partial sums added in
+a fixed order (no atomics). The torch backend's backward (rq_spline_backward_ref) is the same
+closed form, vectorised.
+
+NaN: a NaN input takes the identity path (NaN y, NaN logdet for its sample, gradient grad_y to x,
+none to the parameters); NaN parameters give NaN outputs for the elements inside the bound.
 
 Reading order: reference -> host launchers -> torch.library op + autograd -> public function.
 """
@@ -189,32 +195,26 @@ def rq_spline_backward_ref(grad_y, grad_logdet, x, widths, heights, derivatives,
 
 
 # ---- host launchers (validate what only they see, allocate, launch) --------------------------
-def _backend(x: torch.Tensor) -> str:
-    backend = args.choose_backend("rq_spline", x)
-    module = _ext._C if backend == "cpu" else _ext._cuda
-    if backend != "torch" and not hasattr(module, "rq_spline"):  # an extension built before this op
-        return "torch"
-    return backend
-
-
 def _logdet_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
 def _rq_spline_kernel(x, widths, heights, derivatives, tail_bound, inverse, min_bin_width, min_bin_height,
                       min_derivative):
-    backend = _backend(x)
+    backend = args.choose_backend("rq_spline", x)
     if backend == "torch":
         return rq_spline_ref(x, widths, heights, derivatives, tail_bound=tail_bound, inverse=inverse,
                              min_bin_width=min_bin_width, min_bin_height=min_bin_height, min_derivative=min_derivative)
     n, d = args.rows(x)
+    # dense copies held in locals: a temporary's memory would be freed before the kernel reads it
+    x_dense, w_dense, h_dense, d_dense = (t.contiguous() for t in (x, widths, heights, derivatives))
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     chunks = args.num_chunks(d)
     partials = args.partial_sums(n, chunks, x)
     if n * d:
         args.kernel(backend, "rq_spline", like=x)(
-            x=x.contiguous().data_ptr(), widths=widths.contiguous().data_ptr(),
-            heights=heights.contiguous().data_ptr(), derivatives=args.dense(derivatives).data_ptr(), y=y.data_ptr(),
+            x=x_dense.data_ptr(), widths=w_dense.data_ptr(), heights=h_dense.data_ptr(),
+            derivatives=d_dense.data_ptr(), y=y.data_ptr(),
             logdet_partials=partials.data_ptr(), N=n, D=d, K=widths.shape[-1], tail_bound=tail_bound,
             min_bin_width=min_bin_width, min_bin_height=min_bin_height, min_derivative=min_derivative,
             inverse=inverse, dtype=_ext.dtype_code(x))
@@ -224,19 +224,20 @@ def _rq_spline_kernel(x, widths, heights, derivatives, tail_bound, inverse, min_
 
 def _rq_spline_backward_kernel(grad_y, grad_logdet, x, widths, heights, derivatives, tail_bound, inverse,
                                min_bin_width, min_bin_height, min_derivative):
-    backend = _backend(x)
+    backend = args.choose_backend("rq_spline", x)
     if backend == "torch":
         return rq_spline_backward_ref(grad_y, grad_logdet, x, widths, heights, derivatives, tail_bound, inverse,
                                       min_bin_width, min_bin_height, min_derivative)
     n, d = args.rows(x)
+    x_dense, w_dense, h_dense, d_dense = (t.contiguous() for t in (x, widths, heights, derivatives))
     grads = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, widths, heights, derivatives)]
     grad_y = None if grad_y is None else grad_y.to(x.dtype).contiguous()
     grad_logdet = None if grad_logdet is None else grad_logdet.to(torch.float32).contiguous()
     if n * d:
         args.kernel(backend, "rq_spline_backward", like=x)(
-            grad_y=_ext.ptr(grad_y), grad_logdet=_ext.ptr(grad_logdet), x=x.contiguous().data_ptr(),
-            widths=widths.contiguous().data_ptr(), heights=heights.contiguous().data_ptr(),
-            derivatives=derivatives.contiguous().data_ptr(), grad_x=grads[0].data_ptr(),
+            grad_y=_ext.ptr(grad_y), grad_logdet=_ext.ptr(grad_logdet), x=x_dense.data_ptr(),
+            widths=w_dense.data_ptr(), heights=h_dense.data_ptr(),
+            derivatives=d_dense.data_ptr(), grad_x=grads[0].data_ptr(),
             grad_widths=grads[1].data_ptr(), grad_heights=grads[2].data_ptr(), grad_derivatives=grads[3].data_ptr(),
             N=n, D=d, K=widths.shape[-1], tail_bound=tail_bound, min_bin_width=min_bin_width,
             min_bin_height=min_bin_height, min_derivative=min_derivative, inverse=inverse, dtype=_ext.dtype_code(x))

@@ -19,6 +19,9 @@ def test_flow_memory_suite_tiny(tmp_path, monkeypatch):
 def test_flow_memory_script(tmp_path):
     out = tmp_path / "flow.json"
     assert flow_memory.main(["--device", "cpu", "--batch", "1", "--blocks", "2", "--hidden", "4", "--repeat", "1",
-                             "--json", str(out)]) == 0
+                             "--depths", "2", "4", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["environment"]["device"] == "cpu" and len(result["results"]) == 2
+    small, large = result["memory_by_depth"]
+    assert large["stored_saved_peak_MB"] > small["stored_saved_peak_MB"]
+    assert large["recompute_saved_peak_MB"] == small["recompute_saved_peak_MB"]
