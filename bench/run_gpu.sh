@@ -59,7 +59,7 @@ for stage in $stages; do
       timeout $((2 * ${SUITE_TIMEOUT:-120})) python bench/bench_wavenet.py --device cuda --json "bench/results/${device}-wavenet.json" \
         > "$OUT/bench-wavenet.log" 2>&1
       echo "wavenet exit $?"; tail -30 "$OUT/bench-wavenet.log"
-      for suite in masked_conv:float32 masked_conv:bfloat16 pixelcnn:float32; do
+      for suite in masked_conv:float32 masked_conv:bfloat16 pixelcnn:float32 flow:float32 flow:bfloat16; do
         name=${suite%%:*} dtype=${suite#*:}
         timeout ${SUITE_TIMEOUT:-120} genkernels bench --suite "$name" --dtype "$dtype" \
           --json "bench/results/${device}-${name}-${dtype}.json" > "$OUT/bench-${name}-${dtype}.log" 2>&1

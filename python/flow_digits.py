@@ -47,8 +47,9 @@ def main():
     model = family(config)
     defaults = dict(family.train_defaults)
     steps = max(args.steps if args.steps is not None else defaults.get("steps", 1000), 1)
-    train_config = TrainConfig(**{**defaults, "steps": steps, "warmup_steps": min(defaults.get("warmup_steps", 100), steps),
-                                  "eval_every": max(1, min(defaults.get("eval_every", 100), steps // 4)),
+    warmup = min(defaults.get("warmup_steps", 100), steps)
+    train_config = TrainConfig(**{**defaults, "steps": steps, "warmup_steps": warmup,
+                                  "eval_every": max(1, min(defaults.get("eval_every", 100), steps // 2)),
                                   "device": args.device, "out_dir": args.out})
     trainer = Trainer(model, train, val, train_config)
     history = trainer.fit()

