@@ -67,15 +67,17 @@ struct ActNormForward {
   }
 };
 
-// Backward: a reduction over 2C rows r = (h, c), each of N * inner elements j = (n, i). Row (0, c)
-// stores grad_x and sums the bias gradient, row (1, c) sums the log-scale gradient (each element is
-// visited twice; the sums take the fp32 terms, not their rounding to the storage dtype).
-struct ActNormRow {
-  int64_t h, c;
-  ActNormChannel ch;
-};
+// Backward: a reduction over C rows (one per channel c) of N * inner elements j = (n, i), run
+// twice: H = 0 stores grad_x and sums the bias gradient, H = 1 sums the log-scale gradient (two
+// launches with no branch inside, so each CPU loop vectorises; each element is visited twice and
+// the sums take the fp32 terms, not their rounding to the storage dtype). Partials: rows (H, c).
+template <bool Inverse, int H>
+GK_FLOW_HD float actnorm_backward_term(float g, float xv, const ActNormChannel& ch) {
+  if constexpr (H == 0) return Inverse ? -g : g * ch.e;
+  else return Inverse ? -(g * (xv * ch.e)) : g * ((xv + ch.b) * ch.e);
+}
 
-template <typename T, bool Inverse>
+template <typename T, bool Inverse, int H>
 struct ActNormBackward {
   const T *grad_y, *x, *bias, *log_scale;
   T* grad_x;
@@ -83,36 +85,36 @@ struct ActNormBackward {
   explicit ActNormBackward(const ops::actnorm_backward::Args& p)
       : grad_y(as<const T>(p.grad_y)), x(as<const T>(p.x)), bias(as<const T>(p.bias)),
         log_scale(as<const T>(p.log_scale)), grad_x(as<T>(p.grad_x)), C(p.C), inner(p.inner) {}
-  GK_FLOW_HD ActNormRow begin(int64_t r) const {
-    const int64_t h = r / C, c = r - h * C;
-    return {h, c, actnorm_channel<T, Inverse>(bias, log_scale, c)};
-  }
-  GK_FLOW_HD float term(const ActNormRow& row, int64_t, int64_t j) const {
+  struct Row {
+    int64_t c;
+    ActNormChannel ch;
+  };
+  GK_FLOW_HD Row begin(int64_t c) const { return {c, actnorm_channel<T, Inverse>(bias, log_scale, c)}; }
+  GK_FLOW_HD float term(const Row& row, int64_t, int64_t j) const {
     const int64_t n = j / inner, k = (n * C + row.c) * inner + (j - n * inner);
     const float g = load(grad_y, k);
-    if (row.h == 0) {
-      const float gx = g * row.ch.e;
-      store(grad_x, k, gx);
-      return Inverse ? -g : gx;
+    if constexpr (H == 0) {
+      store(grad_x, k, g * row.ch.e);
+      return actnorm_backward_term<Inverse, 0>(g, 0.f, row.ch);
+    } else {
+      return actnorm_backward_term<Inverse, 1>(g, load(x, k), row.ch);
     }
-    const float xv = load(x, k);
-    return Inverse ? -(g * (xv * row.ch.e)) : g * ((xv + row.ch.b) * row.ch.e);
   }
 };
 
-// Long rows (inner >= kActNormBackwardRowMin, e.g. images): the reduction runs over 2 C N rows
-// r = (h, c, n) of `inner` contiguous elements, without the per-element division of the flat form
-// (which keeps a CPU loop scalar); the host adds the (n, chunk) partials of each (h, c) in order.
-// partials: float32 (2, C, N, num_chunks(inner)).
+// Long rows (inner >= kActNormBackwardRowMin, e.g. images): the same two reductions over C N rows
+// r = (c, n) of `inner` contiguous elements, without the per-element division of the flat form;
+// the host adds the (n, chunk) partials of each (H, c) in order. partials: float32
+// (2, C, N, num_chunks(inner)).
 constexpr int64_t kActNormBackwardRowMin = 1024;
 GK_FLOW_HD bool actnorm_backward_rows(int64_t inner) { return inner >= kActNormBackwardRowMin; }
 
 struct ActNormRowState {
-  int64_t h, base;  // base: offset of the row's first element
+  int64_t base;  // offset of the row's first element
   ActNormChannel ch;
 };
 
-template <typename T, bool Inverse>
+template <typename T, bool Inverse, int H>
 struct ActNormBackwardRows {
   const T *grad_y, *x, *bias, *log_scale;
   T* grad_x;
@@ -121,19 +123,18 @@ struct ActNormBackwardRows {
       : grad_y(as<const T>(p.grad_y)), x(as<const T>(p.x)), bias(as<const T>(p.bias)),
         log_scale(as<const T>(p.log_scale)), grad_x(as<T>(p.grad_x)), C(p.C), N(p.N), inner(p.inner) {}
   GK_FLOW_HD ActNormRowState begin(int64_t r) const {
-    const int64_t hc = r / N, n = r - hc * N, h = hc / C, c = hc - h * C;
-    return {h, (n * C + c) * inner, actnorm_channel<T, Inverse>(bias, log_scale, c)};
+    const int64_t c = r / N, n = r - c * N;
+    return {(n * C + c) * inner, actnorm_channel<T, Inverse>(bias, log_scale, c)};
   }
   GK_FLOW_HD float term(const ActNormRowState& row, int64_t, int64_t i) const {
     const int64_t k = row.base + i;
     const float g = load(grad_y, k);
-    if (row.h == 0) {
-      const float gx = g * row.ch.e;
-      store(grad_x, k, gx);
-      return Inverse ? -g : gx;
+    if constexpr (H == 0) {
+      store(grad_x, k, g * row.ch.e);
+      return actnorm_backward_term<Inverse, 0>(g, 0.f, row.ch);
+    } else {
+      return actnorm_backward_term<Inverse, 1>(g, load(x, k), row.ch);
     }
-    const float xv = load(x, k);
-    return Inverse ? -(g * (xv * row.ch.e)) : g * ((xv + row.ch.b) * row.ch.e);
   }
 };
 

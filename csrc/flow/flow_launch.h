@@ -110,13 +110,22 @@ void run(const Exec& exec, const Args& a) {
   GK_DISPATCH_DTYPE(a.dtype, "actnorm_backward", [&] {
     dispatch_inverse(a.inverse, [&](auto inverse) {
       constexpr bool kInverse = decltype(inverse)::value;
-      // the same split on CPU and GPU, so both add the same partial sums in the same order
-      if (actnorm_backward_rows(a.inner))
-        FlowReducer<Exec>::run(exec, ActNormBackwardRows<scalar_t, kInverse>(a), 2 * a.C * a.N, a.inner,
-                               as<float>(a.partials), "actnorm_bwd");
-      else
-        FlowReducer<Exec>::run(exec, ActNormBackward<scalar_t, kInverse>(a), 2 * a.C, a.N * a.inner,
-                               as<float>(a.partials), "actnorm_bwd");
+      // the same split on CPU and GPU, so both add the same partial sums in the same order; the
+      // bias rows (H = 0, which also store grad_x) fill the first half of the partials
+      float* partials = as<float>(a.partials);
+      if (actnorm_backward_rows(a.inner)) {
+        const int64_t rows = a.C * a.N, half = rows * num_chunks(a.inner);
+        FlowReducer<Exec>::run(exec, ActNormBackwardRows<scalar_t, kInverse, 0>(a), rows, a.inner, partials,
+                               "actnorm_bwd_bias");
+        FlowReducer<Exec>::run(exec, ActNormBackwardRows<scalar_t, kInverse, 1>(a), rows, a.inner, partials + half,
+                               "actnorm_bwd_log_scale");
+      } else {
+        const int64_t half = a.C * num_chunks(a.N * a.inner);
+        FlowReducer<Exec>::run(exec, ActNormBackward<scalar_t, kInverse, 0>(a), a.C, a.N * a.inner, partials,
+                               "actnorm_bwd_bias");
+        FlowReducer<Exec>::run(exec, ActNormBackward<scalar_t, kInverse, 1>(a), a.C, a.N * a.inner,
+                               partials + half, "actnorm_bwd_log_scale");
+      }
     });
   });
 }

@@ -402,3 +402,14 @@ def test_errors_name_the_argument():
         rq_spline(x, w, h, d, min_bin_height=0.3)
     with pytest.raises(ValueError, match="min_derivative must be a finite non-negative float"):
         rq_spline(x, w, h, d, min_derivative=-1e-3)
+
+
+def test_bench_suite_case_runs_and_checks():
+    """The rq_spline case of `genkernels bench --suite flow` on a tiny shape: every provider checked
+    against the reference, timed, and its speedup over eager recorded."""
+    from genkernels.bench import flow
+
+    cases = (("tiny rq_spline fwd_bwd", "rq_spline", (2, 33), None, True),)
+    rows = flow.run_suite("cpu", with_compile=False, cases=cases, threads=(1,))
+    assert len(rows) == len(flow.providers("cpu")) - 1
+    assert all(r["ms"] > 0 and r["speedup_vs_eager"] > 0 for r in rows)
