@@ -21,39 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from genkernels.kernels._launch import capability as _capability
+from genkernels.kernels._conv import sigmoid as _sigmoid, tanh as _tanh, tiles as _tiles
+from genkernels.kernels._conv import weight_grad_tiles as _weight_grad_tiles
 from genkernels.kernels.attention import _dot, dot_mode
-
-
-def _tiles(rows: int, cols: int, inner: int) -> dict:
-    """Power-of-two tiles no larger than the problem (tl.dot needs every side >= 16)."""
-    big = _capability() >= (8, 0)
-    block_m = 64 if big and rows >= 64 else 16 if rows <= 16 else 32
-    block_n = min(64 if big else 32, max(16, triton.next_power_of_2(cols)))
-    block_k = min(32, max(16, triton.next_power_of_2(inner)))
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": 4 if big else 1}
-
-
-def _weight_grad_tiles(c_in: int, c_out: int, positions: int) -> dict:
-    """dW tiles: (Cin block) x (Cout block), reducing over positions 64 at a time on GPUs."""
-    tiles = _tiles(c_in, c_out, positions)
-    tiles["BLOCK_M"] = min(tiles["BLOCK_M"], max(16, triton.next_power_of_2(c_in)))
-    tiles["BLOCK_K"] = 64 if positions >= 64 and _capability() >= (8, 0) else tiles["BLOCK_K"]
-    return tiles
-
-
-@triton.jit
-def _tanh(z):
-    # tanh(z) = sign(z) (1 - e) / (1 + e), e = exp(-2|z|) <= 1: no overflow in either tail.
-    e = tl.exp(-2.0 * tl.abs(z))
-    t = (1.0 - e) / (1.0 + e)
-    return tl.where(z < 0, -t, t)
-
-
-@triton.jit
-def _sigmoid(z):
-    e = tl.exp(-tl.abs(z))
-    return tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 @triton.jit

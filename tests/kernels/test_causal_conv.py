@@ -157,7 +157,9 @@ def test_kernels_compile_for_sm90(monkeypatch, tensor):
         from triton.compiler import ASTSource
     except ImportError:  # pragma: no cover - very old triton
         pytest.skip("this triton cannot compile ahead of time")
-    monkeypatch.setattr(kernels, "_capability", lambda: (9, 0))
+    from genkernels.kernels import _conv as conv_tiles
+
+    monkeypatch.setattr(conv_tiles, "capability", lambda: (9, 0))
 
     def compile_(fn, constexprs, num_warps):
         pointers = {"X": tensor, "WT": tensor, "BIAS": tensor, "COND": tensor, "OUT": tensor, "DPRE": tensor,

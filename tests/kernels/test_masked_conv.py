@@ -6,6 +6,7 @@ import os
 import pytest
 import triton
 
+from genkernels.kernels import _conv as conv_tiles
 from genkernels.kernels import masked_conv as kernels
 from tests.helpers import rerun_without_interpreter
 
@@ -53,7 +54,7 @@ def generation(monkeypatch, request):
         pytest.skip("compiled in a fresh process (test_compile_checks_in_a_fresh_process)")
     if ASTSource is None:
         pytest.skip("this triton cannot compile ahead of time")
-    monkeypatch.setattr(kernels, "_capability", lambda: (request.param // 10, request.param % 10))
+    monkeypatch.setattr(conv_tiles, "capability", lambda: (request.param // 10, request.param % 10))
     monkeypatch.setattr(kernels, "dot_mode", lambda dtype, allow_tf32: 0)
     return request.param
 
