@@ -79,3 +79,14 @@ def class_labels(labels: Any, n: int, num_classes: int, *, model: str, device, g
         raise ValueError(f"labels must be in [0, {num_classes}), got "
                          f"[{labels.min().item()}, {labels.max().item()}]")
     return labels
+
+
+def evaluation_count(dataset, max_items, batch_size) -> int:
+    """How many items `evaluate(dataset, max_items=, batch_size=)` reads, after checking both."""
+    if max_items is not None:
+        check_int("max_items", max_items, 1)
+    check_int("batch_size", batch_size, 1)
+    count = len(dataset) if max_items is None else min(len(dataset), max_items)
+    if count == 0:
+        raise ValueError("evaluate needs a non-empty dataset")
+    return count

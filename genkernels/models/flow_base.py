@@ -38,7 +38,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from genkernels.models._validate import check_choice, check_int, check_int_tuple, check_real, class_labels
+from genkernels.models._validate import (check_choice, check_int, check_int_tuple,
+                                          check_real, class_labels, evaluation_count)
 from genkernels.models.base import GenerativeModel
 
 DEQUANTIZATIONS = ("uniform", "variational")
@@ -330,12 +331,7 @@ class FlowModel(GenerativeModel):
         """
         from genkernels.metrics import bits_per_dim
 
-        if max_items is not None:
-            check_int("max_items", max_items, 1)
-        check_int("batch_size", batch_size, 1)
-        count = len(dataset) if max_items is None else min(len(dataset), max_items)
-        if count == 0:
-            raise ValueError("evaluate needs a non-empty dataset")
+        count = evaluation_count(dataset, max_items, batch_size)
         log_probs, items_all = [], []
         for start in range(0, count, batch_size):
             batch = [dataset[i] for i in range(start, min(count, start + batch_size))]

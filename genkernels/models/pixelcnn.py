@@ -45,7 +45,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from genkernels.models._validate import check_bool, check_choice, check_int, check_int_tuple, check_real, class_labels
+from genkernels.models._validate import (check_bool, check_choice, check_int,
+                                          check_int_tuple, check_real, class_labels, evaluation_count)
 from genkernels.models.base import ImageGenerativeModel
 from genkernels.nn.likelihoods import DiscreteLikelihood, get_likelihood
 from genkernels.nn.masked_conv import GatedMaskedConv2d, MaskedConv2d
@@ -344,12 +345,7 @@ class PixelCNN(ImageGenerativeModel):
         ("uniform_bpd", 4.09 for 17 levels). Keeps 16 of its images for `figures`."""
         from genkernels.metrics import bits_per_dim
 
-        if max_items is not None:
-            check_int("max_items", max_items, 1)
-        check_int("batch_size", batch_size, 1)
-        count = len(dataset) if max_items is None else min(len(dataset), max_items)
-        if count == 0:
-            raise ValueError("evaluate needs a non-empty dataset")
+        count = evaluation_count(dataset, max_items, batch_size)
         nll_all = []
         for start in range(0, count, batch_size):
             items = [dataset[i] for i in range(start, min(count, start + batch_size))]

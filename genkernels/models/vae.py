@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from genkernels.models._validate import check_choice, check_int, check_int_tuple, check_real
+from genkernels.models._validate import (check_choice, check_int,
+                                          check_int_tuple, check_real, evaluation_count)
 from genkernels.models.base import ImageGenerativeModel
 from genkernels.nn.latent import GaussianLatent
 from genkernels.nn.likelihoods import LIKELIHOODS, DiscreteLikelihood, get_likelihood
@@ -267,12 +268,7 @@ class VAE(ImageGenerativeModel):
         reconstruction NLL and KL in nats/item. Keeps 16 of its images for `figures`."""
         from genkernels.metrics import bits_per_dim
 
-        if max_items is not None:
-            check_int("max_items", max_items, 1)
-        check_int("batch_size", batch_size, 1)
-        count = len(dataset) if max_items is None else min(len(dataset), max_items)
-        if count == 0:
-            raise ValueError("evaluate needs a non-empty dataset")
+        count = evaluation_count(dataset, max_items, batch_size)
         device = next(self.parameters()).device
         recon_all, kl_all, iwae_all = [], [], []
         for start in range(0, count, batch_size):

@@ -50,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genkernels.models._validate import check_bool, check_choice, check_int, check_real, class_labels
+from genkernels.models._validate import (check_bool, check_choice, check_int,
+                                          check_real, class_labels, evaluation_count)
 from genkernels.models.base import GenerativeModel
 from genkernels.nn.causal_conv import StepClock, WaveNetLayer, WaveNetLayerState, receptive_field
 from genkernels.nn.likelihoods import get_likelihood
@@ -264,12 +265,7 @@ class WaveNet(GenerativeModel):
     @torch.no_grad()
     def evaluate(self, dataset, *, max_items: int | None = None, batch_size: int = 8) -> dict[str, float]:
         """Held-out NLL in bits per sample over whole clips, beside the uniform model's log2 L."""
-        if max_items is not None:
-            check_int("max_items", max_items, 1)
-        check_int("batch_size", batch_size, 1)
-        count = len(dataset) if max_items is None else min(len(dataset), max_items)
-        if count == 0:
-            raise ValueError("evaluate needs a non-empty dataset")
+        count = evaluation_count(dataset, max_items, batch_size)
         device = next(self.parameters()).device
         total_nats, total_samples = 0.0, 0
         for begin in range(0, count, batch_size):
