@@ -37,3 +37,22 @@ def tanh(z):
 def sigmoid(z):
     e = tl.exp(-tl.abs(z))
     return tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def gate_epilogue(acc, acc_b, BIAS, COND, cols, col_ok, out_ok, n_idx, half, stride_cn, stride_cc,
+                  HAS_BIAS: tl.constexpr, HAS_COND: tl.constexpr, GATED: tl.constexpr):
+    """The fused epilogue of a conv tile: acc (+ bias) (+ the per-sample cond row), and with GATED
+    tanh(acc) * sigmoid(acc_b), where acc_b is the tile of the second half of the output channels."""
+    if HAS_BIAS:
+        acc += tl.load(BIAS + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        if GATED:
+            acc_b += tl.load(BIAS + half + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_COND:
+        cond = COND + n_idx.to(tl.int64)[:, None] * stride_cn + cols[None, :] * stride_cc
+        acc += tl.load(cond, mask=out_ok, other=0.0).to(tl.float32)
+        if GATED:
+            acc_b += tl.load(cond + half * stride_cc, mask=out_ok, other=0.0).to(tl.float32)
+    if GATED:
+        acc = tanh(acc) * sigmoid(acc_b)
+    return acc

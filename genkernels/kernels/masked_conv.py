@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from genkernels.kernels._conv import sigmoid as _sigmoid, tanh as _tanh, tiles as _tiles
+from genkernels.kernels._conv import gate_epilogue, tiles as _tiles
 from genkernels.kernels._conv import weight_grad_tiles as _weight_grad_tiles
 from genkernels.kernels.attention import _dot, dot_mode
 
@@ -74,18 +74,9 @@ def _masked_conv_fwd_kernel(
             acc = _dot(a, tl.load(w_ptr, mask=w_ok, other=0.0), acc, DOT_MODE)
             if GATED:
                 acc_b = _dot(a, tl.load(w_ptr + half, mask=w_ok, other=0.0), acc_b, DOT_MODE)
-    if HAS_BIAS:
-        acc += tl.load(BIAS + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        if GATED:
-            acc_b += tl.load(BIAS + half + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     out_ok = row_ok[:, None] & col_ok[None, :]
-    if HAS_COND:
-        cond = COND + n_idx.to(tl.int64)[:, None] * stride_cn + cols[None, :] * stride_cc
-        acc += tl.load(cond, mask=out_ok, other=0.0).to(tl.float32)
-        if GATED:
-            acc_b += tl.load(cond + half * stride_cc, mask=out_ok, other=0.0).to(tl.float32)
-    if GATED:
-        acc = _tanh(acc) * _sigmoid(acc_b)
+    acc = gate_epilogue(acc, acc_b, BIAS, COND, cols, col_ok, out_ok, n_idx, half, stride_cn, stride_cc,
+                        HAS_BIAS, HAS_COND, GATED)
     out = (OUT + n_idx.to(tl.int64)[:, None] * stride_on + cols[None, :] * stride_oc
            + py[:, None] * stride_oh + px[:, None] * stride_ow)
     tl.store(out, acc.to(OUT.dtype.element_ty), mask=out_ok)
