@@ -26,6 +26,10 @@ CASES = (
     # K = RQ_BINS bins per element: the (N, D, K) parameters dominate the traffic; 2^20 elements
     # (the eager reference takes seconds per call on one CPU thread)
     ("rq_spline fwd_bwd", "rq_spline", (64, 16384), None, True),
+    # one Glow step: ActNorm -> invertible 1x1 conv -> affine coupling whose conditioner is a 1x1
+    # conv (the cheapest network, so the flow ops' share of the step is visible; a 3x3 conv
+    # conditioner's matmuls would dominate every provider alike)
+    ("glow_step fwd_bwd", "glow_step", SHAPE, "channel", True),
 )
 RQ_BINS = 8
 
@@ -40,6 +44,21 @@ def _coupling_inputs(shape, mask, dtype, device, g):
     pshape = (shape[0], shape[1] // 2, *shape[2:]) if mask == "channel" else shape
     x = torch.randn(shape, generator=g).to(device, dtype)
     return x, torch.randn(pshape, generator=g).to(device, dtype), torch.randn(pshape, generator=g).to(device, dtype)
+
+
+def _glow_step(x, bias, log_scale, weight, cond_weight, cond_bias, *, fused):
+    """(y, logdet) of ActNorm -> 1x1 conv (weight (C, C)) -> channel-mask affine coupling."""
+    c = x.shape[1]
+    h, logdet = (actnorm if fused else actnorm_ref)(x, bias, log_scale)
+    h = torch.nn.functional.conv2d(h, weight.view(c, c, 1, 1))
+    logdet = logdet + h.shape[2] * h.shape[3] * torch.linalg.slogdet(weight)[1]
+    raw = torch.nn.functional.conv2d(h.narrow(1, 0, c // 2), cond_weight, cond_bias)
+    shift, raw_log_scale = raw.chunk(2, dim=1)
+    if fused:
+        y, ld = affine_coupling(h, shift, raw_log_scale)
+    else:
+        y, ld = affine_coupling_ref(h, shift, raw_log_scale)
+    return y, logdet + ld
 
 
 def case_function(provider, op, shape, mask, backward, dtype, device):
@@ -59,6 +78,15 @@ def case_function(provider, op, shape, mask, backward, dtype, device):
                                           for k in (RQ_BINS, RQ_BINS, RQ_BINS - 1)]
         fn = rq_spline_ref if reference else rq_spline
         param_numel = (3 * RQ_BINS - 1) * x.numel() // 2  # counted twice below, as the coupling's two
+    elif op == "glow_step":
+        c = shape[1]
+        x = torch.randn(shape, generator=g)
+        weight = torch.linalg.qr(torch.randn(c, c, generator=g))[0]
+        inputs = [t.to(device, dtype) for t in (
+            x, 0.1 * torch.randn(c, generator=g), 0.1 * torch.randn(c, generator=g), weight,
+            0.1 * torch.randn(c, c // 2, 1, 1, generator=g), torch.zeros(c))]
+        fn = (lambda *a: _glow_step(*a, fused=False)) if reference else (lambda *a: _glow_step(*a, fused=True))  # noqa: E731
+        param_numel = x.numel() // 2  # the coupling's shift and log-scale (read and written once each)
     else:
         x = torch.randn(shape, generator=g).to(device, dtype)
         bias, log_scale = (0.1 * torch.randn(shape[1], generator=g)).to(device, dtype), torch.zeros(shape[1]).to(
