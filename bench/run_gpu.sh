@@ -6,7 +6,8 @@
 # (log committed as bench/results/<device>-memcheck.txt);
 # tune: bench/tune_attention.py's config sweep; bench: the diffusion and attention tables, then the
 # issue-9 suites (masked_conv in float32 and bfloat16, wavenet, pixelcnn; each under a minute on an
-# H100-class GPU, capped by SUITE_TIMEOUT), JSON under bench/results/. Logs and JSON are also copied
+# H100-class GPU, capped by SUITE_TIMEOUT), the issue-11 suites (norm, sampler, unet; unet gets twice
+# SUITE_TIMEOUT), JSON under bench/results/. Logs and JSON are also copied
 # to $OUT when the device tool sets it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,9 +60,11 @@ for stage in $stages; do
       timeout $((2 * ${SUITE_TIMEOUT:-120})) python bench/bench_wavenet.py --device cuda --json "bench/results/${device}-wavenet.json" \
         > "$OUT/bench-wavenet.log" 2>&1
       echo "wavenet exit $?"; tail -30 "$OUT/bench-wavenet.log"
-      for suite in masked_conv:float32 masked_conv:bfloat16 pixelcnn:float32 flow:float32 flow:bfloat16; do
+      for suite in masked_conv:float32 masked_conv:bfloat16 pixelcnn:float32 flow:float32 flow:bfloat16 \
+          norm:float32 norm:bfloat16 sampler:float32 unet:float32; do
         name=${suite%%:*} dtype=${suite#*:}
-        timeout ${SUITE_TIMEOUT:-120} genkernels bench --suite "$name" --dtype "$dtype" \
+        limit=${SUITE_TIMEOUT:-120}; [ "$name" = unet ] && limit=$((2 * limit))  # unet compiles two models
+        timeout $limit genkernels bench --suite "$name" --dtype "$dtype" \
           --json "bench/results/${device}-${name}-${dtype}.json" > "$OUT/bench-${name}-${dtype}.log" 2>&1
         echo "$name $dtype exit $?"; tail -30 "$OUT/bench-${name}-${dtype}.log"
       done

@@ -6,6 +6,7 @@
 #include "conv/conv_args.h"
 #include "diffusion/diffusion_args.h"
 #include "flow/flow_args.h"
+#include "norm/norm_args.h"
 #include "vae/vae_args.h"
 
 PYBIND11_MODULE(_C, m) {
@@ -16,5 +17,6 @@ PYBIND11_MODULE(_C, m) {
   GK_VAE_OPS(GK_BIND_CPU)
   GK_CONV_OPS(GK_BIND_CPU)
   GK_FLOW_OPS(GK_BIND_CPU)
+  GK_NORM_OPS(GK_BIND_CPU)
   // --- further families add their GK_<FAMILY>_OPS(GK_BIND_CPU) line above this one ---
 }

@@ -286,6 +286,32 @@ def test_checkpoint_config_that_no_longer_matches_fails_in_one_line(capsys, vae_
         assert "broken" in err and "16" in err and "24" in err  # the file and both shapes
 
 
+TINY_DIFFUSION = ["--set", "base_channels=8", "--set", "num_heads=2", "--set", "num_groups=4", "--set", "dim=16",
+                  "--set", "depth=1", "--set", "sample_steps=2", "--set", "eval_samples=8", "--set", "text_dim=16"]
+
+
+@pytest.mark.parametrize("options, condition, metric", [
+    (["--set", "backbone=unet"], "labels=[7,7]", "class_accuracy"),
+    (["--set", "backbone=dit"], "labels=3", "frechet_distance"),
+    (["--set", "conditioning='caption'"], 'caption="three"', "caption_accuracy"),
+], ids=["unet-class", "dit-class", "caption"])
+def test_diffusion_train_sample_eval(capsys, tmp_path, options, condition, metric):
+    """`genkernels train diffusion` (digits, class-conditional by default) with --set backbone=unet|dit
+    and captions; `sample --condition labels=[7,7]` / 'caption="three"'; eval reports its metrics."""
+    out_dir = tmp_path / "diffusion"
+    code, _, err = run(capsys, "train", "diffusion", "--out", str(out_dir), *TINY_DIFFUSION, *options, *QUICK)
+    assert code == 0, err
+    assert RUN_FILES | {"guidance_1.png", "guidance_3.png", "guidance_5.png", "inpainting.png"} <= {
+        p.name for p in out_dir.iterdir()}
+    code, _, err = run(capsys, "sample", str(out_dir), "-n", "2", "--condition", condition, "--condition", "steps=3",
+                       "--out", str(tmp_path / "s"), "--device", "cpu")
+    assert code == 0, err
+    assert (tmp_path / "s" / "samples.png").exists()
+    code, out, err = run(capsys, "eval", str(out_dir), "--max-items", "8", "--device", "cpu")
+    assert code == 0, err
+    assert metric in json.loads(out)["metrics"]
+
+
 # -- delegated commands --------------------------------------------------------------------
 @pytest.mark.parametrize("command, module", [("info", "genkernels.info"), ("bench", "genkernels.bench")])
 def test_delegated_commands_reach_their_module(capsys, monkeypatch, command, module):

@@ -26,6 +26,15 @@ def cache_dir(tmp_path_factory):
     ("flow_toy2d.py", ["--data", "moons", "--steps", "30", "--blocks", "2", "--hidden", "16", "--test-points", "200"],
      "held-out log-likelihood"),
     ("flow_anomaly.py", ["--steps", "20", "--hidden", "32", "--score-draws", "1"], "ROC AUC"),
+    ("diffusion_digits.py", ["--steps", "4", "--samples", "20", "--sample-steps", "2", "--eval-items", "4",
+                             "--base-channels", "8", "--guidance", "1", "3"], "real digits (train vs test)"),
+    ("diffusion_inpaint.py", ["--steps", "4", "--images", "16", "--sample-steps", "3", "--eval-items", "4",
+                              "--base-channels", "8"], "known pixels exact"),
+    ("diffusion_text2digits.py", ["--steps", "4", "--per-caption", "4", "--held-out", "10", "--sample-steps", "2",
+                                  "--eval-items", "4", "--base-channels", "8", "--text-dim", "16",
+                                  "--guidance", "1", "3"], "held-out captions"),
+    ("diffusion_superres.py", ["--steps", "4", "--images", "16", "--average", "2", "--sample-steps", "2",
+                               "--eval-items", "4", "--base-channels", "8"], "bicubic"),
 ])
 def test_example_runs(tmp_path, cache_dir, script, extra, expect):
     args = [sys.executable, str(ROOT / "python" / script), *extra]

@@ -312,4 +312,134 @@ struct SamplerStepBackward {
   }
 };
 
+// ---------------------------------------------------------------------------------------------
+// DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", the multistep second-order data-prediction
+// solver; diffusers' DPMSolverMultistepScheduler, algorithm_type="dpmsolver++",
+// solver_type="midpoint", solver_order=2). alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar),
+// lambda = log(alpha / sigma). From step s (now) to step t (next), h = lambda_t - lambda_s:
+//   first order:   x_t = sigma_t / sigma_s x_s + alpha_t (1 - e^{-h}) D0
+//   second order:  x_t = sigma_t / sigma_s x_s + alpha_t (1 - e^{-h}) (D0 + (D0 - D_last) / (2 r)),
+//                  r = h_last / h, h_last = lambda_s - lambda_last
+// with D0 the x0 predicted now and D_last the x0 predicted at the previous call (step t_last).
+// The step to the clean sample (t = -1: sigma_t = 0, h = +inf) is first order and returns x0
+// exactly (diffusers' final_sigmas_type="zero" with lower-order final step).
+struct DpmCoef { PredictionCoef pred; float c_x, c_x0, c_last; };
+
+template <int kPrediction>
+GK_HD DpmCoef dpm_solver_coefficients(double ac, double om, double ac_t, double om_t, bool second, double ac_l,
+                                      double om_l) {
+  DpmCoef c;
+  c.pred = prediction_coefficients<kPrediction>(ac, om);
+  if (om_t == 0.0) {  // to the clean sample
+    c.c_x = 0.f;
+    c.c_x0 = float(sqrt(ac_t));  // 1 (NaN stays NaN)
+    c.c_last = 0.f;
+    return c;
+  }
+  const double lam_s = 0.5 * (log(ac) - log(om)), lam_t = 0.5 * (log(ac_t) - log(om_t));
+  const double h = lam_t - lam_s;
+  const double c0 = sqrt(ac_t) * -expm1(-h);  // alpha_t (1 - e^{-h}), accurate for small h
+  c.c_x = float(sqrt(om_t / om));
+  if (second) {
+    const double h_last = lam_s - 0.5 * (log(ac_l) - log(om_l));
+    const double half_inv_r = 0.5 * h / h_last;
+    c.c_x0 = float(c0 * (1.0 + half_inv_r));
+    c.c_last = float(-c0 * half_inv_r);
+  } else {
+    c.c_x0 = float(c0);
+    c.c_last = 0.f;
+  }
+  return c;
+}
+
+template <typename T, int kPrediction>
+struct DpmSolverStepForward {
+  const T *model_output, *model_output_uncond, *x_t, *x0_prev;  // x0_prev null: first order
+  T *out, *x0_out;                                               // x0_out may be null
+  StepIndex t, t_prev, t_last;
+  Schedule sched;
+  float guidance, clip;
+  int64_t D;
+  explicit DpmSolverStepForward(const ops::dpm_solver_step::Args& a)
+      : model_output(as<const T>(a.model_output)), model_output_uncond(as<const T>(a.model_output_uncond)),
+        x_t(as<const T>(a.x_t)), x0_prev(as<const T>(a.x0_prev)), out(as<T>(a.out)), x0_out(as<T>(a.x0_out)),
+        t(step_index(a.t, a.t_scalar)), t_prev(step_index(a.t_prev, a.t_prev_scalar)),
+        t_last(step_index(a.t_last, a.t_last_scalar)), sched(schedule(a.table, a.T)), guidance(float(a.guidance)),
+        clip(float(a.clip)), D(a.D) {}
+  GK_HD DpmCoef begin(int64_t n) const {
+    double ac, om, ac_t, om_t, ac_l = 0.0, om_l = 1.0;
+    sched.at(t.at(n), ac, om);
+    sched.at_prev(t_prev.at(n), ac_t, om_t);
+    if (x0_prev) sched.at(t_last.at(n), ac_l, om_l);
+    return dpm_solver_coefficients<kPrediction>(ac, om, ac_t, om_t, x0_prev != nullptr, ac_l, om_l);
+  }
+  GK_HD void apply(const DpmCoef& c, int64_t n, int64_t i) const {
+    const int64_t k = n * D + i;
+    const float m = guided_output(model_output, model_output_uncond, guidance, k), x = load(x_t, k);
+    const float x0 = clip_value(c.pred.p * m + c.pred.q * x, clip);
+    float y = c.c_x * x + c.c_x0 * x0;
+    if (x0_prev) y += c.c_last * load(x0_prev, k);
+    store(out, k, y);
+    if (x0_out) store(x0_out, k, x0);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Euler and Euler-ancestral steps in sigma space (Karras et al. 2022; k-diffusion sample_euler /
+// sample_euler_ancestral). sigma = sqrt((1 - alpha_bar) / alpha_bar), x = x0 + sigma eps (the VP
+// sample times sqrt(1 + sigma^2)); the model saw x / sqrt(1 + sigma^2). denoised = p m + q x:
+//   epsilon: x - sigma m        sample: m        v: x / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) m
+// d = (x - denoised) / sigma; Euler: x_next = x + d (sigma_next - sigma). Ancestral (eta > 0):
+// sigma_up = min(sigma_next, eta sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)),
+// sigma_down = sqrt(sigma_next^2 - sigma_up^2), x_next = x + d (sigma_down - sigma) + sigma_up z.
+// Written as x_next = r x + (1 - r) denoised + sigma_up z with r = sigma_down / sigma.
+struct EulerCoef { float p, q, c_x, c_den, sigma_up; };
+
+template <int kPrediction>
+GK_HD EulerCoef euler_coefficients(double sigma, double sigma_next, double eta) {
+  EulerCoef c;
+  if constexpr (kPrediction == kSample) {
+    c.p = 1.f; c.q = 0.f;
+  } else if constexpr (kPrediction == kVelocity) {
+    const double w = 1.0 / (1.0 + sigma * sigma);
+    c.p = float(-sigma * sqrt(w)); c.q = float(w);
+  } else {
+    c.p = float(-sigma); c.q = 1.f;
+  }
+  double up = 0.0, down = sigma_next;
+  if (eta > 0.0 && sigma_next > 0.0) {
+    up = eta * sqrt(sigma_next * sigma_next * (sigma * sigma - sigma_next * sigma_next) / (sigma * sigma));
+    if (up > sigma_next) up = sigma_next;
+    down = sqrt(sigma_next * sigma_next - up * up);
+  }
+  const double r = down / sigma;
+  c.c_x = float(r);
+  c.c_den = float(1.0 - r);
+  c.sigma_up = float(up);
+  return c;
+}
+
+template <typename T, int kPrediction>
+struct EulerStepForward {
+  const T *model_output, *model_output_uncond, *x;
+  T* out;
+  EulerCoef c;
+  float guidance, clip;
+  uint64_t seed, offset;
+  int64_t D;
+  explicit EulerStepForward(const ops::euler_step::Args& a)
+      : model_output(as<const T>(a.model_output)), model_output_uncond(as<const T>(a.model_output_uncond)),
+        x(as<const T>(a.x)), out(as<T>(a.out)), c(euler_coefficients<kPrediction>(a.sigma, a.sigma_next, a.eta)),
+        guidance(float(a.guidance)), clip(float(a.clip)), seed(a.seed), offset(a.offset), D(a.D) {}
+  GK_HD NormalStream begin(int64_t n) const { return NormalStream(seed, offset, n); }
+  GK_HD void apply(NormalStream& rng, int64_t n, int64_t i) const {
+    const int64_t k = n * D + i;
+    const float m = guided_output(model_output, model_output_uncond, guidance, k), xv = load(x, k);
+    const float den = clip_value(c.p * m + c.q * xv, clip);
+    float y = c.c_x * xv + c.c_den * den;
+    if (c.sigma_up != 0.f) y += c.sigma_up * rng.at(static_cast<uint64_t>(i));
+    store(out, k, y);
+  }
+};
+
 }  // namespace gk

@@ -93,4 +93,26 @@ void run(const Exec& exec, const Args& a) {
 }
 }  // namespace ops::sampler_step_backward
 
+namespace ops::dpm_solver_step {
+template <class Exec>
+void run(const Exec& exec, const Args& a) {
+  dispatch_prediction(a.prediction, "dpm_solver_step", [&](auto prediction) {
+    GK_DISPATCH_DTYPE(a.dtype, "dpm_solver_step", [&] {
+      exec.apply(DpmSolverStepForward<scalar_t, decltype(prediction)::value>(a), a.N, a.D, "dpm_solver_step_fwd");
+    });
+  });
+}
+}  // namespace ops::dpm_solver_step
+
+namespace ops::euler_step {
+template <class Exec>
+void run(const Exec& exec, const Args& a) {
+  dispatch_prediction(a.prediction, "euler_step", [&](auto prediction) {
+    GK_DISPATCH_DTYPE(a.dtype, "euler_step", [&] {
+      exec.apply(EulerStepForward<scalar_t, decltype(prediction)::value>(a), a.N, a.D, "euler_step_fwd");
+    });
+  });
+}
+}  // namespace ops::euler_step
+
 }  // namespace gk

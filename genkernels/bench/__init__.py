@@ -16,7 +16,8 @@ import os
 
 import torch
 
-SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv", "wavenet", "pixelcnn", "flow_memory", "flow")
+SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv", "wavenet", "pixelcnn", "flow_memory", "flow",
+          "sampler", "unet")
 DEFAULT_SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv")  # the model suites run when named
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -133,6 +134,20 @@ def main(argv=None) -> int:
         result["flow_memory"] = flow_memory.run_suite(device)
         print("\nflow training memory, stored vs recompute-by-inverse (float32):\n" + format_table(
             result["flow_memory"], [c for c in flow_memory.COLUMNS if any(c in r for r in result["flow_memory"])]))
+    if "sampler" in args.suite:
+        from genkernels.bench import sampler
+
+        result["sampler"] = sampler.run_suite(device)
+        print("\nsampling with guidance, fused steps vs unfused torch loop (float32):\n"
+              + format_table(result["sampler"], sampler.COLUMNS))
+    if "unet" in args.suite:
+        from genkernels.bench import unet
+
+        result["unet"] = rows = unet.run_suite(device, not args.no_compile)
+        print("\nUNet training steps (digits model, float32):\n" + format_table(rows["train"], unet.TRAIN_COLUMNS))
+        print("\nUNet sampling step (denoiser + DDIM step, float32):\n" + format_table(rows["step"], unet.STEP_COLUMNS))
+        print("\nwhole sampling runs with guidance (digits model, float32):\n"
+              + format_table(rows["sampler"], unet.SAMPLER_COLUMNS))
     if "overhead" in args.suite and not args.no_overhead:
         over = overhead.overhead_rows()
         print("\nper-call host overhead (16-element CPU tensor, CPU time of the calling thread):\n"

@@ -21,7 +21,8 @@ class NoiseSchedule:
     one_minus_alphas_cumprod, alphas_cumprod_prev (alpha-bar_{t-1}, 1 at t=0), sqrt_alphas_cumprod,
     sqrt_one_minus_alphas_cumprod, snr (alpha-bar / (1 - alpha-bar)), log_snr, posterior_variance
     (beta~_t = beta_t (1 - alpha-bar_{t-1}) / (1 - alpha-bar_t)), posterior_log_variance_clipped,
-    posterior_mean_coef1 and posterior_mean_coef2 (mu~ = coef1 x0 + coef2 x_t).
+    posterior_mean_coef1 and posterior_mean_coef2 (mu~ = coef1 x0 + coef2 x_t), sigmas
+    (sqrt((1 - alpha-bar) / alpha-bar), the sigma-space noise level of Karras et al. 2022).
     """
 
     def __init__(self, betas: torch.Tensor, name: str = "custom"):
@@ -52,6 +53,8 @@ class NoiseSchedule:
         )
         self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / self.one_minus_alphas_cumprod
         self.posterior_mean_coef2 = one_minus_prev * self.alphas.sqrt() / self.one_minus_alphas_cumprod
+        # sigma-space noise levels (Karras et al. 2022): x_t / sqrt(alpha-bar) = x0 + sigma_t eps
+        self.sigmas = (self.one_minus_alphas_cumprod / self.alphas_cumprod).sqrt()
         self._tables: dict[torch.device, torch.Tensor] = {}
 
     @property
@@ -202,3 +205,57 @@ def _check_open_unit(name, value):
     if not 0.0 < value < 1.0:
         raise ValueError(f"{name} must be in (0, 1), got {value!r}")
     return float(value)
+
+
+# ---- sigma space (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models")
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """n noise levels from sigma_max down to sigma_min, evenly spaced in sigma^(1/rho) (Karras et al.
+    eq. 5), as a float64 tensor (n,). Unlike k-diffusion's get_sigmas_karras no final 0 is appended:
+    the samplers append it. n = 1 gives [sigma_max]."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {type(n).__name__} {n!r}")
+    if n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    sigma_min = _check_number("sigma_min", sigma_min, low=0.0, open_low=True)
+    sigma_max = _check_number("sigma_max", sigma_max, low=0.0, open_low=True)
+    if not sigma_min <= sigma_max:
+        raise ValueError(f"sigma_min must be <= sigma_max, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
+    rho = _check_number("rho", rho, low=0.0, open_low=True)
+    if n == 1:
+        return torch.tensor([sigma_max], dtype=torch.float64)
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    sigmas[0], sigmas[-1] = sigma_max, sigma_min  # exact ends
+    return sigmas
+
+
+def sigma_to_timestep(schedule: NoiseSchedule, sigma) -> torch.Tensor:
+    """Fractional timesteps (float64, sigma's shape) whose noise level is `sigma`: log(sigma) is
+    interpolated linearly between the schedule's integer steps (as k-diffusion's sigma_to_t and
+    diffusers' _sigma_to_t), clamped to [0, T-1]. The inverse of timestep_to_sigma on that range."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64).cpu()
+    if bool((~(sigma > 0)).any()):
+        raise ValueError(f"sigma must be > 0, got {sigma.flatten()[~(sigma.flatten() > 0)][0].item()!r}")
+    log_sigmas = schedule.sigmas.log()
+    T = log_sigmas.numel()
+    if T == 1:
+        return torch.zeros_like(sigma)
+    ls = sigma.log()
+    lo = (torch.searchsorted(log_sigmas, ls.flatten().contiguous()) - 1).clamp(0, T - 2).view(ls.shape)
+    w = ((ls - log_sigmas[lo]) / (log_sigmas[lo + 1] - log_sigmas[lo])).clamp(0, 1)
+    return lo.double() + w
+
+
+def timestep_to_sigma(schedule: NoiseSchedule, t) -> torch.Tensor:
+    """Noise levels (float64) at fractional timesteps t in [0, T-1]: log(sigma) interpolated
+    linearly between the integer steps (exact at integers)."""
+    t = torch.as_tensor(t, dtype=torch.float64).cpu()
+    T = schedule.num_steps
+    if bool(((t < 0) | (t > T - 1) | t.isnan()).any()):
+        raise ValueError(f"t must lie in [0, {T - 1}], got values in [{t.min().item()}, {t.max().item()}]")
+    log_sigmas = schedule.sigmas.log()
+    lo = t.floor().long().clamp(0, max(T - 2, 0))
+    hi = (lo + 1).clamp(max=T - 1)
+    w = t - lo.double()
+    return ((1 - w) * log_sigmas[lo] + w * log_sigmas[hi]).exp()

@@ -10,9 +10,13 @@ import sys
 import types
 
 from genkernels.ops.actnorm import actnorm
+from genkernels.ops.adaln import adaln_modulate
 from genkernels.ops.affine_coupling import affine_coupling
 from genkernels.ops.diffusion_loss import diffusion_loss
+from genkernels.ops.dpm_solver_step import dpm_solver_step
+from genkernels.ops.euler_step import euler_step
 from genkernels.ops.gated_activation import gated_activation
+from genkernels.ops.group_norm_act import group_norm_act
 from genkernels.ops.philox import philox_normal
 from genkernels.ops.q_sample import q_sample
 from genkernels.ops.reparam_kl import reparam_kl
@@ -28,7 +32,8 @@ _LAZY = {
 }
 
 __all__ = ["gated_activation", "affine_coupling", "actnorm",
-           "q_sample", "diffusion_loss", "ddpm_step", "ddim_step", "philox_normal", "reparam_kl", "rq_spline", *_LAZY]
+           "q_sample", "diffusion_loss", "ddpm_step", "ddim_step", "philox_normal", "reparam_kl", "rq_spline",
+           "group_norm_act", "adaln_modulate", "dpm_solver_step", "euler_step", *_LAZY]
 
 
 def __getattr__(name):

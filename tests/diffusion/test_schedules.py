@@ -89,3 +89,43 @@ def test_edge_parameters_that_are_valid():
     assert make_schedule("cosine", 10, s=0.0).num_steps == 10  # s = 0 is Nichol & Dhariwal without offset
     s = make_schedule("sigmoid", 10, start=-1.0, end=1.0, tau=0.5)
     assert bool((s.alphas_cumprod[1:] < s.alphas_cumprod[:-1]).all())
+
+
+# ---- sigma space: Karras sigmas and sigma <-> fractional timestep ----
+from genkernels.diffusion import karras_sigmas, sigma_to_timestep, timestep_to_sigma  # noqa: E402
+
+
+def test_karras_sigmas():
+    s = karras_sigmas(10, 0.002, 80.0)
+    assert s.dtype == torch.float64 and s.shape == (10,)
+    assert s[0].item() == 80.0 and s[-1].item() == 0.002 and bool((s[1:] < s[:-1]).all())
+    # Karras et al. eq. 5, written out
+    i = torch.arange(10, dtype=torch.float64)
+    want = (80.0 ** (1 / 7) + i / 9 * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
+    torch.testing.assert_close(s, want, rtol=1e-12, atol=0)
+    assert karras_sigmas(1, 0.1, 5.0).tolist() == [5.0]
+    with pytest.raises(ValueError, match="sigma_min must be <= sigma_max"):
+        karras_sigmas(5, 2.0, 1.0)
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        karras_sigmas(0, 0.1, 1.0)
+    with pytest.raises(ValueError, match="sigma_min must be a finite number > 0"):
+        karras_sigmas(5, 0.0, 1.0)
+
+
+def test_sigma_timestep_maps():
+    sched = make_schedule("linear", 1000)
+    torch.testing.assert_close(sched.sigmas, ((1 - sched.alphas_cumprod) / sched.alphas_cumprod).sqrt())
+    steps = torch.arange(0, 1000, 37)
+    torch.testing.assert_close(sigma_to_timestep(sched, sched.sigmas[steps]), steps.double(), rtol=0, atol=1e-9)
+    torch.testing.assert_close(timestep_to_sigma(sched, steps), sched.sigmas[steps], rtol=1e-12, atol=0)
+    t = torch.tensor([0.25, 10.5, 998.9])
+    torch.testing.assert_close(sigma_to_timestep(sched, timestep_to_sigma(sched, t)), t.double(), rtol=0, atol=1e-9)
+    # log-sigma interpolation: halfway in t is the geometric mean of the neighbours' sigmas
+    mid = timestep_to_sigma(sched, torch.tensor([10.5])).item()
+    assert abs(mid - (sched.sigmas[10] * sched.sigmas[11]).sqrt().item()) < 1e-12
+    # out of the schedule's range: clamped to its ends
+    assert sigma_to_timestep(sched, torch.tensor([1e-9, 1e9])).tolist() == [0.0, 999.0]
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        sigma_to_timestep(sched, torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="t must lie in"):
+        timestep_to_sigma(sched, torch.tensor([1000.0]))
