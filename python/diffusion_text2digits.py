@@ -73,6 +73,7 @@ def main():
     print(f"{'caption':28s}" + "".join(f"  {'guidance ' + format(g, 'g'):>12s}" for g in args.guidance))
     with trainer.averaged_weights(), torch.no_grad():
         model.eval()
+        columns = min(8, args.per_caption)
         grids = {g: [] for g in args.guidance}
         for caption in args.captions:
             digit = caption_label(caption)
@@ -81,7 +82,7 @@ def main():
                 samples = model.sample(args.per_caption, caption=caption, guidance_scale=scale, seed=0).cpu()
                 predicted = classifier(samples).argmax(1)
                 scores.append((predicted == digit).float().mean().item())
-                grids[scale].append(samples[:8])
+                grids[scale].append(samples[:columns])
             print(f"{caption!r:28s}" + "".join(f"  {s:12.3f}" for s in scores))
         scores = []
         for scale in args.guidance:
@@ -89,7 +90,7 @@ def main():
             scores.append(class_accuracy(samples, labels))
         print(f"{f'{count} held-out captions':28s}" + "".join(f"  {s:12.3f}" for s in scores))
         for scale, rows in grids.items():
-            paths.append(save_image_grid(torch.cat(rows), out / f"captions_guidance_{scale:g}.png", 8,
+            paths.append(save_image_grid(torch.cat(rows), out / f"captions_guidance_{scale:g}.png", columns,
                                          row_labels=[c[:20] for c in args.captions]))
     print("figures:", *paths, sep="\n  ")
 

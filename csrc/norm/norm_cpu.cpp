@@ -6,6 +6,7 @@
 // buffers). As in flow_cpu.cpp, each loop is compiled for SSE2, AVX2 and AVX-512 (+FMA) and the
 // widest the CPU has is chosen at run time.
 #include <algorithm>
+#include <vector>
 
 #include "common/per_sample_cpu.h"
 #include "norm/norm_launch.h"
@@ -86,8 +87,9 @@ GK_NORM_INLINE inline void gn_forward_unit(const Op& op, int64_t u) {
   }
 }
 
+// scratch: M floats of this thread, holding each element's g' between the two passes
 template <class Op>
-GK_NORM_INLINE inline void gn_backward_unit(const Op& op, int64_t u) {
+GK_NORM_INLINE inline void gn_backward_unit(const Op& op, int64_t u, float* scratch) {
   const int64_t base = u * op.M, inner = op.inner;
   float mean, rstd;
   norm_stats(op, base, op.M, mean, rstd);
@@ -95,11 +97,13 @@ GK_NORM_INLINE inline void gn_backward_unit(const Op& op, int64_t u) {
   for (int64_t j = 0; j < op.Cg; ++j) {
     const NormCoef k = op.coef(u, j, rstd);
     const int64_t cb = base + j * inner;
+    float* gs = scratch + j * inner;
     float s1, s2;
     norm_sum2(
         inner,
         [&](int64_t i, float& a, float& b) GK_NORM_INLINE {
           const float xv = op.in(cb + i), g = op.gh(cb + i, xv, mean, k);
+          gs[i] = g;
           a = g;
           b = g * ((xv - mean) * rstd);
         },
@@ -114,11 +118,9 @@ GK_NORM_INLINE inline void gn_backward_unit(const Op& op, int64_t u) {
   for (int64_t j = 0; j < op.Cg; ++j) {
     const NormCoef k = op.coef(u, j, rstd);
     const int64_t cb = base + j * inner;
+    const float* gs = scratch + j * inner;
 #pragma GCC ivdep
-    for (int64_t i = 0; i < inner; ++i) {
-      const float xv = op.in(cb + i);
-      op.out(cb + i, op.gh(cb + i, xv, mean, k), (xv - mean) * rstd, k, rstd, A, B);
-    }
+    for (int64_t i = 0; i < inner; ++i) op.out(cb + i, gs[i], (op.in(cb + i) - mean) * rstd, k, rstd, A, B);
   }
 }
 
@@ -180,8 +182,11 @@ GK_NORM_INLINE inline void adaln_backward_unit(const Op& op, int64_t u) {
   template <class Op>                                                                              \
   ATTRIBUTE void gn_backward_##SUFFIX(const Op& op) {                                              \
     const int64_t units = op.units();                                                              \
-    _Pragma("omp parallel for schedule(static) if (units > 1 && units * op.M > 32768)")            \
-    for (int64_t u = 0; u < units; ++u) gn_backward_unit(op, u);                                   \
+    _Pragma("omp parallel if (units > 1 && units * op.M > 32768)") {                               \
+      std::vector<float> scratch(op.M);                                                            \
+      _Pragma("omp for schedule(static)")                                                          \
+      for (int64_t u = 0; u < units; ++u) gn_backward_unit(op, u, scratch.data());                 \
+    }                                                                                              \
   }                                                                                                \
   template <class Op>                                                                              \
   ATTRIBUTE void adaln_forward_##SUFFIX(const Op& op) {                                            \

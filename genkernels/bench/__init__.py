@@ -17,7 +17,7 @@ import os
 import torch
 
 SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv", "wavenet", "pixelcnn", "flow_memory", "flow",
-          "sampler", "unet")
+          "sampler", "unet", "norm")
 DEFAULT_SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv")  # the model suites run when named
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -128,6 +128,12 @@ def main(argv=None) -> int:
         result["flow"] = flow.run_suite(device, DTYPES[args.dtype], not args.no_compile, threads=threads)
         print("\nflow ops (affine coupling, ActNorm):\n" + format_table(
             result["flow"], ["op", "provider", "threads", "dtype", "shape", "ms", "GB/s", "speedup_vs_eager"]))
+    if "norm" in args.suite:
+        from genkernels.bench import norm
+
+        threads = (1, 2) if device.type == "cpu" else (None,)
+        result["norm"] = norm.run_suite(device, DTYPES[args.dtype], not args.no_compile, threads=threads)
+        print("\nnorm ops (GroupNorm + SiLU (+ scale-shift), adaLN):\n" + format_table(result["norm"], norm.COLUMNS))
     if "flow_memory" in args.suite:
         from genkernels.bench import flow_memory
 

@@ -2,6 +2,7 @@
 
     timestep_embedding   sinusoidal features of the (integer or fractional) timestep t
     TimestepMLP          sinusoid -> Linear -> SiLU -> Linear: the conditioning vector "emb"
+    ConditionEmbedding   TimestepMLP(t) + a class embedding with a null class (classifier-free guidance)
     ResBlock             GroupNorm-SiLU-conv, scale-shift modulation by emb, GroupNorm-SiLU-dropout-conv
     AttentionBlock       self-attention over the H*W pixels (genkernels.nn.SelfAttention, non-causal)
     CrossAttentionBlock  attention from the pixels to a token sequence (genkernels.nn.CrossAttention)
@@ -11,6 +12,9 @@ Every residual branch ends in a zero-initialised layer (ResBlock's last conv, th
 projections), so each block starts as the identity (Ho et al. 2020, Dhariwal & Nichol 2021).
 The norm + modulation + SiLU chain runs through genkernels.nn.GroupNormAct (the fused op):
     h = GroupNorm(x) * weight + bias;  h = h * (1 + scale) + shift;  y = silu(h)
+with the group count clipped per width by group_count. check_timesteps / check_labels /
+check_context / check_cond validate the denoisers' shared forward(x, t, labels, context,
+context_mask, cond) arguments once, at the model boundary.
 """
 from __future__ import annotations
 

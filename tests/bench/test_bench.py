@@ -125,3 +125,20 @@ def test_model_and_masked_conv_bench_files_use_the_suite_tables(tmp_path, monkey
         torch.set_num_threads(threads)
     assert [r["model"] for r in json.loads(out.read_text())["pixelcnn"]] == ["tiny 8x8"]
     assert _bench_module("wavenet").main is wavenet.main
+
+
+def test_norm_suite_runs_tiny(tmp_path, monkeypatch):
+    """`genkernels bench --suite norm` end to end on tiny shapes: every provider agrees with the
+    eager reference before it is timed, at 1 and 2 threads; bench/bench_norm.py times the same cases."""
+    from genkernels.bench import norm
+
+    monkeypatch.setattr(norm, "CASES", norm.TINY_CASES)
+    out = tmp_path / "norm.json"
+    assert main(["--device", "cpu", "--suite", "norm", "--no-compile", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["norm"]
+    assert {r["op"] for r in rows} == {c[0] for c in norm.TINY_CASES}
+    assert {r["provider"] for r in rows} >= {"eager"} and all(r["ms"] > 0 for r in rows)
+    bench_norm = _bench_module("norm")
+    assert bench_norm.norm is norm
+    marks = {m.args[0]: m.args[1] for m in bench_norm.test_norm_op.pytestmark}
+    assert [c[0] for c in marks["case"]] == [c[0] for c in norm.CASES]
