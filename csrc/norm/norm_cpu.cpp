@@ -2,7 +2,9 @@
 // OpenMP loops over work units: one (sample, group) of GroupNorm, one (sample, block of
 // kAdaLNRowBlock rows) of adaLN. Sums run in kNormLanes independent fp32 accumulators, combined
 // pairwise at the end: the loops vectorise with no reassociation, and the order is fixed (the
-// results do not depend on the thread count). Elementwise loops carry `ivdep` (outputs are fresh
+// results do not depend on the thread count). A sum of computed terms (the backward's) first
+// writes the terms to a per-thread buffer and sums that: fused into the reduction, GCC vectorises
+// such a loop across lanes with transposes and spills, several times slower. Elementwise loops carry `ivdep` (outputs are fresh
 // buffers). As in flow_cpu.cpp, each loop is compiled for SSE2, AVX2 and AVX-512 (+FMA) and the
 // widest the CPU has is chosen at run time.
 #include <algorithm>
@@ -32,35 +34,6 @@ GK_NORM_INLINE inline float norm_sum(int64_t count, const F& f) {
   return acc[0];
 }
 
-// two sums at once: f(i, a, b) sets the terms a, b of element i
-template <class F>
-GK_NORM_INLINE inline void norm_sum2(int64_t count, const F& f, float& sa, float& sb) {
-  float acc_a[kNormLanes] = {}, acc_b[kNormLanes] = {};
-  int64_t i = 0;
-  for (; i + kNormLanes <= count; i += kNormLanes) {
-#pragma GCC unroll 16
-    for (int j = 0; j < kNormLanes; ++j) {
-      float a, b;
-      f(i + j, a, b);
-      acc_a[j] += a;
-      acc_b[j] += b;
-    }
-  }
-  for (int j = 0; i + j < count; ++j) {
-    float a, b;
-    f(i + j, a, b);
-    acc_a[j] += a;
-    acc_b[j] += b;
-  }
-  for (int w = kNormLanes / 2; w > 0; w /= 2)
-    for (int j = 0; j < w; ++j) {
-      acc_a[j] += acc_a[j + w];
-      acc_b[j] += acc_b[j + w];
-    }
-  sa = acc_a[0];
-  sb = acc_b[0];
-}
-
 // mean and rstd of `count` elements from `base` (two passes)
 template <class Op>
 GK_NORM_INLINE inline void norm_stats(const Op& op, int64_t base, int64_t count, float& mean, float& rstd) {
@@ -87,10 +60,13 @@ GK_NORM_INLINE inline void gn_forward_unit(const Op& op, int64_t u) {
   }
 }
 
-// scratch: M floats of this thread, holding each element's g' between the two passes
+// scratch: M + inner floats of this thread: each element's g' between the two passes, then one
+// channel's g' xhat terms (the sums read the terms back from a buffer, so the loop that computes
+// them has no reduction in it and vectorises like the elementwise loops)
 template <class Op>
 GK_NORM_INLINE inline void gn_backward_unit(const Op& op, int64_t u, float* scratch) {
   const int64_t base = u * op.M, inner = op.inner;
+  float* terms = scratch + op.M;
   float mean, rstd;
   norm_stats(op, base, op.M, mean, rstd);
   float A = 0.f, B = 0.f;
@@ -98,16 +74,14 @@ GK_NORM_INLINE inline void gn_backward_unit(const Op& op, int64_t u, float* scra
     const NormCoef k = op.coef(u, j, rstd);
     const int64_t cb = base + j * inner;
     float* gs = scratch + j * inner;
-    float s1, s2;
-    norm_sum2(
-        inner,
-        [&](int64_t i, float& a, float& b) GK_NORM_INLINE {
-          const float xv = op.in(cb + i), g = op.gh(cb + i, xv, mean, k);
-          gs[i] = g;
-          a = g;
-          b = g * ((xv - mean) * rstd);
-        },
-        s1, s2);
+#pragma GCC ivdep
+    for (int64_t i = 0; i < inner; ++i) {
+      const float xv = op.in(cb + i), g = op.gh(cb + i, xv, mean, k);
+      gs[i] = g;
+      terms[i] = g * ((xv - mean) * rstd);
+    }
+    const float s1 = norm_sum(inner, [&](int64_t i) GK_NORM_INLINE { return gs[i]; });
+    const float s2 = norm_sum(inner, [&](int64_t i) GK_NORM_INLINE { return terms[i]; });
     op.channel_done(u, j, s1, s2);
     A += k.k * s1;
     B += k.k * s2;
@@ -136,28 +110,29 @@ GK_NORM_INLINE inline void adaln_forward_unit(const Op& op, int64_t u, int64_t b
   }
 }
 
+// scratch: 2 D floats of this thread (a row's gx^ and gx^ xhat terms, summed from the buffer)
 template <class Op>
-GK_NORM_INLINE inline void adaln_backward_unit(const Op& op, int64_t u) {
+GK_NORM_INLINE inline void adaln_backward_unit(const Op& op, int64_t u, float* scratch) {
   const int64_t n = u / op.blocks, blk = u % op.blocks, r0 = n * op.L + blk * kAdaLNRowBlock;
   const int64_t r1 = std::min(r0 + kAdaLNRowBlock, (n + 1) * op.L), D = op.D;
   float* ps = op.p_shift(n, blk);
   float* pc = op.p_scale(n, blk);
+  float* ta = scratch;
+  float* tb = scratch + D;
   for (int64_t d = 0; d < D; ++d) ps[d] = pc[d] = 0.f;
   const float inv = 1.f / static_cast<float>(D);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t base = r * D, nd = n * D;
-    float mean, rstd, A, B;
+    float mean, rstd;
     norm_stats(op, base, D, mean, rstd);
-    norm_sum2(
-        D,
-        [&](int64_t d, float& a, float& b) GK_NORM_INLINE {
-          const float gx = op.gxhat(base + d, nd + d);
-          a = gx;
-          b = gx * ((op.in(base + d) - mean) * rstd);
-        },
-        A, B);
-    A *= inv;
-    B *= inv;
+#pragma GCC ivdep
+    for (int64_t d = 0; d < D; ++d) {
+      const float gx = op.gxhat(base + d, nd + d);
+      ta[d] = gx;
+      tb[d] = gx * ((op.in(base + d) - mean) * rstd);
+    }
+    const float A = norm_sum(D, [&](int64_t d) GK_NORM_INLINE { return ta[d]; }) * inv;
+    const float B = norm_sum(D, [&](int64_t d) GK_NORM_INLINE { return tb[d]; }) * inv;
 #pragma GCC ivdep
     for (int64_t d = 0; d < D; ++d) {
       float a, b;
@@ -183,7 +158,7 @@ GK_NORM_INLINE inline void adaln_backward_unit(const Op& op, int64_t u) {
   ATTRIBUTE void gn_backward_##SUFFIX(const Op& op) {                                              \
     const int64_t units = op.units();                                                              \
     _Pragma("omp parallel if (units > 1 && units * op.M > 32768)") {                               \
-      std::vector<float> scratch(op.M);                                                            \
+      std::vector<float> scratch(op.M + op.inner);                                                 \
       _Pragma("omp for schedule(static)")                                                          \
       for (int64_t u = 0; u < units; ++u) gn_backward_unit(op, u, scratch.data());                 \
     }                                                                                              \
@@ -197,8 +172,11 @@ GK_NORM_INLINE inline void adaln_backward_unit(const Op& op, int64_t u) {
   template <class Op>                                                                              \
   ATTRIBUTE void adaln_backward_##SUFFIX(const Op& op) {                                           \
     const int64_t units = op.N * op.blocks;                                                        \
-    _Pragma("omp parallel for schedule(static) if (units > 1 && op.N * op.L * op.D > 32768)")      \
-    for (int64_t u = 0; u < units; ++u) adaln_backward_unit(op, u);                                \
+    _Pragma("omp parallel if (units > 1 && op.N * op.L * op.D > 32768)") {                         \
+      std::vector<float> scratch(2 * op.D);                                                        \
+      _Pragma("omp for schedule(static)")                                                          \
+      for (int64_t u = 0; u < units; ++u) adaln_backward_unit(op, u, scratch.data());              \
+    }                                                                                              \
   }
 
 GK_NORM_CPU_LOOPS(, sse2)

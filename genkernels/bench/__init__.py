@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     if "sampler" in args.suite:
         from genkernels.bench import sampler
 
-        result["sampler"] = sampler.run_suite(device)
+        result["sampler"] = sampler.run_suite(device, threads=(1, 2) if device.type == "cpu" else (None,))
         print("\nsampling with guidance, fused steps vs unfused torch loop (float32):\n"
               + format_table(result["sampler"], sampler.COLUMNS))
     if "unet" in args.suite:

@@ -6,14 +6,14 @@ guidance combine, the x0 conversion and the update as separate eager torch ops).
 
 The denoiser is a small fixed conv net (3x3 conv 3->16, SiLU, 3x3 conv 16->3, a class bias on the
 conditional rows), so the step ops are a visible share of the time; `model_share` is the fraction
-of the fused run spent in the model calls alone. Outputs of the two loops are checked to agree
-before timing.
+of a run spent in the model calls alone. Outputs of the two loops are checked to agree before
+timing; the runs are interleaved and, on CPU, clocked in process CPU time (wall time beside it), so
+that other load on a shared machine distorts the ratios as little as possible.
 """
 from __future__ import annotations
 
 import torch
 
-from genkernels.bench.timing import measure
 from genkernels.diffusion import ddim_sample, ddim_timesteps, dpm_solver_sample, dpm_solver_timesteps, make_schedule
 from genkernels.ops.dpm_solver_step import dpm_solver_coefficients_ref
 from genkernels.ops.philox import philox_normal
@@ -78,41 +78,81 @@ def fused_sample(model, sampler, shape, schedule, steps, seed=0, device="cpu", d
               guidance_scale=GUIDANCE)
 
 
-def run_suite(device, sizes=(8, 32), batch=64, dtype=torch.float32):
+def _interleaved(fns, device, repeat):
+    """Per function, the median (wall seconds, process CPU seconds) of one call, the calls
+    interleaved round by round so a load change on a shared machine hits every function alike;
+    one warm-up call each. CPU time (all threads of this process) is what a run costs whatever
+    else shares the cores; wall time is what a user waits."""
+    import statistics
+    import time
+
+    from genkernels.bench.timing import synchronize
+
+    wall, cpu = [[] for _ in fns], [[] for _ in fns]
+    for r in range(repeat + 1):
+        for i, fn in enumerate(fns):
+            synchronize(device)
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            synchronize(device)
+            if r:
+                wall[i].append(time.perf_counter() - w0)
+                cpu[i].append(time.process_time() - c0)
+    return [(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu)]
+
+
+def run_suite(device, sizes=(8, 32), batch=64, dtype=torch.float32, threads=(None,), repeat=7):
+    """Rows per (threads, image size, sampler). threads: CPU thread counts to run at (None: as set).
+    images/s from the median of `repeat` interleaved runs: per CPU-second on CPU (`clock`), per
+    second on a GPU; the wall-clock figures are kept beside them (*_wall)."""
     device = torch.device(device)
     schedule = make_schedule("cosine", 1000)
     model = ConvDenoiser().to(device, dtype)
     rows = []
-    for size in sizes:
-        shape = (batch, CHANNELS, size, size)
-        for sampler, steps in CASES:
-            with torch.no_grad():
-                fused = fused_sample(model, sampler, shape, schedule, steps, device=device, dtype=dtype)
-                unfused = unfused_sample(model, sampler, shape, schedule, steps, device=device, dtype=dtype)
-                err = (fused.float() - unfused.float()).abs().max().item()
-                scale = unfused.float().abs().max().item()
-                if not err <= 1e-3 * max(scale, 1.0):
-                    raise AssertionError(f"{sampler} {size}x{size}: fused and unfused samples differ by {err}")
-                x = philox_normal(shape, 0, 0, device=device, dtype=dtype)
-                t = torch.full((batch,), 500, dtype=torch.int64, device=device)
-
-                def model_only():
-                    for _ in range(steps):
-                        model(x, t)
-
-                reps = dict(warmup=1, repeat=5, min_time=0.0)
-                s_fused = measure(lambda: fused_sample(model, sampler, shape, schedule, steps, device=device,
-                                                       dtype=dtype), device, **reps)
-                s_unfused = measure(lambda: unfused_sample(model, sampler, shape, schedule, steps, device=device,
-                                                           dtype=dtype), device, **reps)
-                s_model = measure(model_only, device, **reps)
-            rows.append({"sampler": sampler, "steps": steps, "image_shape": f"{CHANNELS}x{size}x{size}",
-                         "batch": batch, "dtype": str(dtype).replace("torch.", ""), "guidance": GUIDANCE,
-                         "fused_images_per_s": batch / s_fused, "unfused_images_per_s": batch / s_unfused,
-                         "speedup": s_unfused / s_fused, "model_share_fused": s_model / s_fused,
-                         "model_share_unfused": s_model / s_unfused, "max_abs_diff": err})
+    saved_threads = torch.get_num_threads()
+    try:
+        for n_threads in threads:
+            if n_threads is not None:
+                torch.set_num_threads(n_threads)
+            for size in sizes:
+                shape = (batch, CHANNELS, size, size)
+                for sampler, steps in CASES:
+                    rows.append(_case(model, sampler, steps, shape, schedule, device, dtype, repeat))
+                    rows[-1]["threads"] = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(saved_threads)
     return rows
 
 
-COLUMNS = ["sampler", "steps", "image_shape", "batch", "fused_images_per_s", "unfused_images_per_s", "speedup",
-           "model_share_fused", "model_share_unfused"]
+@torch.no_grad()
+def _case(model, sampler, steps, shape, schedule, device, dtype, repeat):
+    batch, size = shape[0], shape[-1]
+    fused = fused_sample(model, sampler, shape, schedule, steps, device=device, dtype=dtype)
+    unfused = unfused_sample(model, sampler, shape, schedule, steps, device=device, dtype=dtype)
+    err = (fused.float() - unfused.float()).abs().max().item()
+    if not err <= 1e-3 * max(unfused.float().abs().max().item(), 1.0):
+        raise AssertionError(f"{sampler} {size}x{size}: fused and unfused samples differ by {err}")
+    x = philox_normal(shape, 0, 0, device=device, dtype=dtype)
+    t = torch.full((batch,), 500, dtype=torch.int64, device=device)
+
+    def model_only():
+        for _ in range(steps):
+            model(x, t)
+
+    (f_wall, f_cpu), (u_wall, u_cpu), (m_wall, m_cpu) = _interleaved(
+        [lambda: fused_sample(model, sampler, shape, schedule, steps, device=device, dtype=dtype),
+         lambda: unfused_sample(model, sampler, shape, schedule, steps, device=device, dtype=dtype),
+         model_only], device, repeat)
+    # on CPU the ratios use CPU time (robust to other jobs on shared cores); on a GPU, wall time
+    f, u, m = (f_cpu, u_cpu, m_cpu) if device.type == "cpu" else (f_wall, u_wall, m_wall)
+    return {"sampler": sampler, "steps": steps, "image_shape": f"{CHANNELS}x{size}x{size}", "batch": batch,
+            "dtype": str(dtype).replace("torch.", ""), "guidance": GUIDANCE,
+            "clock": "process CPU time" if device.type == "cpu" else "wall",
+            "fused_images_per_s": batch / f, "unfused_images_per_s": batch / u, "speedup": u / f,
+            "model_share_fused": m / f, "model_share_unfused": m / u,
+            "fused_images_per_s_wall": batch / f_wall, "unfused_images_per_s_wall": batch / u_wall,
+            "speedup_wall": u_wall / f_wall, "max_abs_diff": err}
+
+
+COLUMNS = ["sampler", "steps", "image_shape", "batch", "threads", "fused_images_per_s", "unfused_images_per_s",
+           "speedup", "speedup_wall", "model_share_fused", "model_share_unfused"]

@@ -198,12 +198,17 @@ def dpm_solver_sample(model, shape, schedule, *, num_inference_steps=20, predict
     return x
 
 
-def euler_sigmas(schedule, num_inference_steps: int, karras: bool = False, rho: float = 7.0):
+def euler_sigmas(schedule, num_inference_steps: int, karras: bool = False, rho: float = 7.0,
+                 sigma_max: float | None = None):
     """(sigmas (n,) float64, model timesteps (n,)) of euler_sample: the schedule's sigmas at
-    ddim_timesteps (int64 timesteps), or karras_sigmas(n, sigma_0, sigma_{T-1}, rho) with their
-    fractional timesteps (float32, by log-sigma interpolation)."""
+    ddim_timesteps (int64 timesteps), or karras_sigmas(n, sigma_0, sigma_max, rho) with their
+    fractional timesteps (float32, by log-sigma interpolation); sigma_max defaults to the
+    schedule's sigma_{T-1} (karras only: a smaller one starts from a less noisy level)."""
+    if sigma_max is not None and not karras:
+        raise ValueError("sigma_max applies to karras=True only (the schedule's own sigmas are used otherwise)")
     if karras:
-        sigmas = karras_sigmas(num_inference_steps, schedule.sigmas[0].item(), schedule.sigmas[-1].item(), rho)
+        top = schedule.sigmas[-1].item() if sigma_max is None else sigma_max
+        sigmas = karras_sigmas(num_inference_steps, schedule.sigmas[0].item(), top, rho)
         return sigmas, sigma_to_timestep(schedule, sigmas).float()
     steps = torch.tensor(ddim_timesteps(schedule.num_steps, num_inference_steps), dtype=torch.int64)
     return schedule.sigmas[steps], steps
@@ -212,7 +217,8 @@ def euler_sigmas(schedule, num_inference_steps: int, karras: bool = False, rho: 
 @torch.no_grad()
 def euler_sample(model, shape, schedule, *, num_inference_steps=50, ancestral=False, karras=False,
                  prediction="epsilon", seed=0, device="cpu", dtype=torch.float32, model_uncond=None,
-                 guidance_scale=None, callback=None, progress=False, x_T=None, clip_x0=None, rho=7.0):
+                 guidance_scale=None, callback=None, progress=False, x_T=None, clip_x0=None, rho=7.0,
+                 sigma_max=None):
     """Euler / Euler-ancestral (eta = 1) sampling in sigma space (Karras et al. 2022, k-diffusion),
     `num_inference_steps` model calls, the last one stepping to sigma = 0.
 
@@ -223,12 +229,18 @@ def euler_sample(model, shape, schedule, *, num_inference_steps=50, ancestral=Fa
     as x_T sqrt(1 + sigma_max^2). The ancestral noise of step i is Philox (seed, T + 1 + i).
     callback(x, t_next) sees x in VP scaling, x / sqrt(1 + sigma_next^2), and t_next the nearest
     integer timestep of sigma_next (-1 once sigma_next = 0); a returned tensor (VP scaling too)
-    replaces x.
+    replaces x. rho, sigma_max: of the Karras sigmas (karras=True). float16: x in sigma scaling
+    reaches |x_T| sqrt(1 + sigma_max^2), which overflows float16 for sigma_max > ~8000 (the cosine
+    schedule's is ~2e4 at T=1000): that is an error; use bfloat16/float32 or a smaller sigma_max.
     """
     _check_sampler_args(shape, dtype, model_uncond, guidance_scale, callback)
     T = schedule.num_steps
-    sigmas, timesteps = euler_sigmas(schedule, num_inference_steps, karras, rho)
+    sigmas, timesteps = euler_sigmas(schedule, num_inference_steps, karras, rho, sigma_max)
     sig = sigmas.tolist() + [0.0]
+    if dtype == torch.float16 and 8.0 * math.sqrt(1.0 + sig[0] ** 2) > torch.finfo(torch.float16).max:
+        raise ValueError(f"euler_sample in float16: the largest sigma {sig[0]:.4g} would overflow x = x0 + sigma eps"
+                         f" (needs sigma_max <= 8000); use dtype=torch.bfloat16 or float32, or karras=True with"
+                         f" a smaller sigma_max")
     x = _initial(x_T, shape, seed, T, device, dtype) * math.sqrt(1.0 + sig[0] ** 2)
     t_next_int = [int(round(v)) for v in sigma_to_timestep(schedule, sigmas[1:]).tolist()] + [-1]
     for i in _progress(range(len(sigmas)), progress, "euler_a" if ancestral else "euler"):

@@ -79,7 +79,8 @@ def _adaln_backward_kernel(grad_y, x, shift, scale, eps):
     grad_scale = torch.empty_like(scale, memory_format=torch.contiguous_format)
     if x.numel():
         blocks = (l + ROW_BLOCK - 1) // ROW_BLOCK
-        partials = torch.empty(2, n, blocks, d, dtype=torch.float32, device=x.device)
+        # (2, N, blocks, D) partial sums, then (N * L, 2) row statistics (csrc/norm/norm_args.h)
+        partials = torch.empty(2 * n * blocks * d + 2 * n * l, dtype=torch.float32, device=x.device)
         g_d, x_d, s_d = grad_y.to(x.dtype).contiguous(), x.contiguous(), scale.contiguous()
         args.kernel(backend, "adaln_modulate_backward", like=x)(
             grad_y=g_d.data_ptr(), x=x_d.data_ptr(), scale=s_d.data_ptr(), grad_x=grad_x.data_ptr(),

@@ -92,7 +92,7 @@ def test_guidance_scale_moves_samples(scale, expected):
     torch.testing.assert_close(x, torch.full_like(x, expected), rtol=0, atol=1e-2)
 
 
-@pytest.mark.parametrize("sampler", [ddpm_sample, ddim_sample])
+@pytest.mark.parametrize("sampler", list(genkernels.diffusion.SAMPLERS.values()))
 def test_guidance_without_an_unconditional_model_is_an_error(sampler):
     model = _point_mass_denoiser(0.5)
     with pytest.raises(ValueError, match="guidance_scale=3.5 needs model_uncond"):
@@ -105,7 +105,7 @@ def test_guidance_without_an_unconditional_model_is_an_error(sampler):
         sampler(model, (2, 4), SCHED, model_uncond=3, guidance_scale=2.0)
 
 
-@pytest.mark.parametrize("sampler", [ddpm_sample, ddim_sample])
+@pytest.mark.parametrize("sampler", list(genkernels.diffusion.SAMPLERS.values()))
 def test_dtypes(sampler):
     point_mass = _point_mass_denoiser(0.5)
     model = lambda x, t: point_mass(x.float(), t).to(x.dtype)  # noqa: E731  (outputs in x's dtype)
@@ -319,3 +319,14 @@ def test_new_sampler_errors():
         ddpm_sample(model, (2, 3), SCHED, num_inference_steps=10, variance="large")
     x = ddpm_sample(model, (2, 3), SCHED, num_inference_steps=10)  # strided: DDIM with eta = 1
     assert x.shape == (2, 3)
+
+
+def test_euler_float16_range_and_sigma_max():
+    cosine = make_schedule("cosine", 1000)  # sigma_max ~ 2e4: x = x0 + sigma eps overflows float16
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    with pytest.raises(ValueError, match="would overflow"):
+        euler_sample(model, (2, 3), cosine, num_inference_steps=5, dtype=torch.float16)
+    x = euler_sample(model, (2, 3), cosine, num_inference_steps=5, karras=True, sigma_max=80.0, dtype=torch.float16)
+    assert x.dtype == torch.float16 and bool(x.isfinite().all())
+    with pytest.raises(ValueError, match="sigma_max applies to karras=True only"):
+        euler_sample(model, (2, 3), cosine, num_inference_steps=5, sigma_max=80.0)

@@ -232,3 +232,12 @@ def test_errors_name_the_argument():
         group_norm_act(x, 3, eps=0.0)
     with pytest.raises(ValueError, match="act must be 'silu' or None"):
         group_norm_act(x, 3, act="relu")
+
+
+@pytest.mark.parametrize("act", ["silu", None], ids=["silu", "none"])
+def test_float64_backward_is_the_exact_gradient(act):
+    """float64 runs the reference with its closed-form backward: gradcheck against finite differences."""
+    torch.manual_seed(3)
+    inputs = [t.detach().double().requires_grad_(True) for t in _inputs((2, 6, 3), torch.float32, "cpu", "scale_shift")]
+    fn = lambda x, w, b, s, t: group_norm_act(x, 3, w, b, scale=s, shift=t, act=act)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, inputs)
