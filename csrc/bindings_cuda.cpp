@@ -8,6 +8,7 @@
 #include "diffusion/diffusion_args.h"
 #include "flow/flow_args.h"
 #include "norm/norm_args.h"
+#include "transformer/transformer_args.h"
 #include "vae/vae_args.h"
 
 PYBIND11_MODULE(_cuda, m) {
@@ -19,5 +20,6 @@ PYBIND11_MODULE(_cuda, m) {
   GK_CONV_OPS(GK_BIND_CUDA)
   GK_FLOW_OPS(GK_BIND_CUDA)
   GK_NORM_OPS(GK_BIND_CUDA)
+  GK_TRANSFORMER_OPS(GK_BIND_CUDA)
   // --- further families add their GK_<FAMILY>_OPS(GK_BIND_CUDA) line above this one ---
 }

@@ -90,12 +90,40 @@ def case_function(provider, op, shape, modulated, backward, dtype, device):
     return run_fwd_bwd, forward_bytes + 3 * numel * itemsize
 
 
-def run_suite(device, dtype=torch.float32, with_compile=True, cases=None, threads=(None,)) -> list[dict]:
-    """Rows for every case (default CASES), provider and CPU thread count (None: torch's current setting)."""
-    from genkernels.bench.timing import measure
+def measure_interleaved(fns: dict, device, *, warmup: int = 3, repeat: int = 15, min_time: float = 0.02) -> dict:
+    """Median seconds per call of each function, the samples taken in turns (one sample of each
+    function per round), so that a load change on a shared machine hits every provider alike and
+    the ratios stay meaningful. Warm-up calls (torch.compile's compilation included) are excluded."""
+    import statistics
+    import time
 
-    cases = CASES if cases is None else cases
+    from genkernels.bench.timing import synchronize
+
+    inner = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        inner[name] = max(1, int(min_time / max(time.perf_counter() - start, 1e-7)))
+    samples = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(inner[name]):
+                fn()
+            synchronize(device)
+            samples[name].append((time.perf_counter() - start) / inner[name])
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def run_suite(device, dtype=torch.float32, with_compile=True, cases=None, threads=(None,)) -> list[dict]:
+    """Rows for every case (default CASES), provider and CPU thread count (None: torch's current
+    setting); the providers of a case are timed in turns (measure_interleaved)."""
     device = torch.device(device)
+    cases = CASES if cases is None else cases
     rows = []
     before = torch.get_num_threads()
     try:
@@ -103,18 +131,19 @@ def run_suite(device, dtype=torch.float32, with_compile=True, cases=None, thread
             if count is not None and device.type == "cpu":
                 torch.set_num_threads(count)  # also the C++ kernels' OpenMP threads (one libgomp)
             for name, op, shape, modulated, backward in cases:
-                reference, times = None, {}
+                reference, fns, nbytes = None, {}, 0
                 for provider in providers(device):
                     if provider == "compile" and not with_compile:
                         continue
-                    fn, nbytes = case_function(provider, op, shape, modulated, backward, dtype, device)
-                    out = fn()
+                    fns[provider], nbytes = case_function(provider, op, shape, modulated, backward, dtype, device)
+                    out = fns[provider]()
                     if reference is None:
                         reference = out.float()
                     else:  # the fast paths compute in fp32: within a few storage ulps of the reference
                         tol = 1e-4 if dtype == torch.float32 else 3e-2
                         torch.testing.assert_close(out.float(), reference, rtol=tol, atol=tol * reference.abs().max())
-                    seconds = times[provider] = measure(fn, device)
+                times = measure_interleaved(fns, device)
+                for provider, seconds in times.items():
                     rows.append({"op": name, "provider": provider, "threads": torch.get_num_threads(),
                                  "shape": "x".join(map(str, shape)), "dtype": str(dtype).replace("torch.", ""),
                                  "ms": seconds * 1e3, "GB/s": nbytes / seconds / 1e9,

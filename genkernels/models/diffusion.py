@@ -206,7 +206,8 @@ class Diffusion(GenerativeModel):
                     "psnr_db": "dB", "bicubic_psnr_db": "dB"}
     # AdamW at 2e-3 (100 warm-up steps, cosine to 2e-4), batch 64, no weight decay, the weight EMA for
     # sampling and evaluation. The default 8x8 digits UNet (base 32, 0.76 M parameters) reaches class
-    # accuracy 1.0 at guidance 3 (0.92 unguided) after 300 such steps; 1,000 take ~3 min on one core.
+    # accuracy 1.0 at guidance 3 (0.92 unguided) after 300 such steps, and after 700 (2.6 min of CPU
+    # time) 1.0 / 0.99 with Frechet distance 70 / 27 on the 447 test digits (real train vs test: 40).
     train_defaults = {"lr": 2e-3, "batch_size": 64, "steps": 1000, "weight_decay": 0.0, "ema_decay": 0.999,
                       "eval_every": 500}
 
@@ -244,6 +245,9 @@ class Diffusion(GenerativeModel):
         values.setdefault("data_shape", tuple(int(s) for s in x.shape))
         if x.ndim == 1:
             values.setdefault("backbone", "mlp")
+        else:  # self-attention at the UNet's lowest resolution, whatever the image size
+            mults = values.get("channel_mults", DiffusionConfig.channel_mults)
+            values.setdefault("attention_resolutions", (int(x.shape[-1]) // 2 ** (len(mults) - 1),))
         num_classes = getattr(dataset, "num_classes", None)
         if label is not None and num_classes and values.get("backbone", "unet") != "mlp":
             values.setdefault("conditioning", "class")

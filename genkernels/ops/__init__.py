@@ -22,6 +22,12 @@ from genkernels.ops.q_sample import q_sample
 from genkernels.ops.reparam_kl import reparam_kl
 from genkernels.ops.rq_spline import rq_spline
 from genkernels.ops.sampler_step import ddim_step, ddpm_step
+from genkernels.ops.gelu_tanh import gelu_tanh
+from genkernels.ops.layer_norm import layer_norm
+from genkernels.ops.linear_cross_entropy import linear_cross_entropy
+from genkernels.ops.rms_norm import rms_norm
+from genkernels.ops.rotary import rotary, rotary_tables
+from genkernels.ops.swiglu import swiglu
 
 _LAZY = {
     "attention": "genkernels.ops.attention",
@@ -33,7 +39,8 @@ _LAZY = {
 
 __all__ = ["gated_activation", "affine_coupling", "actnorm",
            "q_sample", "diffusion_loss", "ddpm_step", "ddim_step", "philox_normal", "reparam_kl", "rq_spline",
-           "group_norm_act", "adaln_modulate", "dpm_solver_step", "euler_step", *_LAZY]
+           "group_norm_act", "adaln_modulate", "dpm_solver_step", "euler_step", "rms_norm", "layer_norm", "swiglu", "gelu_tanh", "rotary", "rotary_tables",
+           "linear_cross_entropy", *_LAZY]
 
 
 def __getattr__(name):

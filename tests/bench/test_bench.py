@@ -133,6 +133,9 @@ def test_norm_suite_runs_tiny(tmp_path, monkeypatch):
     from genkernels.bench import norm
 
     monkeypatch.setattr(norm, "CASES", norm.TINY_CASES)
+    quick = norm.measure_interleaved
+    monkeypatch.setattr(norm, "measure_interleaved", lambda fns, device: quick(fns, device, warmup=1, repeat=2,
+                                                                                min_time=0.0))
     out = tmp_path / "norm.json"
     assert main(["--device", "cpu", "--suite", "norm", "--no-compile", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["norm"]

@@ -67,6 +67,25 @@ def test_bad_configs_name_the_field(values, error, match):
         DiffusionConfig(**values)
 
 
+def test_config_for_other_image_sizes():
+    """A folder of 16x16 RGB images (no labels): unconditional, attention at the lowest resolution."""
+    class Folder(torch.utils.data.Dataset):
+        kind = "image"
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.rand(3, 16, 16)
+
+    config = Diffusion.config_for_data(Folder(), {"base_channels": 8, "num_heads": 2, "num_groups": 4})
+    assert config.data_shape == (3, 16, 16) and config.conditioning == "none" and config.attention_resolutions == (8,)
+    model = Diffusion(config)
+    assert torch.isfinite(model.loss(torch.rand(2, 3, 16, 16))["loss"])
+    assert model.sample(2, steps=2).shape == (2, 3, 16, 16)
+    assert Diffusion.config_for_data(Folder(), {"channel_mults": (1, 2, 2)}).attention_resolutions == (4,)
+
+
 def test_check_dataset_refuses_other_data():
     model = _model()
     with pytest.raises(ValueError, match="shape"):

@@ -107,9 +107,10 @@ def test_deterministic_across_threads_and_layouts(backend, device):
         return (y, *torch.autograd.grad(y, [x, shift, scale], g))
 
     with use_backend(backend):
-        first = run(x)
-        torch.set_num_threads(1)
         try:
+            torch.set_num_threads(2)
+            first = run(x)
+            torch.set_num_threads(1)
             second = run(x.contiguous())
         finally:
             torch.set_num_threads(threads)

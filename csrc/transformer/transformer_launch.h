@@ -1,0 +1,90 @@
+// Host bodies of the transformer-block ops, one `run` per op (entry points per common/entry.h,
+// arguments in transformer_args.h). Each builds the functor for the runtime dtype and codes; the
+// elementwise ones go to exec.apply (common/per_sample_*), the row norms to RowNormLoops<Exec>:
+// OpenMP in transformer_cpu.cpp, CUDA kernels on the given stream in transformer_cuda.cu.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "common/dispatch.h"
+#include "common/dtype.h"
+#include "transformer/glu_act.h"
+#include "transformer/rotary.h"
+#include "transformer/row_norm.h"
+#include "transformer/transformer_args.h"
+
+namespace gk {
+
+// forward(exec, op), backward(exec, op)
+template <class Exec>
+struct RowNormLoops;
+
+template <class Body>
+void dispatch_rms(bool rms, Body&& body) {
+  if (rms)
+    body(std::true_type{});
+  else
+    body(std::false_type{});
+}
+
+namespace ops::row_norm {
+template <class Exec>
+void run(const Exec& exec, const Args& a) {
+  if (a.R * a.D == 0) return;
+  GK_DISPATCH_DTYPE(a.dtype, "row_norm", [&] {
+    dispatch_rms(a.rms, [&](auto rms) {
+      RowNormLoops<Exec>::forward(exec, RowNormForward<scalar_t, decltype(rms)::value>(a));
+    });
+  });
+}
+}  // namespace ops::row_norm
+
+namespace ops::row_norm_backward {
+template <class Exec>
+void run(const Exec& exec, const Args& a) {
+  if (a.R * a.D == 0) return;
+  GK_DISPATCH_DTYPE(a.dtype, "row_norm_backward", [&] {
+    dispatch_rms(a.rms, [&](auto rms) {
+      RowNormLoops<Exec>::backward(exec, RowNormBackward<scalar_t, decltype(rms)::value>(a));
+    });
+  });
+}
+}  // namespace ops::row_norm_backward
+
+namespace ops::glu_act {
+template <class Exec>
+void run(const Exec& exec, const Args& a) {
+  if (a.n == 0) return;
+  GK_DISPATCH_DTYPE(a.dtype, "glu_act", [&] {
+    dispatch_code<kGluSilu, kGluGeluTanh>(a.act, "glu_act", "act", "0 (silu) or 1 (gelu_tanh)", [&](auto act) {
+      exec.apply(GluActForward<scalar_t, decltype(act)::value>(a), 1, a.n, "glu_act_fwd");
+    });
+  });
+}
+}  // namespace ops::glu_act
+
+namespace ops::glu_act_backward {
+template <class Exec>
+void run(const Exec& exec, const Args& a) {
+  if (a.n == 0) return;
+  GK_DISPATCH_DTYPE(a.dtype, "glu_act_backward", [&] {
+    dispatch_code<kGluSilu, kGluGeluTanh>(a.act, "glu_act_backward", "act", "0 (silu) or 1 (gelu_tanh)",
+                                          [&](auto act) {
+      exec.apply(GluActBackward<scalar_t, decltype(act)::value>(a), 1, a.n, "glu_act_bwd");
+    });
+  });
+}
+}  // namespace ops::glu_act_backward
+
+namespace ops::rotary {
+template <class Exec>
+void run(const Exec& exec, const Args& a) {
+  if (a.D % 2) throw std::invalid_argument("rotary: D must be even, got " + std::to_string(a.D));
+  const int64_t n = a.N * a.T * a.H * a.D;
+  if (n == 0) return;
+  GK_DISPATCH_DTYPE(a.dtype, "rotary", [&] { exec.apply(RotaryOp<scalar_t>(a), 1, n, "rotary"); });
+}
+}  // namespace ops::rotary
+
+}  // namespace gk
