@@ -9,7 +9,7 @@ sampled with DPM-Solver++(2M) (20 model calls, the conditional and unconditional
 one forward). Writes sample grids (one row per class, one grid per guidance scale), an inpainting
 figure, the loss curve and a checkpoint that python/diffusion_inpaint.py takes.
 
-    python python/diffusion_digits.py --steps 1500          # writes runs/examples/diffusion_digits/
+    python python/diffusion_digits.py --steps 800          # writes runs/examples/diffusion_digits/
     python python/diffusion_digits.py --backbone dit
 """
 import argparse
@@ -27,7 +27,7 @@ from genkernels.train import TrainConfig, Trainer
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--backbone", default="unet", choices=["unet", "dit"])
     parser.add_argument("--base-channels", type=int, default=32, help="UNet width (base_channels)")

@@ -8,7 +8,7 @@ by the input re-noised to the step just reached (fresh in-kernel Philox noise), 
 has to make the unknown part consistent with them; `--resample R` repeats each step R times,
 jumping back with forward noise in between (RePaint), which harmonises the two parts better.
 
-    python python/diffusion_inpaint.py --steps 1500      # trains, writes runs/examples/diffusion_inpaint/
+    python python/diffusion_inpaint.py --steps 600      # trains, writes runs/examples/diffusion_inpaint/
     python python/diffusion_inpaint.py --checkpoint runs/examples/diffusion_digits/checkpoint
 """
 import argparse
@@ -28,7 +28,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a Diffusion checkpoint (e.g. from python/diffusion_digits.py); "
                                              "default: train an unconditional model here")
-    parser.add_argument("--steps", type=int, default=1500, help="training steps (without --checkpoint)")
+    parser.add_argument("--steps", type=int, default=600, help="training steps (without --checkpoint)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--base-channels", type=int, default=32)
     parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the inpainting")

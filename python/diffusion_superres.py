@@ -9,7 +9,7 @@ samples (an estimate of the posterior mean, which minimises the expected squared
 fair comparison for PSNR, and is reported too. The digits classifier's accuracy on each
 reconstruction shows which keeps the digit recognisable.
 
-    python python/diffusion_superres.py --steps 1500    # writes runs/examples/diffusion_superres/
+    python python/diffusion_superres.py --steps 600    # writes runs/examples/diffusion_superres/
 """
 import argparse
 import time
@@ -28,7 +28,7 @@ from genkernels.train import TrainConfig, Trainer
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--base-channels", type=int, default=32)
     parser.add_argument("--sampler", default="dpm_solver", choices=["dpm_solver", "ddim", "euler", "euler_ancestral"])

@@ -7,7 +7,7 @@ is dropped to "" 10% of the time, so sampling can apply classifier-free guidance
 for a few captions, including phrasings the templates never produce, and prints how often the
 digits classifier agrees with the digit the caption names (chance: 0.1).
 
-    python python/diffusion_text2digits.py --steps 1500     # writes runs/examples/diffusion_text2digits/
+    python python/diffusion_text2digits.py --steps 600     # writes runs/examples/diffusion_text2digits/
 """
 import argparse
 import time
@@ -29,7 +29,7 @@ CAPTIONS = ["a handwritten seven", "3", "nine", "the digit 0", "a picture of a 5
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--base-channels", type=int, default=32)
     parser.add_argument("--text-dim", type=int, default=64)

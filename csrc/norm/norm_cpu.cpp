@@ -4,9 +4,9 @@
 // pairwise at the end: the loops vectorise with no reassociation, and the order is fixed (the
 // results do not depend on the thread count). A sum of computed terms (the backward's) first
 // writes the terms to a per-thread buffer and sums that: fused into the reduction, GCC vectorises
-// such a loop across lanes with transposes and spills, several times slower. Elementwise loops carry `ivdep` (outputs are fresh
-// buffers). As in flow_cpu.cpp, each loop is compiled for SSE2, AVX2 and AVX-512 (+FMA) and the
-// widest the CPU has is chosen at run time.
+// such a loop across lanes with transposes and spills (the GroupNorm backward ran 2.3x slower).
+// Elementwise loops carry `ivdep` (outputs are fresh buffers). As in flow_cpu.cpp, each loop is
+// compiled for SSE2, AVX2 and AVX-512 (+FMA) and the widest the CPU has is chosen at run time.
 #include <algorithm>
 #include <vector>
 

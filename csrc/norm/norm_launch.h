@@ -60,7 +60,8 @@ namespace ops::adaln_modulate {
 template <class Exec>
 void run(const Exec& exec, const Args& a) {
   if (a.N * a.L * a.D == 0) return;
-  GK_DISPATCH_DTYPE(a.dtype, "adaln_modulate", [&] { NormLoops<Exec>::adaln_forward(exec, AdaLNForward<scalar_t>(a)); });
+  GK_DISPATCH_DTYPE(a.dtype, "adaln_modulate",
+                    [&] { NormLoops<Exec>::adaln_forward(exec, AdaLNForward<scalar_t>(a)); });
 }
 }  // namespace ops::adaln_modulate
 

@@ -6,48 +6,52 @@
 //   gelu'(a) = (1 + t) / 2 + a (1 - t^2) c (1 + 3 0.044715 a^2) / 2,  t = tanh(u)
 //
 // y = act(a) b (b absent: y = act(a)); backward grad_a = grad_y b act'(a), grad_b = grad_y act(a).
-// sigmoid through exp(-|a|) only (no overflow for large |a|). NaN propagates.
+// sigmoid and tanh through exp of -|.| only (gated_activation.h: no overflow, vectorises). NaN propagates.
 #pragma once
 #include <cmath>
 #include <cstdint>
 
 #include "common/dtype.h"
 #include "common/macros.h"
+#include "conv/gated_activation.h"
 #include "transformer/transformer_args.h"
 
 namespace gk {
 
 enum GluAct : int { kGluSilu = 0, kGluGeluTanh = 1 };
 
-GK_HD float glu_sigmoid(float a) {
-  const float e = expf(-fabsf(a));
-  const float inv = 1.f / (1.f + e);
-  return a >= 0.f ? inv : e * inv;
-}
-
-// act(a) and act'(a)
+// act(a) and act'(a), branch-free (the CPU loops vectorise): gated_activation.h's exp of a
+// non-positive argument, so no overflow for large |a|
 template <int Act>
 GK_HD void glu_act_and_grad(float a, float& f, float& df) {
   if (Act == kGluSilu) {
-    const float s = glu_sigmoid(a);
+    const float e = gate_exp_nonpos(-fabsf(a)), inv = 1.f / (1.f + e);
+    const bool pos = a >= 0.f;
+    const float s = gate_select(pos, 1.f, e) * inv, one_minus_s = gate_select(pos, e, 1.f) * inv;
     f = a * s;
-    df = s * (1.f + a * (1.f - s));
+    df = s * (1.f + a * one_minus_s);
   } else {
     const float c = 0.7978845608028654f, k = 0.044715f;
-    const float t = tanhf(c * (a + k * a * a * a));
+    const float u = c * (a + k * a * a * a);
+    const float t = gate_tanh_from(u, gate_exp_nonpos(-2.f * fabsf(u)));
     f = 0.5f * a * (1.f + t);
-    df = 0.5f * (1.f + t) + 0.5f * a * (1.f - t * t) * c * (1.f + 3.f * k * a * a);
+    df = 0.5f * (1.f + t) + 0.5f * a * ((1.f - t) * (1.f + t)) * c * (1.f + 3.f * k * a * a);
   }
 }
 
 template <int Act>
 GK_HD float glu_act_value(float a) {
-  if (Act == kGluSilu) return a * glu_sigmoid(a);
+  if (Act == kGluSilu) {
+    const float e = gate_exp_nonpos(-fabsf(a));
+    return a * (gate_select(a >= 0.f, 1.f, e) / (1.f + e));
+  }
   const float c = 0.7978845608028654f, k = 0.044715f;
-  return 0.5f * a * (1.f + tanhf(c * (a + k * a * a * a)));
+  const float u = c * (a + k * a * a * a);
+  return 0.5f * a * (1.f + gate_tanh_from(u, gate_exp_nonpos(-2.f * fabsf(u))));
 }
 
-template <typename T, int Act>
+// HasB: b present (SwiGLU) or not (plain GELU-tanh); a compile-time switch, so no branch per element
+template <typename T, int Act, bool HasB>
 struct GluActForward {
   const T *a, *b;
   T* y;
@@ -55,11 +59,11 @@ struct GluActForward {
   GK_HD int begin(int64_t) const { return 0; }
   GK_HD void apply(int, int64_t, int64_t i) const {
     const float f = glu_act_value<Act>(load(a, i));
-    store(y, i, b ? f * load(b, i) : f);
+    store(y, i, HasB ? f * load(b, i) : f);
   }
 };
 
-template <typename T, int Act>
+template <typename T, int Act, bool HasB>
 struct GluActBackward {
   const T *grad_y, *a, *b;
   T *grad_a, *grad_b;
@@ -71,11 +75,11 @@ struct GluActBackward {
     float f, df;
     glu_act_and_grad<Act>(load(a, i), f, df);
     const float g = load(grad_y, i);
-    if (b) {
+    if (HasB) {
       const float bv = load(b, i);
-      if (grad_a) store(grad_a, i, g * bv * df);
-      if (grad_b) store(grad_b, i, g * f);
-    } else if (grad_a) {
+      store(grad_a, i, g * bv * df);
+      store(grad_b, i, g * f);
+    } else {
       store(grad_a, i, g * df);
     }
   }

@@ -6,7 +6,7 @@
 //   y[j + half] = x[j + half] c + x[j] s
 //
 // a rotation by theta = (p, j) per pair; inverse (the backward: the transpose of a rotation) uses
-// -s. fp32 arithmetic, one element per call (the pair partner is re-read). NaN propagates.
+// -s. fp32 arithmetic; the executors run one row of D / 2 pairs per work-unit row. NaN propagates.
 #pragma once
 #include <cstdint>
 
@@ -16,8 +16,12 @@
 
 namespace gk {
 
+// One row (n, t, h) of D elements per work unit row, one pair (j, j + half) per apply.
 template <typename T>
 struct RotaryOp {
+  struct Row {
+    int64_t base, table;  // the row's first element; its position's first table entry
+  };
   const T* x;
   const float *cos, *sin;
   const int64_t* offsets;
@@ -28,15 +32,16 @@ struct RotaryOp {
       : x(as<const T>(p.x)), cos(as<const float>(p.cos)), sin(as<const float>(p.sin)),
         offsets(as<const int64_t>(p.offsets)), y(as<T>(p.y)), T_(p.T), H(p.H), D(p.D), half(p.D / 2),
         offset(p.offset), sign(p.inverse ? -1.f : 1.f) {}
-  GK_HD int begin(int64_t) const { return 0; }
-  GK_HD void apply(int, int64_t, int64_t i) const {
-    const int64_t d = i % D, row = i / D, t = (row / H) % T_, n = row / (H * T_);
-    const int64_t pos = (offsets ? offsets[n] : offset) + t;
-    const bool lo = d < half;
-    const int64_t j = lo ? d : d - half;
-    const float c = cos[pos * half + j], s = sign * sin[pos * half + j];
-    const float xv = load(x, i), partner = load(x, lo ? i + half : i - half);
-    store(y, i, lo ? xv * c - partner * s : xv * c + partner * s);
+  // row = (n T + t) H + h
+  GK_HD Row begin(int64_t row) const {
+    const int64_t t = (row / H) % T_, n = row / (H * T_);
+    return {row * D, ((offsets ? offsets[n] : offset) + t) * half};
+  }
+  GK_HD void apply(const Row& r, int64_t, int64_t j) const {
+    const float c = cos[r.table + j], s = sign * sin[r.table + j];
+    const float x1 = load(x, r.base + j), x2 = load(x, r.base + j + half);
+    store(y, r.base + j, x1 * c - x2 * s);
+    store(y, r.base + j + half, x2 * c + x1 * s);
   }
 };
 

@@ -1,6 +1,6 @@
 // Host bodies of the transformer-block ops, one `run` per op (entry points per common/entry.h,
 // arguments in transformer_args.h). Each builds the functor for the runtime dtype and codes; the
-// elementwise ones go to exec.apply (common/per_sample_*), the row norms to RowNormLoops<Exec>:
+// elementwise ones go to TransformerApplier (exec.apply, common/per_sample_*), the row norms to RowNormLoops<Exec>:
 // OpenMP in transformer_cpu.cpp, CUDA kernels on the given stream in transformer_cuda.cu.
 #pragma once
 #include <cstdint>
@@ -19,6 +19,16 @@ namespace gk {
 // forward(exec, op), backward(exec, op)
 template <class Exec>
 struct RowNormLoops;
+
+// Elementwise loops: exec.apply, except on the CPU (transformer_cpu.cpp: the same loop told its
+// iterations are independent and compiled per instruction set, so it vectorises).
+template <class Exec>
+struct TransformerApplier {
+  template <class Op>
+  static void run(const Exec& exec, const Op& op, int64_t rows, int64_t D, const char* name) {
+    exec.apply(op, rows, D, name);
+  }
+};
 
 template <class Body>
 void dispatch_rms(bool rms, Body&& body) {
@@ -58,7 +68,10 @@ void run(const Exec& exec, const Args& a) {
   if (a.n == 0) return;
   GK_DISPATCH_DTYPE(a.dtype, "glu_act", [&] {
     dispatch_code<kGluSilu, kGluGeluTanh>(a.act, "glu_act", "act", "0 (silu) or 1 (gelu_tanh)", [&](auto act) {
-      exec.apply(GluActForward<scalar_t, decltype(act)::value>(a), 1, a.n, "glu_act_fwd");
+      if (a.b)
+        TransformerApplier<Exec>::run(exec, GluActForward<scalar_t, decltype(act)::value, true>(a), 1, a.n, "glu_act_fwd");
+      else
+        TransformerApplier<Exec>::run(exec, GluActForward<scalar_t, decltype(act)::value, false>(a), 1, a.n, "glu_act_fwd");
     });
   });
 }
@@ -71,7 +84,10 @@ void run(const Exec& exec, const Args& a) {
   GK_DISPATCH_DTYPE(a.dtype, "glu_act_backward", [&] {
     dispatch_code<kGluSilu, kGluGeluTanh>(a.act, "glu_act_backward", "act", "0 (silu) or 1 (gelu_tanh)",
                                           [&](auto act) {
-      exec.apply(GluActBackward<scalar_t, decltype(act)::value>(a), 1, a.n, "glu_act_bwd");
+      if (a.b)
+        TransformerApplier<Exec>::run(exec, GluActBackward<scalar_t, decltype(act)::value, true>(a), 1, a.n, "glu_act_bwd");
+      else
+        TransformerApplier<Exec>::run(exec, GluActBackward<scalar_t, decltype(act)::value, false>(a), 1, a.n, "glu_act_bwd");
     });
   });
 }
@@ -81,9 +97,10 @@ namespace ops::rotary {
 template <class Exec>
 void run(const Exec& exec, const Args& a) {
   if (a.D % 2) throw std::invalid_argument("rotary: D must be even, got " + std::to_string(a.D));
-  const int64_t n = a.N * a.T * a.H * a.D;
-  if (n == 0) return;
-  GK_DISPATCH_DTYPE(a.dtype, "rotary", [&] { exec.apply(RotaryOp<scalar_t>(a), 1, n, "rotary"); });
+  const int64_t rows = a.N * a.T * a.H;
+  if (rows * a.D == 0) return;
+  GK_DISPATCH_DTYPE(a.dtype, "rotary",
+                    [&] { TransformerApplier<Exec>::run(exec, RotaryOp<scalar_t>(a), rows, a.D / 2, "rotary"); });
 }
 }  // namespace ops::rotary
 

@@ -17,7 +17,7 @@ import os
 import torch
 
 SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv", "wavenet", "pixelcnn", "flow_memory", "flow",
-          "sampler", "unet", "norm")
+          "sampler", "unet", "norm", "transformer_ops")
 DEFAULT_SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv")  # the model suites run when named
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -134,6 +134,16 @@ def main(argv=None) -> int:
         threads = (1, 2) if device.type == "cpu" else (None,)
         result["norm"] = norm.run_suite(device, DTYPES[args.dtype], not args.no_compile, threads=threads)
         print("\nnorm ops (GroupNorm + SiLU (+ scale-shift), adaLN):\n" + format_table(result["norm"], norm.COLUMNS))
+    if "transformer_ops" in args.suite:
+        from genkernels.bench import transformer_ops
+
+        threads = (1, 2) if device.type == "cpu" else (None,)
+        rows = transformer_ops.run_suite(device, DTYPES[args.dtype], not args.no_compile, threads=threads)
+        result["transformer_ops"] = rows
+        print("\ntransformer ops (RMSNorm, LayerNorm, SwiGLU, GELU-tanh, rotary):\n" + format_table(
+            [r for r in rows if "peak_MiB" not in r], transformer_ops.COLUMNS))
+        print("\nlinear + cross-entropy, chunked vs materialised fp32 logits:\n" + format_table(
+            [r for r in rows if "peak_MiB" in r], transformer_ops.LCE_COLUMNS))
     if "flow_memory" in args.suite:
         from genkernels.bench import flow_memory
 

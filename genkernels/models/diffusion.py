@@ -399,10 +399,11 @@ class Diffusion(GenerativeModel):
         config = self.config
         given = {"labels": labels, "caption": caption, "low_res": low_res}
         allowed = {"none": (), "class": ("labels",), "caption": ("caption",), "superres": ("low_res",)}
+        takes = allowed[config.conditioning]
         for key, value in given.items():
-            if value is not None and key not in allowed[config.conditioning]:
+            if value is not None and key not in takes:
                 raise ValueError(f"{key} was given, but this diffusion model's conditioning is "
-                                 f"{config.conditioning!r} (it takes {', '.join(allowed[config.conditioning]) or 'none'})")
+                                 f"{config.conditioning!r} (it takes {', '.join(takes) or 'none'})")
         if config.conditioning == "class":
             cond = self._labels(labels, n)
             return {"labels": cond}, {"labels": torch.full_like(cond, config.num_classes)}
@@ -703,8 +704,9 @@ class Diffusion(GenerativeModel):
         """Images: {"samples": grid}; class/caption models also "guidance_1", "guidance_3",
         "guidance_5" (row k: 8 samples of class k, or of the caption "a handwritten <k>"); superres
         "superres" (rows: low-res, bicubic, sample, original); others "inpainting" (rows: given (top
-        half; bottom blanked), inpainted, original). Vectors: {"samples": scatter of samples}. The
-        inputs are the held-out images kept by the last `evaluate`, else the samples."""
+        half; bottom blanked), inpainted (class models: guided by the held-out labels), original).
+        Vectors: {"samples": scatter of samples}. The inputs are the held-out images kept by the
+        last `evaluate`, else the samples."""
         from genkernels.figures import image_grid
 
         config = self.config
@@ -739,7 +741,9 @@ class Diffusion(GenerativeModel):
         else:
             mask = torch.zeros(1, 1, *shape[1:], dtype=torch.bool)
             mask[:, :, : shape[1] // 2] = True  # the top half is known
-            filled = self.inpaint(inputs, mask, seed=0, steps=min(50, config.num_steps)).cpu()
+            labels = self._figure_labels if self._figure_images is not None else None
+            labels = labels[: inputs.shape[0]] if config.conditioning == "class" and labels is not None else None
+            filled = self.inpaint(inputs, mask, seed=0, steps=min(50, config.num_steps), labels=labels).cpu()
             given = torch.where(mask, inputs, torch.full_like(inputs, 0.5))
             stacked, names = [given, filled, inputs], ["given", "inpainted", "original"]
         rows = torch.stack([t.reshape(-1, width, *shape) for t in stacked], 1)  # (R, len(stacked), width, ...)

@@ -11,6 +11,13 @@ from genkernels.nn.diffusion_blocks import (  # noqa: F401
     timestep_embedding,
 )
 from genkernels.nn.text_encoder import ByteTextEncoder  # noqa: F401
+from genkernels.nn.transformer_layers import (  # noqa: F401
+    GeluMLP,
+    LayerNorm,
+    RMSNorm,
+    RotaryEmbedding,
+    SwiGLU,
+)
 from genkernels.nn.flow_layers import ActNorm, InvertibleConv1x1, Permute, Squeeze  # noqa: F401
 from genkernels.nn.flow_sequential import FlowSequential  # noqa: F401
 from genkernels.nn.gated import GatedActivation  # noqa: F401

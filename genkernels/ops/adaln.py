@@ -117,7 +117,8 @@ def _backward(ctx, grad_y):
 adaln_modulate_op = define("adaln_modulate(Tensor x, Tensor shift, Tensor scale, float eps) -> Tensor",
                            impl=_adaln_kernel, fake=_adaln_fake, setup_context=_setup_context, backward=_backward)
 adaln_modulate_backward_op = define(
-    "adaln_modulate_backward(Tensor grad_y, Tensor x, Tensor shift, Tensor scale, float eps) -> (Tensor, Tensor, Tensor)",
+    "adaln_modulate_backward(Tensor grad_y, Tensor x, Tensor shift, Tensor scale, float eps) "
+    "-> (Tensor, Tensor, Tensor)",
     impl=_adaln_backward_kernel, fake=_adaln_backward_fake)
 
 

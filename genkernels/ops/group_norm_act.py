@@ -108,7 +108,8 @@ def _group_norm_act_kernel(x, num_groups, weight, bias, scale, shift, eps, act):
     n, c, inner = _sizes(x)
     if x.numel():
         # dense copies bound to names: they must outlive the launch
-        x_d, w_d, b_d, s_d, t_d = x.contiguous(), args.dense(weight), args.dense(bias), args.dense(scale), args.dense(shift)
+        x_d, w_d, b_d = x.contiguous(), args.dense(weight), args.dense(bias)
+        s_d, t_d = args.dense(scale), args.dense(shift)
         args.kernel(backend, "group_norm_act", like=x)(
             x=x_d.data_ptr(), weight=_ext.ptr(w_d), bias=_ext.ptr(b_d), scale=_ext.ptr(s_d), shift=_ext.ptr(t_d),
             y=y.data_ptr(), N=n, C=c, G=num_groups, inner=inner, eps=eps, act=_ACT_CODES[act],

@@ -70,7 +70,8 @@ def _term_scales(groups, act, grad_y, x, weight, bias, scale, shift):
     big_b = (k * a2).reshape(n, groups, -1).sum(-1, keepdim=True) / xg.shape[-1]
     gx = rstd.cpu() * ((g * k[..., None]).reshape(n, groups, -1).abs() + big_a
                        + xhat.reshape(n, groups, -1).abs() * big_b)
-    return {"y": y_terms.reshape(x.shape), "grad_x": gx.reshape(x.shape), "grad_weight": (m.abs() * a2).sum(0), "grad_bias": (m.abs() * a1).sum(0),
+    return {"y": y_terms.reshape(x.shape), "grad_x": gx.reshape(x.shape),
+            "grad_weight": (m.abs() * a2).sum(0), "grad_bias": (m.abs() * a1).sum(0),
             "grad_scale": w.abs() * a2 + b.abs() * a1, "grad_shift": a1}
 
 
