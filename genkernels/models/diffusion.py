@@ -705,13 +705,15 @@ class Diffusion(GenerativeModel):
         "guidance_5" (row k: 8 samples of class k, or of the caption "a handwritten <k>"); superres
         "superres" (rows: low-res, bicubic, sample, original); others "inpainting" (rows: given (top
         half; bottom blanked), inpainted (class models: guided by the held-out labels), original).
-        Vectors: {"samples": scatter of samples}. The inputs are the held-out images kept by the
-        last `evaluate`, else the samples."""
+        The inputs are the held-out images kept by the last `evaluate`, else the samples.
+        2D vectors: {"samples": scatter of the samples, "samples_2000": of 2000 more (seed 0)}."""
         from genkernels.figures import image_grid
 
         config = self.config
         if not config.images:
-            return {"samples": _scatter(samples)} if samples.ndim == 2 and samples.shape[1] == 2 else {}
+            if samples.ndim != 2 or samples.shape[1] != 2:
+                return {}
+            return {"samples": _scatter(samples), "samples_2000": _scatter(self.sample(2000, seed=0))}
         figures = {"samples": image_grid(samples.float().cpu().clamp(0, 1), nrow or 8)}
         columns = 8
         if config.guided:

@@ -161,7 +161,8 @@ def _backward(ctx, grad_y, _grad_mean, _grad_rstd):
 layer_norm_op = define("layer_norm(Tensor x, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)",
                        impl=_impl, fake=_fake, setup_context=_setup_context, backward=_backward)
 layer_norm_backward_op = define(
-    "layer_norm_backward(Tensor grad_y, Tensor x, Tensor? weight, Tensor mean, Tensor rstd) -> (Tensor, Tensor, Tensor)",
+    "layer_norm_backward(Tensor grad_y, Tensor x, Tensor? weight, Tensor mean, Tensor rstd) "
+    "-> (Tensor, Tensor, Tensor)",
     impl=_backward_impl, fake=_backward_fake)
 
 

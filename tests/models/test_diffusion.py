@@ -331,3 +331,4 @@ def test_training_on_the_swiss_roll_lowers_the_mmd():
     after = mmd(model.eval().sample(500, seed=0), held_out)
     assert after < 0.5 * before, (before, after)
     assert model.evaluate(get_dataset("swissroll", "val", n=300))["mmd"] < before
+    assert set(model.figures(model.sample(64, seed=0))) == {"samples", "samples_2000"}  # scatter plots

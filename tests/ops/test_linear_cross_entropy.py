@@ -35,21 +35,22 @@ def _inputs(n, d, v, dtype, bias, seed=0):
     return h, w, b, t
 
 
-def _call(fn, h, w, b, t, ls, chunk=None):
+def _call(fn, h, w, b, t, ls, chunk=None, in_forward=True):
     if fn is linear_cross_entropy:
-        loss = fn(h, w, t, bias=b, label_smoothing=ls, chunk_size=chunk)
+        loss = fn(h, w, t, bias=b, label_smoothing=ls, chunk_size=chunk, backward_in_forward=in_forward)
     else:
         loss = fn(h, w, t, b, label_smoothing=ls)
     params = [h, w] + ([b] if b is not None else [])
     return (loss, *torch.autograd.grad(loss, params))
 
 
+@pytest.mark.parametrize("in_forward", [True, False], ids=["grads_in_forward", "recompute"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_matches_reference(dtype, case):
+def test_matches_reference(dtype, case, in_forward):
     n, d, v, chunk, ls, bias = case
     h, w, b, t = _inputs(n, d, v, dtype, bias)
-    fast = _call(linear_cross_entropy, h, w, b, t, ls, chunk)
+    fast = _call(linear_cross_entropy, h, w, b, t, ls, chunk, in_forward)
     leaf = lambda x: x.detach().double().requires_grad_(True) if x is not None else None  # noqa: E731
     truth = _call(linear_cross_entropy_ref, leaf(h), leaf(w), leaf(b), t, ls)
     lowp = _call(linear_cross_entropy_ref, h, w, b, t, ls)
@@ -106,8 +107,8 @@ def test_all_ignored_is_nan_and_nan_propagates():
 def test_float64_and_chunk_independence():
     h, w, b, t = _inputs(23, 5, 31, torch.float64, True)
     ref = _call(linear_cross_entropy_ref, h, w, b, t, 0.2)
-    for chunk in (1, 4, 23, 100):
-        got = _call(linear_cross_entropy, h, w, b, t, 0.2, chunk)
+    for chunk, in_forward in ((1, True), (4, False), (23, True), (100, False)):
+        got = _call(linear_cross_entropy, h, w, b, t, 0.2, chunk, in_forward)
         for a, r in zip(got, ref):
             torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
 
@@ -132,22 +133,27 @@ def test_never_materialises_the_logits():
     h, w, _, t = _inputs(n, d, v, torch.float32, False)
     h, w = h.detach(), w.detach()
     with _LargestTensor() as fused:
-        loss, lse = _forward(h, w, None, t, -100, 0.0, 64)
+        loss, lse, *_ = _forward(h, w, None, t, -100, 0.0, 64, False)
         _backward_chunks(torch.ones(()), h, w, None, t, lse, -100, 0.0, 64)
+    with _LargestTensor() as fused_grads:
+        loss2, *_ = _forward(h, w, None, t, -100, 0.0, 64, True)
     hr, wr = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
     with _LargestTensor() as materialised:
         ref = linear_cross_entropy_ref(hr, wr, t)
         torch.autograd.grad(ref, [hr, wr])
     assert materialised.largest >= n * v * 4
     assert fused.largest * 4 <= materialised.largest, (fused.largest, materialised.largest)
+    assert fused_grads.largest * 4 <= materialised.largest, (fused_grads.largest, materialised.largest)
     torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(loss2, ref)
 
 
 def test_opcheck():
     h, w, b, t = _inputs(9, 4, 13, torch.float32, True)
-    torch.library.opcheck(linear_cross_entropy_op.registered, (h, w, b, t, -100, 0.1, 4))
-    torch.library.opcheck(linear_cross_entropy_op.registered, (h, w, None, t, -100, 0.0, 3))
-    _, lse = linear_cross_entropy_op(h.detach(), w.detach(), b.detach(), t, -100, 0.1, 4)
+    torch.library.opcheck(linear_cross_entropy_op.registered, (h, w, b, t, -100, 0.1, 4, False))
+    torch.library.opcheck(linear_cross_entropy_op.registered, (h, w, None, t, -100, 0.0, 3, False))
+    torch.library.opcheck(linear_cross_entropy_op.registered, (h, w, b, t, -100, 0.1, 4, True))
+    _, lse, *_ = linear_cross_entropy_op(h.detach(), w.detach(), b.detach(), t, -100, 0.1, 4, False)
     torch.library.opcheck(linear_cross_entropy_backward_op.registered,
                           (torch.tensor(1.5), h.detach(), w.detach(), b.detach(), t, lse, -100, 0.1, 4))
 
@@ -181,3 +187,5 @@ def test_errors_name_the_argument():
         linear_cross_entropy(h, w, t, label_smoothing=1.5)
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         linear_cross_entropy(h, w, t, chunk_size=0)
+    with pytest.raises(TypeError, match="backward_in_forward must be a bool"):
+        linear_cross_entropy(h, w, t, backward_in_forward=1)
