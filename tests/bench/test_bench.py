@@ -145,3 +145,14 @@ def test_norm_suite_runs_tiny(tmp_path, monkeypatch):
     assert bench_norm.norm is norm
     marks = {m.args[0]: m.args[1] for m in bench_norm.test_norm_op.pytestmark}
     assert [c[0] for c in marks["case"]] == [c[0] for c in norm.CASES]
+
+
+def test_sampler_suite_runs_tiny():
+    """The `sampler` suite's cases on tiny images: the fused and unfused sampling loops agree (the
+    suite checks it before timing) and every rate is positive."""
+    from genkernels.bench import sampler
+
+    rows = sampler.run_suite("cpu", sizes=(8,), batch=4, repeat=2)
+    assert {r["sampler"] for r in rows} == {c[0] for c in sampler.CASES}
+    assert all(r["fused_images_per_s"] > 0 and r["unfused_images_per_s"] > 0 for r in rows)
+    assert all(r["max_abs_diff"] <= 1e-3 for r in rows)
