@@ -78,16 +78,18 @@ GK_TF_INLINE inline void row_norm_backward_block(const Op& op, int64_t blk, floa
     for (int64_t d = 0; d < D; ++d) op.terms(base + d, d, mean, rstd, ta[d], tb[d]);
     const float A = Rms ? 0.f : row_sum(D, [&](int64_t d) GK_TF_INLINE { return ta[d]; }) * inv;
     const float B = row_sum(D, [&](int64_t d) GK_TF_INLINE { return tb[d]; }) * inv;
-#pragma GCC ivdep
-    for (int64_t d = 0; d < D; ++d) op.out(base + d, d, mean, rstd, A, B);
-    if (pw) {
+    if (pw) {  // grad_x and the column terms in one pass over the row
 #pragma GCC ivdep
       for (int64_t d = 0; d < D; ++d) {
+        op.out(base + d, d, mean, rstd, A, B);
         float tw, tbias;
         op.column_terms(base + d, mean, rstd, tw, tbias);
         pw[d] += tw;
         pb[d] += tbias;
       }
+    } else {
+#pragma GCC ivdep
+      for (int64_t d = 0; d < D; ++d) op.out(base + d, d, mean, rstd, A, B);
     }
   }
 }

@@ -10,7 +10,8 @@ step     one sampling step of a UNet sized for 64x64 RGB images (base 64, mults 
          attention at 16 and 8): the denoiser forward + the fused DDIM step, for eager reference
          ops, fused ops, and torch.compile of the reference; plus, from torch.profiler, the share of
          the step's self time spent outside matmul / convolution / attention ops: the memory-bound
-         remainder (norms, activations, adds, copies) that fusion attacks.
+         remainder (norms, activations, adds, copies) that fusion attacks. The providers' outputs
+         must agree (rtol = atol = 1e-3) before anything is timed.
 sampler  images/s of whole sampling runs with classifier-free guidance (conditional and
          unconditional rows in one batched forward) on the digits model: 50-step DDIM and 20-step
          DPM-Solver++(2M), with the fused ops and with the reference ops throughout (model and
@@ -61,6 +62,23 @@ def _seconds(fn, device, warmup: int, repeat: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def _interleaved_seconds(fns: dict, device, warmup: int, repeat: int) -> dict:
+    """{name: median seconds}: after `warmup` calls each, `repeat` rounds that time one call of every
+    fn in turn, so a change in the load of a shared machine hits all providers alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
 def outside_dense_share(fn, device) -> tuple[float, float]:
     """(share of self time outside matmul/conv/attention ops, profiled ms) of one call of fn."""
     from torch.profiler import ProfilerActivity, profile
@@ -100,13 +118,15 @@ def bench_train(device, with_compile=True, tiny=False, batch: int = 64, repeat: 
     if with_compile:
         providers.append(("torch.compile, fused ops (--compile)", None, True))
     x, y = _digits_batch(batch, device)
+    steps, first, parameters = {}, {}, 0
     for name, backend, compiled in providers:
         torch.manual_seed(0)
         model = Diffusion(DiffusionConfig(**(TINY_DIGITS if tiny else DIGITS))).to(device).train()
+        parameters = sum(p.numel() for p in model.parameters())
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         loss_fn = torch.compile(model.loss) if compiled else model.loss
 
-        def step():
+        def step(backend=backend, optimizer=optimizer, loss_fn=loss_fn):
             with _backend(backend):
                 optimizer.zero_grad(set_to_none=True)
                 loss_fn((x, y))["loss"].backward()
@@ -114,11 +134,12 @@ def bench_train(device, with_compile=True, tiny=False, batch: int = 64, repeat: 
 
         start = time.perf_counter()
         step()  # the first call compiles
-        first = time.perf_counter() - start
-        seconds = _seconds(step, device, warmup=2, repeat=repeat)
+        first[name], steps[name] = time.perf_counter() - start, step
+    seconds = _interleaved_seconds(steps, device, warmup=2, repeat=repeat)
+    for name in steps:
         rows.append({"case": "digits UNet training step", "provider": name, "batch": batch,
-                     "parameters": sum(p.numel() for p in model.parameters()), "ms": seconds * 1e3,
-                     "steps_per_s": 1.0 / seconds, "first_call_s": first})
+                     "parameters": parameters, "ms": seconds[name] * 1e3,
+                     "steps_per_s": 1.0 / seconds[name], "first_call_s": first[name]})
     eager = rows[1]["ms"]
     for r in rows:
         r["speedup_vs_fused_eager"] = eager / r["ms"]
@@ -134,6 +155,10 @@ def bench_step(device, with_compile=True, tiny=False, batch: int | None = None, 
     config = UNetConfig(**(TINY_UNET if tiny else UNET64))
     torch.manual_seed(0)
     model = UNet(config).to(device).eval()
+    with torch.no_grad():  # the zero-initialised output layers would make every provider's output 0
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.normal_(0.0, 0.02)
     schedule = make_schedule("cosine", 1000)
     size = config.image_size
     x = torch.randn(batch, config.in_channels, size, size, device=device)
@@ -145,25 +170,31 @@ def bench_step(device, with_compile=True, tiny=False, batch: int | None = None, 
     providers = [("eager, reference ops", "torch", False), ("eager, fused ops", None, False)]
     if with_compile:
         providers.append(("torch.compile, reference ops", "torch", True))
-    rows = []
+    rows, runs, first, outputs = [], {}, {}, {}
     with torch.no_grad():
         for name, backend, compiled in providers:
             fn = torch.compile(sampling_step) if compiled else sampling_step
 
-            def run():
+            def run(backend=backend, fn=fn):
                 with _backend(backend):
                     return fn()
 
             start = time.perf_counter()
-            run()
-            first = time.perf_counter() - start
-            seconds = _seconds(run, device, warmup=1, repeat=repeat)
+            outputs[name] = run()
+            first[name], runs[name] = time.perf_counter() - start, run
+        reference = outputs[providers[0][0]]
+        for name, out in outputs.items():  # every provider computes the same step before it is timed
+            if not torch.allclose(out.float(), reference.float(), rtol=1e-3, atol=1e-3):
+                error = (out.float() - reference.float()).abs().max().item()
+                raise AssertionError(f"UNet sampling step: {name} differs from the reference ops (max |diff| "
+                                     f"{error:.3g})")
+        seconds = _interleaved_seconds(runs, device, warmup=1, repeat=repeat)
+        for name, backend, compiled in providers:
             row = {"case": f"{size}x{size} UNet sampling step", "provider": name, "batch": batch,
-                   "parameters": sum(p.numel() for p in model.parameters()), "ms": seconds * 1e3,
-                   "first_call_s": first}
+                   "parameters": sum(p.numel() for p in model.parameters()), "ms": seconds[name] * 1e3,
+                   "first_call_s": first[name]}
             if not compiled:
-                share, _ = outside_dense_share(run, device)
-                row["outside_matmul_conv_attn"] = share
+                row["outside_matmul_conv_attn"] = outside_dense_share(runs[name], device)[0]
             rows.append(row)
     eager = rows[0]["ms"]
     for r in rows:
@@ -204,7 +235,7 @@ def bench_sampler(device, tiny=False, batch: int | None = None, guidance: float 
 def run_suite(device, with_compile=True, tiny=False) -> dict[str, list[dict]]:
     """{"train": rows, "step": rows, "sampler": rows}; tiny: toy sizes for the tests."""
     return {"train": bench_train(device, with_compile, tiny, batch=8 if tiny else 64, repeat=2 if tiny else 5),
-            "step": bench_step(device, with_compile, tiny, batch=2 if tiny else None, repeat=1 if tiny else 3),
+            "step": bench_step(device, with_compile, tiny, batch=2 if tiny else None, repeat=1 if tiny else 5),
             "sampler": bench_sampler(device, tiny)}
 
 
