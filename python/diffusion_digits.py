@@ -12,8 +12,9 @@ figure, the loss curve and a checkpoint that python/diffusion_inpaint.py takes.
     python python/diffusion_digits.py --steps 800          # writes runs/examples/diffusion_digits/
     python python/diffusion_digits.py --backbone dit
 
-(800 steps: class accuracy 0.991 and Fréchet distance 30.0 at guidance 1, 1.000 / 76.9 at guidance 3,
-1.000 / 121.0 at guidance 5; real digits 0.980 / 40.1, python/train_gan.py 0.982 / 33.5; 447 samples each.)
+(About 3.5 min on one core, 168 s of it training. 800 steps: class accuracy 0.980 and Fréchet
+distance 29.8 at guidance 1, 1.000 / 73.0 at guidance 3, 1.000 / 111.4 at guidance 5; real digits
+0.980 / 40.1, python/train_gan.py 0.982 / 33.5; 447 samples each.)
 """
 import argparse
 import time
