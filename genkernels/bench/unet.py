@@ -9,8 +9,9 @@ train    training steps/s of the digits model (`genkernels train diffusion`: cla
 step     one sampling step of a UNet sized for 64x64 RGB images (base 64, mults (1, 2, 2, 4),
          attention at 16 and 8): the denoiser forward + the fused DDIM step, for eager reference
          ops, fused ops, and torch.compile of the reference; plus, from torch.profiler, the share of
-         the step's self time spent outside matmul / convolution / attention ops: the memory-bound
-         remainder (norms, activations, adds, copies) that fusion attacks. The providers' outputs
+         the step's time spent outside matmul / convolution / attention ops (CPU: of the wall time;
+         CUDA: of the kernel time): the memory-bound remainder (norms, activations, adds, copies,
+         and on the CPU the Python overhead) that fusion attacks. The providers' outputs
          must agree (rtol = atol = 1e-3) before anything is timed.
 sampler  images/s of whole sampling runs with classifier-free guidance (conditional and
          unconditional rows in one batched forward) on the digits model: 50-step DDIM and 20-step
@@ -80,26 +81,37 @@ def _interleaved_seconds(fns: dict, device, warmup: int, repeat: int) -> dict:
 
 
 def outside_dense_share(fn, device) -> tuple[float, float]:
-    """(share of self time outside matmul/conv/attention ops, profiled ms) of one call of fn."""
+    """(share of the step's time outside matmul/conv/attention ops, the step's profiled ms) of one call.
+
+    CUDA: kernel time (CUPTI sees every kernel, the extension's too), dense kernels vs all kernels.
+    CPU: dense ops' self time vs the call's wall time. Not the sum of the events' self times: the
+    C++ extension's kernels are called from Python, not through the dispatcher, so they record no
+    profiler event of their own and would drop out of the total; wall time counts them, plus the
+    Python overhead between ops (which fusion and compilation also remove).
+    """
     from torch.profiler import ProfilerActivity, profile
 
     device = torch.device(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
+        _sync(device)
+        start = time.perf_counter()
         fn()
         _sync(device)
+        wall_us = (time.perf_counter() - start) * 1e6
     total = dense = 0.0
     for event in prof.key_averages():
         if device.type == "cuda":
             if event.device_type != torch.autograd.DeviceType.CUDA:
                 continue  # kernel time; the CPU-side launch events are not the step's device time
             self_time = event.self_device_time_total
+            total += self_time
         else:
             self_time = event.self_cpu_time_total
-        total += self_time
         if any(marker in event.key.lower() for marker in DENSE_MARKERS):
             dense += self_time
-    return (1.0 - dense / total if total else float("nan")), total / 1e3
+    total = total if device.type == "cuda" else wall_us
+    return (max(0.0, 1.0 - dense / total) if total else float("nan")), total / 1e3
 
 
 def _digits_batch(batch: int, device):
