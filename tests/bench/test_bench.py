@@ -168,3 +168,15 @@ def test_transformer_ops_suite_runs_tiny():
     ops = {r["op"] for r in rows}
     assert {c[0] for c in transformer_ops.TINY_CASES} <= ops
     assert all(r["ms"] > 0 for r in rows)
+
+
+def test_unet_suite_runs_tiny():
+    """The `unet` suite on a tiny UNet: training step, sampling step (with the share of time outside
+    matmul / convolution / attention) and guided sampling rows, each provider checked before timing."""
+    from genkernels.bench import unet
+
+    rows = unet.run_suite("cpu", with_compile=False, tiny=True)
+    assert [r["provider"] for r in rows["train"]] == ["eager, reference ops", "eager, fused ops"]
+    assert all(r["ms"] > 0 for r in rows["train"] + rows["step"])
+    assert all(0 <= r["outside_matmul_conv_attn"] <= 1 for r in rows["step"])
+    assert all(r["images_per_s"] > 0 for r in rows["sampler"] if "images_per_s" in r)
