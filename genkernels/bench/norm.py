@@ -13,6 +13,7 @@ import torch
 
 import genkernels
 from genkernels import _backend
+from genkernels.bench.timing import measure_interleaved
 from genkernels.ops.adaln import adaln_modulate, adaln_modulate_ref
 from genkernels.ops.group_norm_act import group_norm_act, group_norm_act_ref
 
@@ -88,35 +89,6 @@ def case_function(provider, op, shape, modulated, backward, dtype, device):
             return torch.autograd.grad(y, inputs, grad_y)[0]
     # backward: read grad_y and x, write grad_x
     return run_fwd_bwd, forward_bytes + 3 * numel * itemsize
-
-
-def measure_interleaved(fns: dict, device, *, warmup: int = 3, repeat: int = 15, min_time: float = 0.02) -> dict:
-    """Median seconds per call of each function, the samples taken in turns (one sample of each
-    function per round), so that a load change on a shared machine hits every provider alike and
-    the ratios stay meaningful. Warm-up calls (torch.compile's compilation included) are excluded."""
-    import statistics
-    import time
-
-    from genkernels.bench.timing import synchronize
-
-    inner = {}
-    for name, fn in fns.items():
-        for _ in range(warmup):
-            fn()
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        inner[name] = max(1, int(min_time / max(time.perf_counter() - start, 1e-7)))
-    samples = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(inner[name]):
-                fn()
-            synchronize(device)
-            samples[name].append((time.perf_counter() - start) / inner[name])
-    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def run_suite(device, dtype=torch.float32, with_compile=True, cases=None, threads=(None,)) -> list[dict]:

@@ -17,23 +17,32 @@ def measure(fn, device, *, warmup: int = 3, repeat: int = 15, min_time: float = 
 
     The warm-up calls are excluded, so first-call costs (torch.compile, Triton JIT, caches) are not timed.
     """
-    device = torch.device(device)
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    once = max(time.perf_counter() - start, 1e-7)
-    inner = max(1, int(min_time / once))
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(inner):
+    return measure_interleaved({"fn": fn}, torch.device(device), warmup=warmup, repeat=repeat,
+                               min_time=min_time)["fn"]
+
+
+def measure_interleaved(fns: dict, device, *, warmup: int = 3, repeat: int = 15, min_time: float = 0.02) -> dict:
+    """Median seconds per call of each function, the samples taken in turns (one sample of each
+    function per round), so that a load change on a shared machine hits every provider alike and
+    the ratios stay meaningful. Warm-up calls (torch.compile's compilation included) are excluded."""
+    inner = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
             fn()
         synchronize(device)
-        samples.append((time.perf_counter() - start) / inner)
-    return statistics.median(samples)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        inner[name] = max(1, int(min_time / max(time.perf_counter() - start, 1e-7)))
+    samples = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(inner[name]):
+                fn()
+            synchronize(device)
+            samples[name].append((time.perf_counter() - start) / inner[name])
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def copy_bandwidth(device, numel: int = 1 << 26) -> float:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import genkernels
 from genkernels import _backend
-from genkernels.bench.norm import measure_interleaved
+from genkernels.bench.timing import measure_interleaved
 from genkernels.ops.gelu_tanh import gelu_tanh, gelu_tanh_ref
 from genkernels.ops.layer_norm import layer_norm, layer_norm_ref
 from genkernels.ops.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_ref
