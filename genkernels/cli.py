@@ -300,6 +300,7 @@ def _write_samples(model, samples, out_dir: Path, nrow: Optional[int] = None) ->
     from genkernels.figures import save_figures
 
     written = [Path(p).name for p in save_figures(model.figures(samples, nrow=nrow), out_dir)]
+    out_dir.mkdir(parents=True, exist_ok=True)  # a family with no figures (text) still writes its files
     for name, data in model.sample_files(samples).items():  # non-image outputs (samples.wav)
         (out_dir / name).write_bytes(data)
         written.append(name)

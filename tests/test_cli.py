@@ -312,6 +312,23 @@ def test_diffusion_train_sample_eval(capsys, tmp_path, options, condition, metri
     assert metric in json.loads(out)["metrics"]
 
 
+def test_gpt_train_sample_eval(capsys, tmp_path):
+    """`genkernels train gpt` on the bundled stdlib text; `sample --condition prompt=...` writes
+    samples.txt starting with the prompt (into a folder that does not exist yet); eval reports bits
+    per byte beside zlib and lzma on the same bytes."""
+    out_dir = tmp_path / "gpt"
+    code, _, err = run(capsys, "train", "gpt", "--out", str(out_dir), "--set", "dim=32", "--set", "depth=1",
+                       "--set", "num_heads=2", *QUICK)
+    assert code == 0, err
+    code, _, err = run(capsys, "sample", str(out_dir), "-n", "2", "--condition", 'prompt="def f(x):"',
+                       "--condition", "max_new_tokens=8", "--out", str(tmp_path / "new" / "s"), "--device", "cpu")
+    assert code == 0, err
+    assert (tmp_path / "new" / "s" / "samples.txt").read_bytes().startswith(b"def f(x):")
+    code, out, err = run(capsys, "eval", str(out_dir), "--max-items", "4", "--device", "cpu")
+    assert code == 0, err
+    assert {"bits_per_byte", "zlib_bits_per_byte", "lzma_bits_per_byte"} <= set(json.loads(out)["metrics"])
+
+
 # -- delegated commands --------------------------------------------------------------------
 @pytest.mark.parametrize("command, module", [("info", "genkernels.info"), ("bench", "genkernels.bench")])
 def test_delegated_commands_reach_their_module(capsys, monkeypatch, command, module):

@@ -14,6 +14,7 @@ REGISTRY["wavenet"] = "genkernels.models.wavenet:WaveNet"
 REGISTRY["maf"] = "genkernels.models.maf:MAF"
 REGISTRY["realnvp"] = "genkernels.models.realnvp:RealNVP"
 REGISTRY["glow"] = "genkernels.models.glow:Glow"
+REGISTRY["gpt"] = "genkernels.models.gpt:GPT"
 REGISTRY["diffusion"] = "genkernels.models.diffusion:Diffusion"
 
 
