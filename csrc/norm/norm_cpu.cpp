@@ -37,12 +37,14 @@ GK_NORM_INLINE inline float norm_sum(int64_t count, const F& f) {
 // mean and rstd of `count` elements from `base` (two passes)
 template <class Op>
 GK_NORM_INLINE inline void norm_stats(const Op& op, int64_t base, int64_t count, float& mean, float& rstd) {
-  const float inv = 1.f / static_cast<float>(count);
-  const float m = norm_sum(count, [&](int64_t i) GK_NORM_INLINE { return op.in(base + i); }) * inv;
+  // divided, not multiplied by a rounded 1 / count: the mean is then correctly rounded from the
+  // sum, which x - mean would otherwise amplify for elements near the mean
+  const float n = static_cast<float>(count);
+  const float m = norm_sum(count, [&](int64_t i) GK_NORM_INLINE { return op.in(base + i); }) / n;
   const float var = norm_sum(count, [&](int64_t i) GK_NORM_INLINE {
                       const float d = op.in(base + i) - m;
                       return d * d;
-                    }) * inv;
+                    }) / n;
   mean = m;
   rstd = norm_rstd(var, op.eps);
 }

@@ -28,16 +28,15 @@ __device__ __forceinline__ float norm_block_sum(float v, float* shm) {
 
 template <class Op>
 __device__ __forceinline__ void gn_block_stats(const Op& op, int64_t base, float* shm, float& mean, float& rstd) {
-  const float inv = 1.f / static_cast<float>(op.M);
   float s = 0.f;
   for (int64_t i = threadIdx.x; i < op.M; i += kNormThreads) s += op.in(base + i);
-  mean = norm_block_sum(s, shm) * inv;
+  mean = norm_block_sum(s, shm) / static_cast<float>(op.M);
   float v = 0.f;
   for (int64_t i = threadIdx.x; i < op.M; i += kNormThreads) {
     const float d = op.in(base + i) - mean;
     v += d * d;
   }
-  rstd = norm_rstd(norm_block_sum(v, shm) * inv, op.eps);
+  rstd = norm_rstd(norm_block_sum(v, shm) / static_cast<float>(op.M), op.eps);
 }
 
 template <class Op>
@@ -101,16 +100,15 @@ __global__ void __launch_bounds__(kNormThreads) gn_param_kernel(Op op) {
 template <class Op>
 __device__ __forceinline__ void adaln_warp_stats(const Op& op, int64_t base, float& mean, float& rstd) {
   const int lane = threadIdx.x & 31;
-  const float inv = 1.f / static_cast<float>(op.D);
   float s = 0.f;
   for (int64_t d = lane; d < op.D; d += 32) s += op.in(base + d);
-  mean = norm_warp_sum(s) * inv;
+  mean = norm_warp_sum(s) / static_cast<float>(op.D);
   float v = 0.f;
   for (int64_t d = lane; d < op.D; d += 32) {
     const float e = op.in(base + d) - mean;
     v += e * e;
   }
-  rstd = norm_rstd(norm_warp_sum(v) * inv, op.eps);
+  rstd = norm_rstd(norm_warp_sum(v) / static_cast<float>(op.D), op.eps);
 }
 
 template <class Op>

@@ -8,7 +8,7 @@ from genkernels import _ext, use_backend
 from genkernels.ops import adaln_modulate
 from genkernels.ops.adaln import adaln_modulate_backward_op, adaln_modulate_op, adaln_modulate_ref
 from genkernels.testing import assert_close_2x
-from tests.helpers import DTYPES
+from tests.helpers import DTYPES, stable_seed
 
 BACKENDS = [pytest.param("cpu", "cpu", marks=pytest.mark.skipif(_ext._C is None, reason="genkernels._C not built"))]
 if torch.cuda.is_available() and _ext._cuda is not None:
@@ -40,11 +40,13 @@ def _term_scales(grad_y, x, shift, scale):
     x, shift, scale, g = (t.detach().double().cpu() for t in (x, shift, scale, grad_y))
     mean = x.mean(-1, keepdim=True)
     rstd = torch.rsqrt(((x - mean) ** 2).mean(-1, keepdim=True) + 1e-6)
-    xhat = (x - mean) * rstd
+    # xhat = (x - mean) rstd is itself a difference: its terms are |x| rstd and |mean| rstd, so a
+    # kernel (or torch) is off by ulps of those where x is near the row mean
+    xhat = (x.abs() + mean.abs()) * rstd
     m = (1 + scale)[:, None]
     gx = (g * m).abs()
-    big_a, big_b = gx.mean(-1, keepdim=True), (gx * xhat.abs()).mean(-1, keepdim=True)
-    return {"y": (xhat * m).abs() + shift.abs()[:, None], "grad_x": rstd * (gx + big_a + xhat.abs() * big_b),
+    big_a, big_b = gx.mean(-1, keepdim=True), (gx * xhat).mean(-1, keepdim=True)
+    return {"y": (xhat * m).abs() + shift.abs()[:, None], "grad_x": rstd * (gx + big_a + xhat * big_b),
             "grad_shift": g.abs().sum(1), "grad_scale": (g * xhat).abs().sum(1)}
 
 
@@ -52,7 +54,7 @@ def _term_scales(grad_y, x, shift, scale):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_matches_reference(backend, device, dtype, shape):
-    torch.manual_seed(hash((shape, str(dtype))) % 2**31)
+    torch.manual_seed(stable_seed((shape, str(dtype))))
     inputs = _inputs(shape, dtype, device)
     grad_y = torch.randn(shape, device=device)
     with use_backend(backend):

@@ -8,7 +8,7 @@ from genkernels import _ext, use_backend
 from genkernels.ops import group_norm_act
 from genkernels.ops.group_norm_act import group_norm_act_backward_op, group_norm_act_op, group_norm_act_ref
 from genkernels.testing import assert_close_2x
-from tests.helpers import DTYPES
+from tests.helpers import DTYPES, stable_seed
 
 BACKENDS = [pytest.param("cpu", "cpu", marks=pytest.mark.skipif(_ext._C is None, reason="genkernels._C not built"))]
 if torch.cuda.is_available() and _ext._cuda is not None:
@@ -53,23 +53,26 @@ def _term_scales(groups, act, grad_y, x, weight, bias, scale, shift):
     mean = xg.mean(-1, keepdim=True)
     rstd = torch.rsqrt(((xg - mean) ** 2).mean(-1, keepdim=True) + 1e-5)
     xhat = ((xg - mean) * rstd).reshape(n, c, -1)
+    # xhat is itself a difference: its terms are |x| rstd and |mean| rstd (a kernel, or torch, is off
+    # by ulps of those where x is near the group mean)
+    xhat_terms = ((xg.abs() + mean.abs()) * rstd).reshape(n, c, -1).cpu()
     w = torch.ones(c, dtype=torch.float64) if weight is None else weight.detach().double().cpu()
     b = torch.zeros(c, dtype=torch.float64) if bias is None else bias.detach().double().cpu()
     m = torch.ones(n, c, dtype=torch.float64) if scale is None else 1 + scale.detach().double().cpu()
     xhat = xhat.cpu()
     g = grad_y.double().cpu().reshape(n, c, -1)
     t = torch.zeros(n, c, dtype=torch.float64) if shift is None else shift.detach().double().cpu()
-    y_terms = (xhat * w[:, None] * m[..., None]).abs() + (b * m).abs()[..., None] + t.abs()[..., None]
+    y_terms = xhat_terms * (w[:, None] * m[..., None]).abs() + (b * m).abs()[..., None] + t.abs()[..., None]
     if act == "silu":
         h = (xhat * w[:, None] + b[:, None]) * m[..., None] + t[..., None]
         s = torch.sigmoid(h)
         g = g * s * (1 + h * (1 - s))
-    a1, a2 = g.abs().sum(-1), (g * xhat).abs().sum(-1)
+    a1, a2 = g.abs().sum(-1), (g.abs() * xhat_terms).sum(-1)
     k = (w * m).abs()
     big_a = (k * a1).reshape(n, groups, -1).sum(-1, keepdim=True) / xg.shape[-1]
     big_b = (k * a2).reshape(n, groups, -1).sum(-1, keepdim=True) / xg.shape[-1]
     gx = rstd.cpu() * ((g * k[..., None]).reshape(n, groups, -1).abs() + big_a
-                       + xhat.reshape(n, groups, -1).abs() * big_b)
+                       + xhat_terms.reshape(n, groups, -1) * big_b)
     return {"y": y_terms.reshape(x.shape), "grad_x": gx.reshape(x.shape),
             "grad_weight": (m.abs() * a2).sum(0), "grad_bias": (m.abs() * a1).sum(0),
             "grad_scale": w.abs() * a2 + b.abs() * a1, "grad_shift": a1}
@@ -81,7 +84,7 @@ def _term_scales(groups, act, grad_y, x, weight, bias, scale, shift):
 @pytest.mark.parametrize("act", ["silu", None], ids=["silu", "none"])
 @pytest.mark.parametrize("mod", MODS)
 def test_matches_reference(backend, device, dtype, shape, groups, act, mod):
-    torch.manual_seed(hash((shape, groups, str(dtype), act, mod)) % 2**31)
+    torch.manual_seed(stable_seed((shape, groups, str(dtype), act, mod)))
     inputs = _inputs(shape, dtype, device, mod)
     grad_y = torch.randn(shape, device=device)
     with use_backend(backend):
