@@ -4,6 +4,7 @@
     genkernels train gan --steps 500 --out runs/gan-short
     genkernels train vae --resume             # continue runs/vae/checkpoint
     genkernels sample runs/vae -n 64          # runs/vae/samples/samples.png (+ the model's figures)
+    genkernels sample runs/gpt --prompt "def fib(n):"   # streams the continuation to stdout
     genkernels eval runs/vae --split test     # JSON metrics on stdout
     torchrun --nproc_per_node 2 -m genkernels train vae   # data-parallel
     genkernels info | genkernels bench ...    # environment report / kernel benchmarks
@@ -33,7 +34,7 @@ _DELEGATED = {"info": "genkernels.info", "bench": "genkernels.bench"}
 _TRAIN_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "betas", "warmup_steps", "min_lr_ratio",
                 "grad_clip", "precision", "ema_decay", "eval_every", "eval_max_items", "log_every",
                 "sample_every", "checkpoint_every", "compile", "device", "seed", "num_workers",
-                "num_samples", "progress", "skip_nonfinite", "keep_best", "patience")
+                "num_samples", "progress", "skip_nonfinite", "keep_best", "patience", "strategy")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -126,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     hyper.add_argument("--seed", type=int, help=f"seed of weights, data order and noise (default {defaults.seed})")
     runtime = train.add_argument_group("runtime and logging")
     runtime.add_argument("--device", help=f"auto, cpu, cuda or cuda:N (default {defaults.device})")
+    runtime.add_argument("--strategy", choices=("ddp", "fsdp"),
+                         help="under torchrun: ddp (whole model per rank) or fsdp (FSDP2, parameters, "
+                              f"gradients and optimizer state sharded per block) (default {defaults.strategy})")
     runtime.add_argument("--num-workers", type=int, help=f"DataLoader workers (default {defaults.num_workers})")
     runtime.add_argument("--eval-every", type=int,
                          help=f"steps between evaluations, 0 = only at the end (default {defaults.eval_every})")
@@ -153,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "samples.safetensors (the raw tensor).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sample.add_argument("checkpoint", help="checkpoint directory, or a run directory holding checkpoint/")
-    sample.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of samples (default 64)")
+    sample.add_argument("-n", "--num-samples", type=_positive_int,
+                        help="number of samples (default 64, or 1 with --prompt)")
     sample.add_argument("--out", metavar="DIR", help="output directory (default: RUN/samples)")
     sample.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     sample.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
@@ -162,6 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--condition", action="append", default=[], metavar="KEY=VALUE",
                         help="keyword for model.sample (repeatable, Python literal values), "
                              "e.g. --condition temperature=0.8; the keys of each model are listed below")
+    text = sample.add_argument_group(
+        "text families (gpt)", "--prompt streams the first sample's text to stdout as the tokens come (the "
+        "summary line goes to stderr); every sample is written to samples.txt. These flags set the sample "
+        "keywords of the same names, so a family without them refuses them.")
+    text.add_argument("--prompt", metavar="TEXT", help="continue TEXT, e.g. --prompt 'def fib(n):'")
+    text.add_argument("--max-new-tokens", type=_positive_int, metavar="N",
+                      help="tokens generated per sample (default: fill the context)")
+    text.add_argument("--temperature", type=float, metavar="T",
+                      help="softmax temperature, 0 = greedy (default: the model's, 1 for gpt)")
+    text.add_argument("--top-k", type=_positive_int, metavar="K", help="sample among the K most likely tokens only")
+    text.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: the smallest set of mass >= P")
     sample.set_defaults(handler=_sample)
     sample_help = sample.format_help
 
@@ -248,6 +264,12 @@ def _load_data(name: str, split: str):
     return get_dataset(name, split)
 
 
+def _prepared(model, dataset):
+    """The dataset in the model's own tokens (`prepare_dataset`, e.g. a BPE GPT encoding byte text)."""
+    prepare = getattr(model, "prepare_dataset", None)
+    return prepare(dataset) if callable(prepare) else dataset
+
+
 def _train(args) -> int:
     import torch
 
@@ -277,6 +299,7 @@ def _train(args) -> int:
     torch.manual_seed(train_config.seed)  # the initial weights
     model = (model_class.from_config_dict(checkpoint.model_config) if checkpoint
              else _model_for_data(model_class, args.model_options, train_set, data))
+    train_set, val_set = _prepared(model, train_set), _prepared(model, val_set)  # BPE: token windows
     model.check_dataset(train_set, data)  # a resumed model meeting other data, say
     try:
         trainer = Trainer(model, train_set, val_set, train_config, metadata={"data": str(data)})
@@ -333,7 +356,59 @@ def _load_for_inference(args):
     return path, device, load_model(path, ema=not args.live_weights, map_location=device)
 
 
+# the text flags of `genkernels sample` and the sample keywords they set
+_TEXT_FLAGS = {"prompt": "--prompt", "max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
+               "top_k": "--top-k", "top_p": "--top-p"}
+
+
+class _TextStream:
+    """stream(step, tokens) callback of GPT.generate: writes sequence 0's new tokens to `out` as
+    text as they come. Token ids become bytes through the model's tokenizer (`token_bytes`) when it
+    has one, else they are bytes; an incremental UTF-8 decoder holds back an incomplete multi-byte
+    character until its last byte arrives (invalid bytes print as U+FFFD)."""
+
+    def __init__(self, model, out):
+        import codecs
+
+        tokenizer = getattr(model, "tokenizer", None)
+        self.token_bytes = getattr(tokenizer, "token_bytes", None) or (lambda t: bytes([t]) if t < 256 else b"")
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.out = out
+
+    def __call__(self, step, tokens) -> None:
+        token = int(tokens[0])
+        if token >= 0:  # -1: sequence 0 has already stopped
+            self.write(self.decoder.decode(self.token_bytes(token)))
+
+    def write(self, text: str) -> None:
+        if text:
+            self.out.write(text)
+            self.out.flush()
+
+    def close(self) -> None:
+        self.write(self.decoder.decode(b"", final=True) + "\n")
+
+
+def _streaming_generate(model, stream):
+    """Context in which model.generate(...) passes `stream` (model.sample calls generate, so the
+    samples and samples.txt are exactly those of a plain `sample` call)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def context():
+        generate = model.generate
+        model.generate = lambda *args, **kwargs: generate(*args, **{"stream": stream, **kwargs})
+        try:
+            yield
+        finally:
+            del model.generate  # the instance attribute; the method shows through again
+    return context()
+
+
 def _sample(args) -> int:
+    import contextlib
+    import inspect
+
     import torch
     from safetensors.torch import save_file
 
@@ -345,25 +420,46 @@ def _sample(args) -> int:
         if not sep or not key.isidentifier():
             raise UsageError(f"--condition expects KEY=VALUE, got {option!r}")
         conditions[key] = _parse_value(text)
+    text_options = {key: getattr(args, key) for key in _TEXT_FLAGS if getattr(args, key, None) is not None}
+    both = sorted(set(text_options) & set(conditions))
+    if both:
+        raise UsageError(f"{_TEXT_FLAGS[both[0]]} and --condition {both[0]}=... both given; pass one")
     path, device, model = _load_for_inference(args)
     valid = model.sample_conditions()
+    for key in text_options:
+        if key not in valid:
+            what = "take a text prompt" if key == "prompt" else f"take {_TEXT_FLAGS[key]}"
+            raise UsageError(f"{_TEXT_FLAGS[key]}: {model.name} does not {what} (its sample takes "
+                             f"{', '.join(valid) if valid else 'no conditions'})")
     unknown = sorted(set(conditions) - set(valid))
     if unknown:
         raise UsageError(f"--condition {', '.join(unknown)}: {model.name} sample takes "
                          f"{', '.join(valid) if valid else 'no conditions'}")
+    conditions.update(text_options)
+    num_samples = args.num_samples or (1 if "prompt" in text_options else 64)
+    stream = None
+    generate = getattr(model, "generate", None)
+    if "prompt" in text_options and callable(generate) and "stream" in inspect.signature(generate).parameters:
+        stream = _TextStream(model, sys.stdout)
     seed_everything(args.seed)
-    with torch.no_grad():
+    with torch.no_grad(), (_streaming_generate(model, stream) if stream else contextlib.nullcontext()):
         try:
-            samples = model.sample(args.num_samples, **conditions).detach().float().cpu()
+            if stream is not None:
+                stream.write(text_options["prompt"])
+            samples = model.sample(num_samples, **conditions).detach().float().cpu()
         except TypeError as error:
             if not conditions:
                 raise
             raise UsageError(f"--condition {sorted(conditions)}: {error}") from error
+        finally:
+            if stream is not None:
+                stream.close()
     out_dir = Path(args.out) if args.out else _run_dir(path) / "samples"
     written = _write_samples(model, samples, out_dir, args.nrow)
     save_file({"samples": samples.contiguous()}, str(out_dir / "samples.safetensors"))
-    print(f"genkernels sample: {args.num_samples} samples of {model.name} -> {out_dir}/ "
-          f"({', '.join(sorted(set(written)) + ['samples.safetensors'])})")
+    print(f"genkernels sample: {num_samples} samples of {model.name} -> {out_dir}/ "
+          f"({', '.join(sorted(set(written)) + ['samples.safetensors'])})",
+          file=sys.stderr if stream is not None else sys.stdout)
     return 0
 
 
@@ -378,7 +474,7 @@ def _eval(args) -> int:
     path, device, model = _load_for_inference(args)
     meta = load_checkpoint(path, weights_only=True).meta
     data = args.data or meta.get("metadata", {}).get("data") or model.default_data
-    dataset = _load_data(data, args.split)
+    dataset = _prepared(model, _load_data(data, args.split))
     model.check_dataset(dataset, data)
     seed_everything(args.seed)
     groups = list(model.optimizer_groups())

@@ -329,6 +329,52 @@ def test_gpt_train_sample_eval(capsys, tmp_path):
     assert {"bits_per_byte", "zlib_bits_per_byte", "lzma_bits_per_byte"} <= set(json.loads(out)["metrics"])
 
 
+def test_gpt_sample_prompt_streams_to_stdout(capsys, tmp_path):
+    """`sample RUN --prompt TEXT` prints the prompt, then the continuation as it is generated (stdout
+    is the text alone, the summary goes to stderr), with the text flags; samples.txt holds the same
+    text. The flags and --condition for one keyword conflict in one line."""
+    out_dir = tmp_path / "gpt"
+    code, _, err = run(capsys, "train", "gpt", "--out", str(out_dir), "--set", "dim=32", "--set", "depth=1",
+                       "--set", "num_heads=2", *QUICK)
+    assert code == 0, err
+    code, out, err = run(capsys, "sample", str(out_dir), "--prompt", "def fib(n):", "--max-new-tokens", "12",
+                         "--temperature", "0.8", "--top-k", "50", "--top-p", "0.95", "--out", str(tmp_path / "s"),
+                         "--device", "cpu")
+    assert code == 0, err
+    assert out.startswith("def fib(n):") and "genkernels sample: 1 samples of gpt" in err
+    text = (tmp_path / "s" / "samples.txt").read_bytes().decode("utf-8")
+    assert out == text + "\n" and len(text.encode("utf-8")) >= len("def fib(n):") + 1
+    code, _, err = run(capsys, "sample", str(out_dir), "--prompt", "x", "--condition", "prompt='y'",
+                       "--device", "cpu")
+    assert code == 2 and one_line_error(err) and "--prompt" in err
+
+
+def test_text_stream_never_splits_a_multibyte_character():
+    import io
+
+    from genkernels.cli import _TextStream
+
+    out = io.StringIO()
+    stream = _TextStream(object(), out)
+    shown = []
+    for byte in "aé€😀".encode("utf-8"):
+        stream(0, torch.tensor([byte, 7]))
+        shown.append(out.getvalue())
+    stream(1, torch.tensor([-1, 7]))  # sequence 0 has stopped: nothing more
+    stream.close()
+    assert shown == ["a", "a", "aé", "aé", "aé", "aé€", "aé€", "aé€", "aé€", "aé€😀"]
+    assert out.getvalue() == "aé€😀\n"
+
+
+def test_prompt_on_a_family_without_prompts_fails_in_one_line(capsys, vae_run):
+    code, out, err = run(capsys, "sample", str(vae_run), "--prompt", "def f():", "--device", "cpu")
+    assert code == 2 and one_line_error(err) and not out
+    assert "--prompt: vae does not take a text prompt" in err
+    code, _, err = run(capsys, "sample", str(vae_run), "-n", "2", "--temperature", "0.5", "--out",
+                       str(vae_run / "t"), "--device", "cpu")  # a keyword the family has is passed on
+    assert code == 0, err
+
+
 # -- delegated commands --------------------------------------------------------------------
 @pytest.mark.parametrize("command, module", [("info", "genkernels.info"), ("bench", "genkernels.bench")])
 def test_delegated_commands_reach_their_module(capsys, monkeypatch, command, module):

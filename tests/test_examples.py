@@ -35,6 +35,8 @@ def cache_dir(tmp_path_factory):
                                   "--guidance", "1", "3"], "held-out captions"),
     ("diffusion_superres.py", ["--steps", "4", "--images", "16", "--average", "2", "--sample-steps", "2",
                                "--eval-items", "4", "--base-channels", "8"], "bicubic"),
+    ("gpt_stdlib.py", ["--steps", "4", "--dim", "32", "--depth", "1", "--heads", "2", "--test-items", "8",
+                       "--new-tokens", "8"], "same tokens: True"),
 ])
 def test_example_runs(tmp_path, cache_dir, script, extra, expect):
     args = [sys.executable, str(ROOT / "python" / script), *extra]

@@ -17,7 +17,7 @@ import os
 import torch
 
 SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv", "wavenet", "pixelcnn", "flow_memory", "flow",
-          "sampler", "unet", "norm", "transformer_ops")
+          "sampler", "unet", "norm", "transformer_ops", "generation")
 DEFAULT_SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv")  # the model suites run when named
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -144,6 +144,17 @@ def main(argv=None) -> int:
             [r for r in rows if "peak_MiB" not in r], transformer_ops.COLUMNS))
         print("\nlinear + cross-entropy, chunked vs materialised fp32 logits:\n" + format_table(
             [r for r in rows if "peak_MiB" in r], transformer_ops.LCE_COLUMNS))
+    if "generation" in args.suite:
+        from genkernels.bench import generation, transformer_ops
+
+        result["generation"] = rows = generation.run_suite(device, not args.no_compile,
+                                                           threads=1 if device.type == "cpu" else None)
+        print("\nGPT generation, KV cache vs re-running the context (greedy, batch 1, float32):\n"
+              + format_table(rows["generation"], generation.GEN_COLUMNS))
+        print("\nlinear + cross-entropy vs F.cross_entropy on materialised fp32 logits:\n"
+              + format_table(rows["lce"], transformer_ops.LCE_COLUMNS))
+        print("\nGPT training steps, eager vs torch.compile of the loss:\n"
+              + format_table(rows["train"], generation.TRAIN_COLUMNS))
     if "flow_memory" in args.suite:
         from genkernels.bench import flow_memory
 

@@ -7,6 +7,8 @@ Names:
                   2D toy distributions, float32 points (2,)
   text            byte windows of the Python standard library's source (int64, block_size + 1)
   audio           synthetic musical phrases at 8 kHz, float32 (samples,) or mu-law codes
+  arithmetic, sort, reverse
+                  generated seq2seq problems (src, tgt) int64, kind "seq2seq" (genkernels.data.seq2seq_tasks)
 
 Anything else is taken as a filesystem path: a folder (or file) of images, of text or of WAV
 audio, decided by file extensions (pass kind="images" | "text" | "audio" to decide yourself).
@@ -24,7 +26,9 @@ from torch.utils.data import Dataset
 from genkernels.data.audio import AUDIO_EXTENSIONS, AudioDataset, mu_law_decode, mu_law_encode, synth_phrases
 from genkernels.data.digits import NUM_CLASSES, NUM_LEVELS, DigitsDataset, load_digits_tensors
 from genkernels.data.images import IMAGE_EXTENSIONS, ImageFolderDataset
+from genkernels.data.seq2seq_tasks import Seq2SeqTaskDataset
 from genkernels.data.text import TEXT_EXTENSIONS, TextDataset, load_text_bytes
+from genkernels.data.tokenizer import BPETokenizer, ByteTokenizer, tokenizer_from_json
 from genkernels.data.toy2d import TOY_DATASETS, ToyDataset, sample_toy, toy_dataset
 
 def _toy(name: str) -> Callable[..., Dataset]:
@@ -37,6 +41,8 @@ _NAMED: dict[str, Callable[..., Dataset]] = {
     **{name: _toy(name) for name in TOY_DATASETS},
     "text": lambda split="train", **kwargs: TextDataset("stdlib", split, **kwargs),
     "audio": lambda split="train", **kwargs: AudioDataset("synth", split, **kwargs),
+    **{task: (lambda task: lambda split="train", **kwargs: Seq2SeqTaskDataset(task, split, **kwargs))(task)
+       for task in ("arithmetic", "sort", "reverse")},
 }
 DATASETS: tuple[str, ...] = tuple(_NAMED)
 
@@ -94,6 +100,8 @@ __all__ = [
     "DigitsDataset", "load_digits_tensors", "NUM_LEVELS", "NUM_CLASSES",
     "ToyDataset", "toy_dataset", "sample_toy", "TOY_DATASETS",
     "TextDataset", "load_text_bytes",
+    "ByteTokenizer", "BPETokenizer", "tokenizer_from_json",
     "AudioDataset", "synth_phrases", "mu_law_encode", "mu_law_decode",
     "ImageFolderDataset",
+    "Seq2SeqTaskDataset",
 ]

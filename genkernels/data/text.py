@@ -132,6 +132,12 @@ class TextDataset(Dataset):
     Item i is bytes [i * stride, i * stride + block_size + 1) of the split; stride defaults to
     block_size, so windows tile the text and every byte is predicted once per epoch. Items are
     deterministic; shuffle with the DataLoader.
+
+    tokenizer (genkernels.data.tokenizer.ByteTokenizer or BPETokenizer; None = bytes): the split is
+    encoded once and the windows are block_size + 1 token ids instead (`tokens`, int64), and
+    vocab_size is the tokenizer's. `data` stays the split's bytes; `token_offsets` (num_tokens + 1,)
+    gives the byte offset where each token starts, so the windows' bytes are known (bits per byte
+    of a BPE model divides its total nats by the byte count of the tokens it predicted).
     """
 
     kind = "text"
@@ -139,7 +145,7 @@ class TextDataset(Dataset):
 
     def __init__(self, source: str | os.PathLike = "stdlib", split: str = "train",
                  block_size: int = DEFAULT_BLOCK_SIZE, max_bytes: int | None = DEFAULT_MAX_BYTES,
-                 stride: int | None = None):
+                 stride: int | None = None, tokenizer=None):
         for name, value in (("block_size", block_size), ("stride", stride)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -153,16 +159,67 @@ class TextDataset(Dataset):
                 f"split {split!r} of text source {self.source!r} has {self.data.numel()} bytes, "
                 f"fewer than block_size + 1 = {block_size + 1}"
             )
+        self.tokenizer, self.tokens, self.token_offsets = None, None, None
+        if tokenizer is not None:
+            self._tokenize(tokenizer)
+
+    def _tokenize(self, tokenizer) -> None:
+        """Encode `data` with tokenizer: tokens (num_tokens,) int64, token_offsets (num_tokens + 1,)."""
+        if not (hasattr(tokenizer, "encode") and hasattr(tokenizer, "byte_lengths")):
+            raise TypeError(f"tokenizer must be a ByteTokenizer or BPETokenizer (genkernels.data.tokenizer) or "
+                            f"None, got {type(tokenizer).__name__}")
+        tokens = torch.tensor(tokenizer.encode(self.data.numpy().tobytes()), dtype=torch.int64)
+        if tokens.numel() < self.block_size + 1:
+            raise ValueError(f"split {self.split!r} of text source {self.source!r} has {tokens.numel()} tokens, "
+                             f"fewer than block_size + 1 = {self.block_size + 1}")
+        lengths = torch.tensor(tokenizer.byte_lengths(), dtype=torch.int64)[tokens]
+        self.tokenizer, self.tokens = tokenizer, tokens
+        self.token_offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+        self.vocab_size = int(tokenizer.vocab_size)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, block_size: int = DEFAULT_BLOCK_SIZE, stride: int | None = None,
+                   tokenizer=None, source: str = "<bytes>", split: str = "all") -> "TextDataset":
+        """Windows over given bytes (nothing read from disk), e.g. an existing dataset's `data`
+        re-windowed with a tokenizer."""
+        if isinstance(data, torch.Tensor):
+            data = data.cpu().numpy().astype(np.uint8).tobytes()
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"data must be bytes or a uint8 tensor, got {type(data).__name__}")
+        for name, value in (("block_size", block_size), ("stride", stride)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self = cls.__new__(cls)
+        self.source, self.split, self.block_size = source, split, block_size
+        self.stride = block_size if stride is None else stride
+        self.data = torch.from_numpy(np.frombuffer(bytes(data), dtype=np.uint8).copy())
+        if self.data.numel() < block_size + 1:
+            raise ValueError(f"data has {self.data.numel()} bytes, fewer than block_size + 1 = {block_size + 1}")
+        self.tokenizer, self.tokens, self.token_offsets = None, None, None
+        if tokenizer is not None:
+            self._tokenize(tokenizer)
+        return self
 
     def __len__(self) -> int:
-        return (self.data.numel() - self.block_size - 1) // self.stride + 1
+        count = self.data.numel() if self.tokens is None else self.tokens.numel()
+        return (count - self.block_size - 1) // self.stride + 1
 
     def __getitem__(self, index: int) -> torch.Tensor:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} windows")
         start = (index % len(self)) * self.stride
+        if self.tokens is not None:
+            return self.tokens[start:start + self.block_size + 1]  # (block_size + 1,) token ids
         return self.data[start:start + self.block_size + 1].to(torch.int64)  # (block_size + 1,)
 
+    def window_bytes(self, index: int) -> tuple[int, int]:
+        """Byte range [begin, end) of `data` that window `index` covers."""
+        start = (index % len(self)) * self.stride
+        if self.tokens is None:
+            return start, start + self.block_size + 1
+        return int(self.token_offsets[start]), int(self.token_offsets[start + self.block_size + 1])
+
     def __repr__(self) -> str:
-        return (f"TextDataset({self.source!r}, split={self.split!r}, bytes={self.data.numel()}, "
+        extra = "" if self.tokenizer is None else f", tokens={self.tokens.numel()}, tokenizer={self.tokenizer!r}"
+        return (f"TextDataset({self.source!r}, split={self.split!r}, bytes={self.data.numel()}{extra}, "
                 f"block_size={self.block_size}, windows={len(self)})")

@@ -15,6 +15,8 @@ REGISTRY["maf"] = "genkernels.models.maf:MAF"
 REGISTRY["realnvp"] = "genkernels.models.realnvp:RealNVP"
 REGISTRY["glow"] = "genkernels.models.glow:Glow"
 REGISTRY["gpt"] = "genkernels.models.gpt:GPT"
+REGISTRY["seq2seq"] = "genkernels.models.seq2seq:Seq2SeqTransformer"
+REGISTRY["bert"] = "genkernels.models.bert:BERT"
 REGISTRY["diffusion"] = "genkernels.models.diffusion:Diffusion"
 
 

@@ -20,6 +20,21 @@ len_b + s, rotates q/k at that position, and attends through attention_decode wi
 cache_seqlens = len_b + s + 1, so nothing but the new token is computed per step (no re-run of
 the context, as nanoGPT/minGPT do). The result equals re-running the whole context for every
 token with the plain forward (tests/models/test_gpt.py checks it token for token).
+
+Tokenizer: bytes by default (vocab 256). GPTConfig(tokenizer="bpe") uses a byte-level BPE
+(genkernels.data.tokenizer.BPETokenizer) whose JSON travels in the config (tokenizer_json), so a
+checkpoint carries it; `config_for_data` trains it (bpe_vocab tokens) on the training split's bytes
+when none is given, and `prepare_dataset` re-windows byte text into token ids (context tokens per
+window). A BPE model reports bits per byte as its total NLL over the predicted tokens (nats)
+divided by ln 2 and by the number of bytes those tokens stand for, so it compares with byte-level
+models and compressors on the same text; bits_per_token is reported beside it.
+
+Hugging Face GPT-2 weights: `GPT.from_hf_state_dict(state_dict, hf_config)` loads a GPT2LMHeadModel
+or GPT2Model state dict (Conv1D weights are (in, out), so they are transposed; c_attn's q|k|v
+columns are the fused qkv rows) into a GPT with LayerNorm (eps 1e-5), GELU-tanh MLP (gelu_new),
+learned positions, biases and tied embeddings, the config inferred from the tensors (num_heads
+from hf_config or an override); `to_hf_state_dict()` is the inverse. Logits then equal the
+`transformers` implementation's (tests/models/test_gpt_hf.py).
 """
 from __future__ import annotations
 
@@ -40,6 +55,7 @@ from genkernels.ops.attention_decode import attention_decode
 from genkernels.ops.linear_cross_entropy import linear_cross_entropy
 
 MLPS = ("swiglu", "gelu")
+TOKENIZERS = ("byte", "bpe")
 NORMS = ("rms", "layer")
 POSITIONS = ("rope", "learned")
 
@@ -62,6 +78,9 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = False
     rope_base: float = 10000.0
+    tokenizer: str = "byte"  # "byte" or "bpe" (see the module docstring)
+    bpe_vocab: int = 4096  # BPE tokens config_for_data trains when tokenizer_json is None
+    tokenizer_json: str | None = None  # the trained BPETokenizer.to_json() (set by config_for_data)
 
     def __post_init__(self):
         for name, minimum in (("vocab_size", 2), ("context", 1), ("dim", 1), ("depth", 1), ("num_heads", 1)):
@@ -77,6 +96,13 @@ class GPTConfig:
         if self.dropout >= 1.0:
             raise ValueError(f"GPTConfig.dropout must be < 1, got {self.dropout}")
         self.rope_base = check_real("GPTConfig.rope_base", self.rope_base, 1.0)
+        self.tokenizer = check_choice("GPTConfig.tokenizer", self.tokenizer, TOKENIZERS)
+        self.bpe_vocab = check_int("GPTConfig.bpe_vocab", self.bpe_vocab, 256)
+        if self.tokenizer_json is not None and not isinstance(self.tokenizer_json, str):
+            raise TypeError(f"GPTConfig.tokenizer_json must be a tokenizer JSON str or None, got "
+                            f"{type(self.tokenizer_json).__name__}")
+        if self.tokenizer == "byte" and self.tokenizer_json is not None:
+            raise ValueError("GPTConfig.tokenizer_json is only used with tokenizer='bpe', got tokenizer='byte'")
         if self.dim % self.num_heads:
             raise ValueError(f"GPTConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
         if self.num_heads % self.kv_heads:
@@ -220,6 +246,26 @@ class GPT(GenerativeModel):
         self.norm = RMSNorm(c.dim) if c.norm == "rms" else LayerNorm(c.dim)
         self.head = None if c.tie_embeddings else nn.Linear(c.dim, c.vocab_size, bias=False)
         self._init_weights()
+        self._init_tokenizer()
+
+    def _init_tokenizer(self):
+        """self.tokenizer (ByteTokenizer or the config's BPETokenizer); for BPE, the bytes per token id."""
+        from genkernels.data.tokenizer import BPETokenizer, ByteTokenizer
+
+        c = self.config
+        self._token_bytes = None  # (V,) int64 bytes per token id, BPE only (plain tensor, not state)
+        if c.tokenizer == "byte":
+            self.tokenizer = ByteTokenizer()
+            return
+        if c.tokenizer_json is None:
+            raise ValueError("GPTConfig.tokenizer='bpe' needs tokenizer_json (a BPETokenizer.to_json()); "
+                             "GPT.config_for_data trains one on the data")
+        self.tokenizer = BPETokenizer.from_json(c.tokenizer_json)
+        if self.tokenizer.vocab_size != c.vocab_size:
+            raise ValueError(f"GPTConfig.vocab_size ({c.vocab_size}) must equal the BPE tokenizer's vocab size "
+                             f"({self.tokenizer.vocab_size})")
+        self._token_bytes = torch.tensor(self.tokenizer.byte_lengths(), dtype=torch.int64)
+        self.metric_units = {**type(self).metric_units, "loss": "nats/token", "bits_per_token": "bits/token"}
 
     def _init_weights(self):
         """GPT-2's: N(0, 0.02) linears and embeddings, residual output projections scaled by 1/sqrt(2 depth)."""
@@ -286,9 +332,15 @@ class GPT(GenerativeModel):
         return linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.head_weight, targets.reshape(-1))
 
     def loss(self, batch) -> dict[str, torch.Tensor]:
-        """batch (B, T + 1) int64 windows -> {"loss": mean next-token NLL in nats, "bits_per_byte"}."""
-        nll = self._nll(*self._split(batch))
-        return {"loss": nll, "bits_per_byte": nll.detach() / math.log(2)}
+        """batch (B, T + 1) int64 windows -> {"loss": mean next-token NLL in nats, "bits_per_byte"}
+        (BPE: the batch's NLL over the bytes its target tokens stand for, and "bits_per_token")."""
+        inputs, targets = self._split(batch)
+        nll = self._nll(inputs, targets)
+        if self._token_bytes is None:
+            return {"loss": nll, "bits_per_byte": nll.detach() / math.log(2)}
+        num_bytes = self._token_bytes.to(targets.device)[targets].sum()
+        bits = nll.detach() / math.log(2)
+        return {"loss": nll, "bits_per_byte": bits * targets.numel() / num_bytes, "bits_per_token": bits}
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x[:, 1:] | x[:, 0]) per sequence in nats, (B,), for tokens x (B, T + 1)."""
@@ -301,6 +353,8 @@ class GPT(GenerativeModel):
         """Held-out bits per byte over the windows, beside zlib and lzma on the same bytes."""
         from genkernels.metrics.text import bits_per_byte, compression_baselines
 
+        if self._token_bytes is not None:
+            return self._evaluate_bpe(dataset, max_items=max_items, batch_size=batch_size)
         count = evaluation_count(dataset, max_items, batch_size)
         device = self.head_weight.device
         total, num = 0.0, 0
@@ -314,6 +368,32 @@ class GPT(GenerativeModel):
         if isinstance(data, torch.Tensor) and data.dtype == torch.uint8:
             stride = getattr(dataset, "stride", dataset[0].numel() - 1)
             span = data[:(count - 1) * stride + dataset[0].numel()]
+            baselines = compression_baselines(span.numpy().tobytes())
+            metrics.update(zlib_bits_per_byte=baselines["zlib"], lzma_bits_per_byte=baselines["lzma"])
+        return metrics
+
+    @torch.no_grad()
+    def _evaluate_bpe(self, dataset, *, max_items: int | None, batch_size: int) -> dict[str, float]:
+        """bits_per_byte = (sum of the NLL of every predicted token, nats) / ln 2 / (bytes of those
+        tokens); byte text is encoded first (prepare_dataset). zlib / lzma on the windows' bytes."""
+        from genkernels.metrics.text import compression_baselines
+
+        dataset = self.prepare_dataset(dataset)
+        self.check_dataset(dataset)
+        count = evaluation_count(dataset, max_items, batch_size)
+        device = self.head_weight.device
+        token_bytes = self._token_bytes.to(device)
+        nats, num_tokens, num_bytes = 0.0, 0, 0
+        for begin in range(0, count, batch_size):
+            batch = torch.stack([dataset[i] for i in range(begin, min(count, begin + batch_size))]).to(device)
+            inputs, targets = self._split(batch)
+            nats += float(self._nll(inputs, targets)) * targets.numel()
+            num_tokens += targets.numel()
+            num_bytes += int(token_bytes[targets].sum())
+        metrics = {"bits_per_byte": nats / num_bytes / math.log(2), "bits_per_token": nats / num_tokens / math.log(2),
+                   "bytes_per_token": num_bytes / num_tokens}
+        if getattr(dataset, "window_bytes", None) is not None:
+            span = dataset.data[dataset.window_bytes(0)[0]:dataset.window_bytes(count - 1)[1]]
             baselines = compression_baselines(span.numpy().tobytes())
             metrics.update(zlib_bits_per_byte=baselines["zlib"], lzma_bits_per_byte=baselines["lzma"])
         return metrics
@@ -445,7 +525,9 @@ class GPT(GenerativeModel):
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         start = list((prompt or "\n").encode("utf-8"))
-        if self.config.vocab_size < 256:
+        if self._token_bytes is not None:  # BPE
+            start = self.tokenizer.encode(prompt or "\n")
+        elif self.config.vocab_size < 256:
             raise ValueError(f"sample(prompt=...) encodes UTF-8 bytes and needs vocab_size >= 256, got "
                              f"{self.config.vocab_size}; use generate() with token ids")
         if max_new_tokens is None:
@@ -456,9 +538,14 @@ class GPT(GenerativeModel):
         return torch.tensor([start + g for g in generated], dtype=torch.int64)
 
     def sample_files(self, samples: torch.Tensor) -> dict[str, bytes]:
-        """samples.txt: each sample's bytes decoded as UTF-8 (invalid bytes replaced)."""
-        texts = [bytes(int(t) for t in row).decode("utf-8", errors="replace")
-                 for row in samples.long().clamp(0, 255).cpu()]
+        """samples.txt: each sample's bytes decoded as UTF-8 (invalid bytes replaced); BPE token ids
+        are decoded to their bytes first."""
+        if self._token_bytes is not None:
+            texts = [self.tokenizer.decode_str(row.tolist())
+                     for row in samples.long().clamp(0, self.config.vocab_size - 1).cpu()]
+        else:
+            texts = [bytes(int(t) for t in row).decode("utf-8", errors="replace")
+                     for row in samples.long().clamp(0, 255).cpu()]
         sep = "\n" + "-" * 40 + "\n"
         return {"samples.txt": sep.join(texts).encode("utf-8")}
 
@@ -466,18 +553,205 @@ class GPT(GenerativeModel):
     @classmethod
     def config_for_data(cls, dataset, overrides: dict[str, Any] | None = None, *,
                         data_name: str | None = None) -> GPTConfig:
-        """context from the dataset's windows (block_size), vocab_size from the dataset (256 bytes)."""
+        """context from the dataset's windows (block_size), vocab_size from the dataset (256 bytes).
+
+        tokenizer="bpe" with no tokenizer_json: a BPETokenizer of bpe_vocab tokens is trained on the
+        dataset's bytes (`data`, at most genkernels.data.tokenizer.BPE_TRAIN_MAX_BYTES of them) and
+        vocab_size is its size; context then counts tokens. A dataset already encoded with a
+        BPETokenizer (TextDataset(tokenizer=...)) gives its tokenizer."""
         cls.check_data(dataset, data_name)
         values = dict(overrides or {})
         if getattr(dataset, "block_size", None):
             values.setdefault("context", int(dataset.block_size))
+        given = getattr(dataset, "tokenizer", None)
+        if getattr(given, "kind", "byte") == "bpe":
+            values.setdefault("tokenizer", "bpe")
+            if values["tokenizer"] == "bpe":
+                values.setdefault("tokenizer_json", given.to_json())
+        if values.get("tokenizer") == "bpe":
+            if values.get("tokenizer_json") is None:
+                data = getattr(dataset, "data", None)
+                if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8:
+                    raise ValueError("tokenizer='bpe' trains on the dataset's bytes (a TextDataset's data), but the "
+                                     "data has none; pass tokenizer_json")
+                from genkernels.data.tokenizer import BPETokenizer
+
+                vocab = check_int("GPTConfig.bpe_vocab", values.get("bpe_vocab", GPTConfig.bpe_vocab), 256)
+                values["tokenizer_json"] = BPETokenizer.train(data.numpy().tobytes(), vocab).to_json()
+            from genkernels.data.tokenizer import BPETokenizer
+
+            vocab_size = BPETokenizer.from_json(values["tokenizer_json"]).vocab_size
+            if values.setdefault("vocab_size", vocab_size) != vocab_size:
+                raise ValueError(f"vocab_size={values['vocab_size']} differs from the BPE tokenizer's {vocab_size}; "
+                                 "leave vocab_size unset with tokenizer='bpe' (bpe_vocab sets it)")
         values.setdefault("vocab_size", int(getattr(dataset, "vocab_size", GPTConfig.vocab_size)))
         config = cls.config_class(**values)
         block = getattr(dataset, "block_size", None)
+        if config.tokenizer == "bpe" and getattr(dataset, "tokenizer", None) is None:
+            block = None  # byte windows that prepare_dataset re-cuts into context tokens
         if block and block > config.context:
             name = f"data {str(data_name)!r}" if data_name is not None else "the data"
             raise ValueError(f"{name} has windows of {block} tokens, more than context={config.context}")
         return config
+
+    def prepare_dataset(self, dataset):
+        """The dataset in this model's tokens: byte text (a TextDataset without a tokenizer) is
+        encoded with the BPE tokenizer into windows of context + 1 tokens; anything else, and every
+        dataset of a byte-level model, is returned as is."""
+        if self._token_bytes is None or getattr(dataset, "tokenizer", None) is not None:
+            return dataset
+        data = getattr(dataset, "data", None)
+        if getattr(dataset, "kind", None) != "text" or not isinstance(data, torch.Tensor) or data.dtype != torch.uint8:
+            return dataset
+        from genkernels.data.text import TextDataset
+
+        return TextDataset.from_bytes(data, block_size=self.config.context, tokenizer=self.tokenizer,
+                                      source=getattr(dataset, "source", "<bytes>"), split=getattr(dataset, "split", "all"))
+
+    def check_dataset(self, dataset, data_name: str | None = None) -> None:
+        """Raise ValueError when the dataset's tokens are not this model's (a BPE model meeting byte
+        windows, or another tokenizer)."""
+        self.check_data(dataset, data_name)
+        name = f"data {str(data_name)!r}" if data_name is not None else "the data"
+        given = getattr(dataset, "tokenizer", None)
+        if self._token_bytes is not None:
+            if given is None and getattr(dataset, "vocab_size", 256) == 256:
+                raise ValueError(f"{name} is byte windows, but this GPT uses a BPE tokenizer; encode it with "
+                                 "model.prepare_dataset(dataset)")
+            if given is not None and given.to_json() != self.tokenizer.to_json():
+                raise ValueError(f"{name} was encoded with another tokenizer than this GPT's")
+        elif getattr(given, "kind", "byte") == "bpe":
+            raise ValueError(f"{name} is BPE token windows, but this GPT is byte-level (tokenizer='byte')")
+
+    # -- Hugging Face GPT-2 weights -----------------------------------------------------------------
+    @classmethod
+    def from_hf_state_dict(cls, state_dict: dict[str, torch.Tensor], hf_config=None, **overrides) -> "GPT":
+        """A GPT holding a Hugging Face GPT2LMHeadModel / GPT2Model state dict (keys with or without
+        "transformer."; the attn.bias / attn.masked_bias mask buffers are ignored).
+
+        vocab_size, context (n_positions), dim and depth come from the tensor shapes; num_heads from
+        hf_config (a GPT2Config or its to_dict()) or the num_heads override, since the tensors do not
+        hold it. Other overrides (dropout, say) are GPTConfig fields. The model is in eval mode, in
+        the state dict's floating dtype. An untied lm_head.weight gives tie_embeddings=False.
+        """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict of tensors, got {type(state_dict).__name__}")
+        hf = _hf_config_dict(hf_config)
+        sd, head = {}, None
+        for key, value in state_dict.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"state_dict[{key!r}] must be a tensor, got {type(value).__name__}")
+            if key == "lm_head.weight":
+                head = value
+                continue
+            key = key[len("transformer."):] if key.startswith("transformer.") else key
+            if key.endswith((".attn.bias", ".attn.masked_bias")):
+                continue  # GPT-2's causal-mask buffers
+            sd[key] = value
+        for key in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"):
+            if key not in sd:
+                raise ValueError(f"state_dict has no {key!r} (transformer.{key}); is it a GPT-2 state dict? "
+                                 f"keys: {sorted(state_dict)[:6]}")
+        vocab_size, dim = sd["wte.weight"].shape
+        depth = 1 + max((int(k.split(".")[1]) for k in sd if k.startswith("h.")), default=-1)
+        if depth < 1:
+            raise ValueError("state_dict has no blocks (h.0.*)")
+        hidden = sd["h.0.mlp.c_fc.weight"].shape[1] if "h.0.mlp.c_fc.weight" in sd else 4 * dim
+        if hidden != 4 * dim or hf.get("n_inner") not in (None, 4 * dim):
+            raise ValueError(f"state_dict has an MLP of width {hidden}; GPT's GELU MLP is 4 * dim = {4 * dim}")
+        eps = hf.get("layer_norm_epsilon", 1e-5)
+        if abs(float(eps) - 1e-5) > 1e-12:
+            raise ValueError(f"hf_config layer_norm_epsilon must be 1e-5 (GPT's LayerNorm), got {eps}")
+        activation = hf.get("activation_function", "gelu_new")
+        if activation not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"hf_config activation_function must be gelu_new (GELU-tanh), got {activation!r}")
+        if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx", False):
+            raise ValueError("hf_config must scale attention by 1/sqrt(head_dim) only (scale_attn_weights=True, "
+                             "scale_attn_by_inverse_layer_idx=False)")
+        num_heads = overrides.pop("num_heads", hf.get("n_head", hf.get("num_attention_heads")))
+        if num_heads is None:
+            raise ValueError("num_heads: a state dict does not hold the number of heads; pass hf_config (with "
+                             "n_head) or num_heads=")
+        tied = head is None or (head.shape == sd["wte.weight"].shape and torch.equal(head, sd["wte.weight"]))
+        inferred = {"vocab_size": int(vocab_size), "context": int(sd["wpe.weight"].shape[0]), "dim": int(dim),
+                    "depth": depth, "tie_embeddings": tied}
+        for name, value in inferred.items():
+            if name in overrides and overrides[name] != value:
+                raise ValueError(f"{name}={overrides[name]!r} contradicts the state dict's {value!r}")
+        values = {"mlp": "gelu", "norm": "layer", "positions": "learned", "bias": True, "num_heads": num_heads,
+                  "num_kv_heads": None, **inferred, **overrides}
+        model = cls(GPTConfig(**values))
+        ours = {"embed.weight": sd.pop("wte.weight"), "pos_embed.weight": sd.pop("wpe.weight"),
+                "norm.weight": sd.pop("ln_f.weight"), "norm.bias": sd.pop("ln_f.bias")}
+        if not tied:
+            ours["head.weight"] = head
+        for i in range(depth):
+            for theirs, mine, conv1d in _HF_BLOCK_KEYS:
+                for suffix in ("weight", "bias"):
+                    key = f"h.{i}.{theirs}.{suffix}"
+                    if key not in sd:
+                        raise ValueError(f"state_dict has no {key!r}")
+                    value = sd.pop(key)
+                    ours[f"blocks.{i}.{mine}.{suffix}"] = value.t() if conv1d and suffix == "weight" else value
+        if sd:
+            raise ValueError(f"state_dict has keys a GPT-2 does not: {sorted(sd)[:6]}")
+        expected = model.state_dict()
+        for key, value in ours.items():
+            if tuple(value.shape) != tuple(expected[key].shape):
+                raise ValueError(f"state_dict tensor for {key} has shape {tuple(value.shape)}, expected "
+                                 f"{tuple(expected[key].shape)} (num_heads={num_heads})")
+        model.load_state_dict(ours, strict=True)
+        if ours["embed.weight"].is_floating_point():
+            model.to(ours["embed.weight"].dtype)
+        return model.eval()
+
+    def to_hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """This GPT's weights as a Hugging Face GPT2LMHeadModel state dict ("transformer." keys, Conv1D
+        weights (in, out), lm_head.weight); the inverse of from_hf_state_dict. `hf_config()` gives the
+        matching GPT2Config arguments. Needs the GPT-2 architecture (LayerNorm, gelu MLP, learned
+        positions, biases, plain multi-head attention)."""
+        c = self.config
+        wrong = {name: getattr(c, name) for name, want in (("norm", "layer"), ("mlp", "gelu"),
+                                                           ("positions", "learned"), ("bias", True))
+                 if getattr(c, name) != want}
+        if wrong or c.kv_heads != c.num_heads:
+            raise ValueError(f"to_hf_state_dict needs the GPT-2 architecture (norm='layer', mlp='gelu', "
+                             f"positions='learned', bias=True, num_kv_heads=None), got {wrong or {'num_kv_heads': c.num_kv_heads}}")
+        mine = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        out = {"transformer.wte.weight": mine["embed.weight"], "transformer.wpe.weight": mine["pos_embed.weight"]}
+        for i in range(c.depth):
+            for theirs, ours, conv1d in _HF_BLOCK_KEYS:
+                for suffix in ("weight", "bias"):
+                    value = mine[f"blocks.{i}.{ours}.{suffix}"]
+                    out[f"transformer.h.{i}.{theirs}.{suffix}"] = (value.t().contiguous() if conv1d and suffix == "weight"
+                                                                   else value)
+        out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = mine["norm.weight"], mine["norm.bias"]
+        out["lm_head.weight"] = mine["embed.weight"] if c.tie_embeddings else mine["head.weight"]
+        return out
+
+    def hf_config(self) -> dict[str, Any]:
+        """Keyword arguments of transformers.GPT2Config for to_hf_state_dict()'s weights."""
+        c = self.config
+        return {"vocab_size": c.vocab_size, "n_positions": c.context, "n_embd": c.dim, "n_layer": c.depth,
+                "n_head": c.num_heads, "n_inner": None, "activation_function": "gelu_new",
+                "layer_norm_epsilon": 1e-5, "tie_word_embeddings": c.tie_embeddings,
+                "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": 0.0}
+
+
+# (GPT-2 name under h.{i}, ours under blocks.{i}, whether the weight is a Conv1D (in, out) to transpose)
+_HF_BLOCK_KEYS = (("ln_1", "norm1", False), ("attn.c_attn", "attn.qkv", True), ("attn.c_proj", "attn.out", True),
+                  ("ln_2", "norm2", False), ("mlp.c_fc", "mlp.fc1", True), ("mlp.c_proj", "mlp.fc2", True))
+
+
+def _hf_config_dict(hf_config) -> dict[str, Any]:
+    """A GPT2Config (anything with to_dict()), a dict, or None -> a dict."""
+    if hf_config is None:
+        return {}
+    if isinstance(hf_config, dict):
+        return dict(hf_config)
+    if callable(getattr(hf_config, "to_dict", None)):
+        return dict(hf_config.to_dict())
+    raise TypeError(f"hf_config must be a transformers GPT2Config, a dict or None, got {type(hf_config).__name__}")
 
 
 __all__ = ["GPT", "GPTConfig", "GPTAttention", "GPTBlock"]

@@ -14,6 +14,17 @@ A checkpoint is a directory:
                           "rank<r>.numpy_keys", "rank<r>.python_state", "data.generator",
                           "data.order"
 
+Sharded (strategy "fsdp" under torchrun, K ranks): model.safetensors, ema.safetensors and
+optimizer.safetensors are replaced by one file per rank, "model-rank<r>-of-<K>.safetensors" (and
+"ema-...", "optimizer-..."), each written by its rank and holding that rank's shard of every
+sharded tensor under the tensor's name (rank 0 also holds the unsharded ones: buffers, the AdamW
+step counts). trainer.json["shards"] is the index: for every tensor its full shape, dtype and the
+pieces [{"rank", "offsets", "shape"}] that tile it. Loading re-assembles whole tensors from the
+pieces, so `load_checkpoint` returns the same thing for both layouts, and `restore_trainer` cuts
+them again for the loading run's own sharding: a checkpoint saved by K ranks resumes on any
+number of processes (1 included, with or without fsdp), and `load_model` reads it like any other.
+Every rank must see the checkpoint directory (one machine, or a shared filesystem).
+
 It is written to "<path>.tmp" and then swapped in, so a crash never leaves a half-written
 checkpoint under the real name. Loading checks the marker, the file list and sizes, and turns any
 safetensors parse failure into a ValueError that names the file.
@@ -30,7 +41,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file, save_model
 from torch import nn
 
@@ -144,16 +155,25 @@ def save_checkpoint(path: str | Path, trainer) -> Path:
     checkpoint already at `path` (the last good one) stays as it is.
     """
     path = Path(path)
-    # every rank checks (the weights are the same on all), so no rank is left waiting below
+    # every rank checks (and agrees on the verdict), so no rank is left waiting below
     _check_finite(trainer, path)
     rng = distributed.gather_objects(_rng_state(trainer.device), trainer.dist)
+    tmp = path.with_name(path.name + ".tmp")
+    shards = None
+    if getattr(trainer, "sharded", False):
+        # every rank sees the same directory and checks it, so all raise together
+        _check_overwrite(path)
+        if trainer.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        distributed.barrier(trainer.dist)
+        shards = distributed.gather_objects(_write_shards(tmp, trainer), trainer.dist)
     if trainer.is_main:
-        if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or _is_checkpoint_dir(path))):
-            raise ValueError(f"refusing to overwrite {path}: it exists and is not a genkernels checkpoint")
-        tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        _write_checkpoint(tmp, trainer, rng)
+        if shards is None:
+            _check_overwrite(path)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _write_checkpoint(tmp, trainer, rng, shards)
         old = path.with_name(path.name + ".old")
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -162,6 +182,58 @@ def save_checkpoint(path: str | Path, trainer) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     distributed.barrier(trainer.dist)
     return path
+
+
+def _check_overwrite(path: Path) -> None:
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or _is_checkpoint_dir(path))):
+        raise ValueError(f"refusing to overwrite {path}: it exists and is not a genkernels checkpoint")
+
+
+def _tensor_sets(trainer) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """{"model": ..., "ema": ... (EMA on), "optimizer": flat tensors} and the optimizer index."""
+    sets = {"model": dict(trainer.model.state_dict())}
+    if trainer.ema is not None:
+        sets["ema"] = dict(trainer.ema.shadow)
+    optimizer_tensors, optimizer_index = {}, {}
+    for group, optimizer in trainer.optimizers.items():
+        tensors, optimizer_index[group] = _flatten_optimizer(group, optimizer.state_dict())
+        optimizer_tensors.update(tensors)
+    sets["optimizer"] = optimizer_tensors
+    return sets, optimizer_index
+
+
+def _shard_file(kind: str, rank: int, world_size: int) -> str:
+    return f"{kind}-rank{rank}-of-{world_size}.safetensors"
+
+
+def _write_shards(directory: Path, trainer) -> dict[str, dict[str, Any]]:
+    """Write this rank's pieces of every tensor set; return {kind: {name: {shape, dtype, offsets,
+    shape of the piece}}} for the index (rank 0 also writes the unsharded tensors)."""
+    rank, world_size = trainer.dist.rank, trainer.dist.world_size
+    sets, _ = _tensor_sets(trainer)
+    index: dict[str, dict[str, Any]] = {}
+    for kind, tensors in sets.items():
+        pieces, index[kind] = {}, {}
+        for name, tensor in tensors.items():
+            if not distributed.is_sharded(tensor) and rank != 0:
+                continue
+            offsets, shape = distributed.shard_slices(tensor)
+            pieces[name] = distributed.local_part(tensor.detach()).contiguous()
+            index[kind][name] = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch."),
+                                 "offsets": offsets, "piece": shape}
+        save_file(pieces, str(directory / _shard_file(kind, rank, world_size)))
+    return index
+
+
+def _merge_shard_indexes(per_rank: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    tensors: dict[str, dict[str, Any]] = {}
+    for rank, index in enumerate(per_rank):
+        for kind, entries in index.items():
+            for name, entry in entries.items():
+                merged = tensors.setdefault(kind, {}).setdefault(
+                    name, {"shape": entry["shape"], "dtype": entry["dtype"], "pieces": []})
+                merged["pieces"].append({"rank": rank, "offsets": entry["offsets"], "shape": entry["piece"]})
+    return {"world_size": len(per_rank), "tensors": tensors}
 
 
 def _check_finite(trainer, path: Path) -> None:
@@ -176,24 +248,30 @@ def _check_finite(trainer, path: Path) -> None:
                         ((f"param {index} {key}", value) for index, p in enumerate(params)
                          for key, value in optimizer.state.get(p, {}).items()
                          if isinstance(value, torch.Tensor))))
-    for what, tensors in sources:
-        problem = _first_nonfinite(tensors)
-        if problem is not None:
+    problems = [(what, _first_nonfinite(tensors)) for what, tensors in sources]
+    found = [(what, problem) for what, problem in problems if problem is not None]
+    # sharded tensors are checked shard by shard: the ranks agree on the verdict
+    for rank_found in distributed.gather_objects(found, trainer.dist):
+        for what, problem in rank_found:
             kept = f"the checkpoint in {path} is kept as it was" if path.exists() else "nothing was written"
             raise NonFiniteError(f"step {trainer.step}: refusing to save a checkpoint with non-finite "
                                  f"{what} ({problem}); {kept}")
 
 
-def _write_checkpoint(directory: Path, trainer, rng_per_rank: list) -> None:
-    save_model(trainer.model, str(directory / "model.safetensors"), force_contiguous=True)
-    if trainer.ema is not None:
-        save_file({k: v.contiguous() for k, v in trainer.ema.shadow.items()}, str(directory / "ema.safetensors"))
-
-    optimizer_tensors, optimizer_index = {}, {}
-    for group, optimizer in trainer.optimizers.items():
-        tensors, optimizer_index[group] = _flatten_optimizer(group, optimizer.state_dict())
-        optimizer_tensors.update(tensors)
-    save_file(optimizer_tensors, str(directory / "optimizer.safetensors"))
+def _write_checkpoint(directory: Path, trainer, rng_per_rank: list,
+                      shards: Optional[list[dict[str, Any]]] = None) -> None:
+    """Rank 0's part: the whole-tensor files (or, sharded, the index of the ranks' files), the RNG
+    states and trainer.json."""
+    if shards is None:
+        save_model(trainer.model, str(directory / "model.safetensors"), force_contiguous=True)
+        if trainer.ema is not None:
+            save_file({k: v.contiguous() for k, v in trainer.ema.shadow.items()},
+                      str(directory / "ema.safetensors"))
+        sets, optimizer_index = _tensor_sets(trainer)
+        save_file(sets["optimizer"], str(directory / "optimizer.safetensors"))
+    else:
+        optimizer_index = {group: _flatten_optimizer(group, optimizer.state_dict())[1]
+                           for group, optimizer in trainer.optimizers.items()}
 
     data_state = trainer.batches.state_dict()
     rng_tensors = {"data.generator": data_state["generator"], "data.order": data_state["order"]}
@@ -219,6 +297,7 @@ def _write_checkpoint(directory: Path, trainer, rng_per_rank: list) -> None:
         "ema": None if trainer.ema is None else {"decay": trainer.ema.decay,
                                                  "num_updates": trainer.ema.num_updates},
         "rng": rng_scalars,
+        "shards": None if shards is None else _merge_shard_indexes(shards),
         "files": {f.name: f.stat().st_size for f in sorted(directory.iterdir())},
     }
     (directory / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -271,6 +350,42 @@ def _load_tensors(file: Path, device: str | torch.device) -> dict[str, torch.Ten
         raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupt): {error}") from error
 
 
+def _load_sharded(path: Path, meta: dict[str, Any], kind: str, device: str | torch.device) -> dict[str, torch.Tensor]:
+    """Whole tensors of one tensor set ("model", "ema", "optimizer") assembled from the ranks' files."""
+    shards = meta["shards"]
+    world_size = int(shards["world_size"])
+    handles: dict[int, Any] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        for name, entry in shards["tensors"].get(kind, {}).items():
+            full = torch.empty(entry["shape"], dtype=getattr(torch, entry["dtype"]))
+            covered = 0
+            for piece in entry["pieces"]:
+                rank = int(piece["rank"])
+                file = path / _shard_file(kind, rank, world_size)
+                if rank not in handles:
+                    try:
+                        handles[rank] = safe_open(str(file), framework="pt", device="cpu")
+                    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+                        raise ValueError(f"{file} is not a readable safetensors file (truncated or "
+                                         f"corrupt): {error}") from error
+                value = handles[rank].get_tensor(name)
+                if list(value.shape) != list(piece["shape"]):
+                    raise ValueError(f"{file}: tensor {name!r} has shape {tuple(value.shape)}, the index "
+                                     f"says {tuple(piece['shape'])}")
+                region = tuple(slice(o, o + s) for o, s in zip(piece["offsets"], piece["shape"]))
+                full[region] = value
+                covered += value.numel()
+            if covered != full.numel():
+                raise ValueError(f"{path / META_FILE}: the pieces of {kind} tensor {name!r} cover {covered} of "
+                                 f"its {full.numel()} elements (corrupt index)")
+            tensors[name] = full.to(device)
+    except (KeyError, TypeError, AttributeError, SafetensorError) as error:
+        raise ValueError(f"{path / META_FILE}: the shard index of {kind!r} does not match the files "
+                         f"({error!r})") from error
+    return tensors
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
                     weights_only: bool = False) -> Checkpoint:
     """Read a checkpoint directory (or a run directory holding checkpoint/).
@@ -281,11 +396,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     """
     path = _resolve(path)
     meta = _read_meta(path)
-    checkpoint = Checkpoint(path, meta, _load_tensors(path / "model.safetensors", map_location))
+    if meta.get("shards"):
+        def read(kind):
+            return _load_sharded(path, meta, kind, map_location)
+    else:
+        def read(kind):
+            return _load_tensors(path / f"{kind}.safetensors", map_location)
+    checkpoint = Checkpoint(path, meta, read("model"))
     if meta.get("ema") is not None:
-        checkpoint.ema_state = _load_tensors(path / "ema.safetensors", map_location)
+        checkpoint.ema_state = read("ema")
     if not weights_only:
-        tensors = _load_tensors(path / "optimizer.safetensors", map_location)
+        tensors = read("optimizer")
         try:
             checkpoint.optimizer_states = {group: _unflatten_optimizer(index, tensors)
                                            for group, index in meta["optimizers"].items()}
@@ -324,11 +445,18 @@ def load_module_state(module: nn.Module, state: dict[str, torch.Tensor], source:
     missing = [k for k in full if k not in state]
     unexpected = [k for k in state if k not in full]
     if missing:
-        loaded_storage = {full[k].untyped_storage().data_ptr() for k in state if k in full}
-        missing = [k for k in missing if full[k].untyped_storage().data_ptr() not in loaded_storage]
+        def storage(name):
+            return distributed.local_part(full[name]).untyped_storage().data_ptr()
+        loaded_storage = {storage(k) for k in state if k in full}
+        missing = [k for k in missing if storage(k) not in loaded_storage]
     if missing or unexpected:
         raise ValueError(f"{source} does not match the {target} it is loaded into: "
                          f"missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}; {_CONFIG_HINT}")
+    if any(distributed.is_sharded(value) for value in full.values()):
+        # FSDP-sharded module: every rank copies its own slices of the whole tensors
+        for name, value in state.items():
+            distributed.copy_full_into(full[name], value)
+        return
     module.load_state_dict(state, strict=False)
 
 
@@ -348,6 +476,18 @@ def _check_optimizer_shapes(optimizer: torch.optim.Optimizer, state: dict[str, A
                                  f"{_CONFIG_HINT}")
 
 
+def _like_params(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
+    """Optimizer state of whole tensors cut like its (possibly FSDP-sharded) parameters."""
+    params = [p for param_group in optimizer.param_groups for p in param_group["params"]]
+    if not any(distributed.is_sharded(p) for p in params):
+        return state
+    per_param = {index: {key: distributed.like(params[index], value)
+                         if isinstance(value, torch.Tensor) and value.ndim and not distributed.is_sharded(value)
+                         else value for key, value in param_state.items()}
+                 for index, param_state in state["state"].items()}
+    return {"state": per_param, "param_groups": state["param_groups"]}
+
+
 def restore_trainer(trainer, checkpoint: Checkpoint) -> None:
     """Put a full checkpoint's state into `trainer` (built with the same model and config)."""
     meta, where = checkpoint.meta, checkpoint.path
@@ -364,14 +504,16 @@ def restore_trainer(trainer, checkpoint: Checkpoint) -> None:
         else:
             check_tensor_shapes(trainer.ema.shadow, checkpoint.ema_state, str(where / "ema.safetensors"),
                                 f"EMA of the {type(trainer.model).__name__}")
-            trainer.ema.load_state_dict({**meta["ema"], "shadow": checkpoint.ema_state})
+            shadow = {name: distributed.like(trainer.ema.shadow[name], value) if name in trainer.ema.shadow
+                      else value for name, value in checkpoint.ema_state.items()}
+            trainer.ema.load_state_dict({**meta["ema"], "shadow": shadow})
     if set(checkpoint.optimizer_states) != set(trainer.optimizers):
         raise ValueError(f"{where}: optimizer groups {sorted(checkpoint.optimizer_states)} do not match "
                          f"the model's {sorted(trainer.optimizers)}")
     for group, optimizer in trainer.optimizers.items():
         _check_optimizer_shapes(optimizer, checkpoint.optimizer_states[group],
                                 str(where / "optimizer.safetensors"), group)
-        optimizer.load_state_dict(checkpoint.optimizer_states[group])
+        optimizer.load_state_dict(_like_params(optimizer, checkpoint.optimizer_states[group]))
     if meta.get("scaler") and trainer.scaler.is_enabled():
         trainer.scaler.load_state_dict(meta["scaler"])
     trainer.step = checkpoint.step

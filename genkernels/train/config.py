@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+STRATEGIES = ("ddp", "fsdp")
 
 # (field, smallest allowed value) of the integer fields
 _INT_MINIMUMS = {
@@ -59,6 +60,10 @@ class TrainConfig:
                       validation loss (GAN) has no best unless this names one of its metrics
     patience          stop training after this many evaluations in a row without a new best
                       (early stopping; the final checkpoint is written at the stop); None: never
+    strategy          how several processes (torchrun) share the work: "ddp" (every rank holds
+                      the whole model, gradients all-reduced) or "fsdp" (FSDP2: parameters,
+                      gradients and optimizer state sharded across ranks per block, sharded
+                      checkpoints); one process ignores it
     """
 
     # CPU-friendly: `genkernels train vae` takes a few minutes on 2 cores (families override these
@@ -89,6 +94,7 @@ class TrainConfig:
     keep_best: bool = True
     best_metric: Optional[str] = None
     patience: Optional[int] = None
+    strategy: str = "ddp"
 
     def __post_init__(self):
         self.validate()
@@ -128,6 +134,9 @@ class TrainConfig:
         if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {', '.join(PRECISIONS)}, "
                              f"got {self.precision!r}")
+        if not isinstance(self.strategy, str) or self.strategy not in STRATEGIES:
+            raise ValueError(f"TrainConfig.strategy must be one of {', '.join(STRATEGIES)}, "
+                             f"got {self.strategy!r}")
         if self.eval_max_items is not None:
             _check_int("eval_max_items", self.eval_max_items, 1, or_none=True)
         if self.patience is not None:

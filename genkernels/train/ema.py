@@ -18,6 +18,9 @@ class EMA:
     are copied.
 
     Usage: `ema.store(); ema.copy_to(); ...evaluate...; ema.restore()`, or `with ema.averaged():`.
+
+    With FSDP-sharded parameters (DTensors) each rank averages its own shards: no communication,
+    1/K of the memory; the whole averages are all-gathered only when evaluated or saved.
     """
 
     def __init__(self, model: nn.Module, decay: float):
@@ -31,6 +34,9 @@ class EMA:
         self.shadow = {name: p.detach().clone() for name, p in self._params.items()}
         self._averaged = [n for n, p in self._params.items() if p.is_floating_point()]
         self._copied = [n for n, p in self._params.items() if not p.is_floating_point()]
+        sharded = [n for n in self._averaged if _is_dtensor(self._params[n])]
+        plain = [n for n in self._averaged if not _is_dtensor(self._params[n])]
+        self._foreach_lists = [names for names in (plain, sharded) if names]
         self._stored: dict[str, torch.Tensor] | None = None
 
     def decay_at(self, num_updates: int) -> float:
@@ -39,9 +45,9 @@ class EMA:
     @torch.no_grad()
     def update(self) -> None:
         weight = 1.0 - self.decay_at(self.num_updates)
-        names = self._averaged
-        # lerp: shadow + weight * (param - shadow) == decay * shadow + (1 - decay) * param
-        if names:
+        # lerp: shadow + weight * (param - shadow) == decay * shadow + (1 - decay) * param;
+        # FSDP-sharded parameters (DTensors: the EMA of this rank's shards) apart from plain buffers
+        for names in self._foreach_lists:
             torch._foreach_lerp_([self.shadow[n] for n in names],
                                  [self._params[n].detach() for n in names], weight)
         for n in self._copied:
@@ -90,6 +96,12 @@ class EMA:
             self.shadow[name].copy_(value)
         self.decay = float(state["decay"])
         self.num_updates = int(state["num_updates"])
+
+
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
 
 
 class _Averaged:

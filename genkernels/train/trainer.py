@@ -16,6 +16,15 @@ the lowest `best_metric` in its history (`best_entry`); with `keep_best` it keep
 `patience` it stops after that many evaluations in a row without a new best. Both are derived from
 the history, which checkpoints carry, so a resumed run keeps counting where it left off.
 
+Strategies under torchrun (`config.strategy`): "ddp" wraps the loss computation in
+DistributedDataParallel; "fsdp" shards the model with FSDP2 (see genkernels.train.distributed):
+the optimizers are built over the sharded (DTensor) parameters, gradient clipping measures the
+global norm across shards, and the EMA averages each rank's own shards (no extra communication,
+1/K of the memory). Evaluation and sampling run on rank 0 alone, on an unsharded replica of the
+model that holds the evaluated (EMA, else live) weights, all-gathered from the shards at each
+evaluation, periodic sample, resume and the end of fit(); checkpoints are sharded (each rank
+writes its own shards) and resume on any number of processes (see genkernels.train.checkpoint).
+
 Non-finite values: a NaN/inf loss, or a NaN/inf gradient norm outside fp16 (where the GradScaler
 skips such steps by design), raises NonFiniteError naming the step before the optimizer is
 stepped, so the weights stay those of the last good step; with `skip_nonfinite` the group's update
@@ -24,6 +33,7 @@ is skipped and counted instead. Checkpoints refuse non-finite weights (the last 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import random
@@ -179,6 +189,7 @@ def _nonfinite_kind(value: torch.Tensor) -> str:
 def _first_nonfinite(named_tensors) -> Optional[str]:
     """'name: nan' of the first floating-point tensor holding NaN/inf, or None when all are finite."""
     for name, tensor in named_tensors:
+        tensor = distributed.local_part(tensor)  # a shard: the verdict is this rank's
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             return f"{name} holds {_nonfinite_kind(tensor)}"
     return None
@@ -224,12 +235,22 @@ class Trainer:
         seed_everything(config.seed + self.dist.rank)
 
         self.model.to(self.device)
+        # fsdp over several ranks: parameters become DTensor shards (before the optimizers exist)
+        self.sharded = config.strategy == "fsdp" and self.dist.enabled
+        self._replica: Optional[GenerativeModel] = None  # rank 0's unsharded model for evaluation
+        if self.sharded:
+            distributed.broadcast_module(model, self.dist)  # rank 0's start, as DDP does
+            if self.is_main:
+                self._replica = copy.deepcopy(model)
+            self._loss_module = distributed.fully_shard_model(_LossModule(model), model, self.dist,
+                                                              self.device, config.precision)
         self.groups = self._validated_groups()
         self.optimizers = {name: _adamw(params, config) for name, params in self.groups.items()}
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
-        # Several groups: each group's loss leaves the other groups' parameters unused.
-        self._loss_module = distributed.wrap(_LossModule(model), self.dist, self.device,
-                                             find_unused_parameters=len(self.groups) > 1)
+        if not self.sharded:
+            # Several groups: each group's loss leaves the other groups' parameters unused.
+            self._loss_module = distributed.wrap(_LossModule(model), self.dist, self.device,
+                                                 find_unused_parameters=len(self.groups) > 1)
         self._loss_fn = torch.compile(self._loss_module) if config.compile else self._loss_module
         # After wrapping: DDP has broadcast rank 0's weights, so every rank averages the same start.
         self.ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
@@ -319,7 +340,7 @@ class Trainer:
             self.scaler.scale(objective).backward()
             self.scaler.unscale_(optimizer)
             # max_norm=inf measures the norm without scaling (the coefficient clamps to 1)
-            norm = torch.nn.utils.clip_grad_norm_(self.groups[name], self.config.grad_clip or math.inf)
+            norm = self._clip_gradients(self.groups[name], self.config.grad_clip or math.inf)
             problem = self._nonfinite_problem(objective, norm)
             if problem is not None:
                 self._handle_nonfinite(name, problem)
@@ -340,6 +361,17 @@ class Trainer:
                 self.ema.update()
         self.step += 1
         return record
+
+    def _clip_gradients(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+        """clip_grad_norm_; with sharded gradients the norm is the global one (all shards)."""
+        if not self.sharded:
+            return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        norm = distributed.full_tensor(torch.nn.utils.get_total_norm(grads))
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return norm
 
     def _nonfinite_problem(self, objective: torch.Tensor, norm: torch.Tensor) -> Optional[str]:
         """None when the loss and the gradient norm are finite (on every rank), else what is not.
@@ -382,7 +414,8 @@ class Trainer:
             remedies.append("use fp32")
         if not config.skip_nonfinite:
             remedies.append("pass skip_nonfinite (--skip-nonfinite) to skip such steps")
-        largest = max((float(p.detach().abs().max()) for p in self.model.parameters() if p.numel()), default=0.0)
+        local = (distributed.local_part(p.detach()) for p in self.model.parameters())
+        largest = max((float(p.abs().max()) for p in local if p.numel()), default=0.0)
         return (f"the weights are finite (largest |weight| {largest:.3g}), so this batch or the forward pass "
                 "produced it: " + ", ".join(remedies[:-1]) + " or " + remedies[-1])
 
@@ -391,26 +424,61 @@ class Trainer:
         """Context in which the model holds the EMA weights (the live ones when EMA is off)."""
         return self.ema.averaged() if self.ema is not None else contextlib.nullcontext()
 
+    def _averaged_state(self) -> dict[str, torch.Tensor]:
+        """The evaluated weights (EMA, else live) as whole tensors, parameters and buffers.
+        Sharded: all-gathers every tensor, so call it on every rank."""
+        if self.ema is not None:
+            named = self.ema.shadow
+        else:
+            named = dict(self.model.named_parameters())
+            named.update(self.model.named_buffers())
+        return {name: distributed.full_tensor(value.detach()) for name, value in named.items()}
+
+    def _sync_replica(self) -> None:
+        """fsdp: copy the evaluated weights into rank 0's unsharded replica (every rank calls)."""
+        if not self.sharded:
+            return
+        state = self._averaged_state()
+        if self._replica is not None:
+            with torch.no_grad():
+                targets = dict(self._replica.named_parameters())
+                targets.update(self._replica.named_buffers())
+                for name, value in state.items():
+                    targets[name].copy_(value)
+
+    @contextlib.contextmanager
+    def _evaluated_model(self):
+        """The model holding the evaluated weights: the EMA swapped in, or under fsdp rank 0's
+        replica (synchronised at the last evaluation, periodic sample, resume or end of fit)."""
+        if not self.sharded:
+            with self.averaged_weights():
+                yield self.model
+            return
+        if self._replica is None:
+            raise RuntimeError("with strategy 'fsdp', evaluation and sampling run on rank 0 only")
+        yield self._replica
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
         """Val losses (means over up to eval_max_items items) and model.evaluate, EMA weights."""
         entry: dict[str, Any] = {"kind": "eval", "step": self.step}
         if self.val_set is None:
             return entry
-        with self.averaged_weights(), isolated_rng(self.config.seed + _EVAL_SEED_OFFSET, self.device):
-            self.model.eval()
+        with self._evaluated_model() as model, isolated_rng(self.config.seed + _EVAL_SEED_OFFSET, self.device):
+            model.eval()
             try:
-                if self.model.reports_validation_loss:  # False for a GAN: see GAN.reports_validation_loss
-                    entry.update({f"val/{k}": v for k, v in self.validation_losses().items()})
-                metrics = self.model.evaluate(self.val_set, max_items=self.config.eval_max_items)
+                if model.reports_validation_loss:  # False for a GAN: see GAN.reports_validation_loss
+                    entry.update({f"val/{k}": v for k, v in self.validation_losses(model).items()})
+                metrics = model.evaluate(self.val_set, max_items=self.config.eval_max_items)
                 entry.update({f"eval/{k}": float(v) for k, v in metrics.items()})
             finally:
-                self.model.train()
+                model.train()
         return entry
 
     @torch.no_grad()
-    def validation_losses(self) -> dict[str, float]:
-        return validation_losses(self.model, self.val_set, batch_size=self.config.batch_size,
+    def validation_losses(self, model: Optional[GenerativeModel] = None) -> dict[str, float]:
+        return validation_losses(self.model if model is None else model, self.val_set,
+                                 batch_size=self.config.batch_size,
                                  max_items=self.config.eval_max_items, device=self.device,
                                  precision=self.config.precision,
                                  groups=list(self.groups) if len(self.groups) > 1 else None)
@@ -418,16 +486,17 @@ class Trainer:
     @torch.no_grad()
     def sample(self, n: int, **conditions) -> torch.Tensor:
         """n samples from the EMA weights, under a seeded RNG that training never sees; on CPU."""
-        with self.averaged_weights(), isolated_rng(self.config.seed + _EVAL_SEED_OFFSET, self.device):
-            self.model.eval()
+        with self._evaluated_model() as model, isolated_rng(self.config.seed + _EVAL_SEED_OFFSET, self.device):
+            model.eval()
             try:
-                return self.model.sample(n, **conditions).detach().float().cpu()
+                return model.sample(n, **conditions).detach().float().cpu()
             finally:
-                self.model.train()
+                model.train()
 
     def _save_periodic_samples(self) -> None:
         from genkernels.figures import save_image_grid
 
+        self._sync_replica()
         if not self.is_main or self.out_dir is None:
             return
         samples = self.sample(self.config.num_samples)
@@ -524,6 +593,7 @@ class Trainer:
 
     def _record_eval(self) -> None:
         """Evaluate (rank 0), then on every rank keep the weights if they are the best so far."""
+        self._sync_replica()
         if self.val_set is not None and self.is_main:
             self._record(self.evaluate())
         improved = self.is_main and self.val_set is not None and self.history[-1] is self.best_entry()
@@ -571,7 +641,9 @@ class Trainer:
     def _keep_best(self) -> None:
         """Keep the evaluated weights in memory and, with out_dir, the checkpoint in out_dir/best."""
         with self.averaged_weights():
-            self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            # whole tensors (all-gathered from the shards under fsdp)
+            self._best_state = {k: distributed.full_tensor(v.detach()).to("cpu", copy=True)
+                                for k, v in self.model.state_dict().items()}
         if self.out_dir is not None:
             self.save_checkpoint(self.out_dir / "best")
 
@@ -590,11 +662,21 @@ class Trainer:
             raise ValueError("no best weights were kept: needs keep_best=True and an evaluation with "
                              f"{self.best_metric() or 'a val/ metric (or set best_metric)'}")
         current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self._best_state, strict=False)
+        self._load_weights(self._best_state)
         try:
             yield self.model
         finally:
-            self.model.load_state_dict(current)
+            self._load_weights(current)
+
+    def _load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """model.load_state_dict(state, strict=False); sharded: each rank copies its slices."""
+        if not self.sharded:
+            self.model.load_state_dict(state, strict=False)
+            return
+        targets = self.model.state_dict()
+        for name, value in state.items():
+            if name in targets:
+                distributed.copy_full_into(targets[name], value.to(self.device))
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, path: Optional[str | Path] = None) -> Optional[Path]:
@@ -612,6 +694,7 @@ class Trainer:
         from genkernels.train.checkpoint import load_checkpoint, restore_trainer
 
         restore_trainer(self, load_checkpoint(path, map_location=self.device))
+        self._sync_replica()
         self._stream = None
         if self.is_main and self.out_dir is not None:
             # the log restarts from the checkpoint: drop lines written after it was saved

@@ -180,3 +180,30 @@ def test_unet_suite_runs_tiny():
     assert all(r["ms"] > 0 for r in rows["train"] + rows["step"])
     assert all(0 <= r["outside_matmul_conv_attn"] <= 1 for r in rows["step"])
     assert all(r["images_per_s"] > 0 for r in rows["sampler"] if "images_per_s" in r)
+
+
+def test_generation_suite_runs_tiny(monkeypatch):
+    """The `generation` suite on a tiny GPT: cached and recomputed greedy generation agree (checked
+    before timing), the integrated recompute estimate is reported beside the measurement, the
+    linear + cross-entropy rows cover every provider and the training rows are positive."""
+    from genkernels.bench import SUITES, generation, transformer_ops
+
+    assert "generation" in SUITES
+    lce_shapes = []  # lce_rows runs subprocesses (tested tiny in test_transformer_ops_suite_runs_tiny)
+    monkeypatch.setattr(transformer_ops, "lce_rows", lambda device, shape: lce_shapes.append(shape) or [
+        {"provider": p, "ms": 1.0, "peak_MiB": 1.0} for p in ("materialised", "chunked", "chunked_recompute")])
+    rows = generation.run_suite("cpu", with_compile=False, tiny=True)
+    assert lce_shapes == list(generation.TINY["lce"])
+    gen = rows["generation"]
+    assert [r["tokens"] for r in gen] == list(generation.TINY["lengths"])
+    assert all(r["recompute_method"] == "measured" and r["cached_tokens_per_s"] > 0 and r["speedup"] > 0
+               and r["recompute_estimate_error"] is not None for r in gen)
+    assert [r["provider"] for r in rows["lce"]] == ["materialised", "chunked", "chunked_recompute"]
+    assert all(r["ms"] > 0 and r["peak_MiB"] > 0 for r in rows["lce"])
+    assert [r["provider"] for r in rows["train"]] == ["eager"] and rows["train"][0]["tokens_per_s"] > 0
+    # the longest lengths are integrated, not run, when past measure_up_to
+    (row,) = generation.generation_rows("cpu", (12,), generation.TINY["config"], prompt=4, measure_up_to=8,
+                                        points=3, repeat=1)
+    assert row["recompute_method"].startswith("integrated") and row["recompute_tokens_per_s"] > 0
+    bench_generation = _bench_module("generation")
+    assert bench_generation.generation is generation

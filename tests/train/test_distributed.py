@@ -1,11 +1,21 @@
-"""Data parallel training: 2 CPU processes (gloo) take the same steps as 1 with the same batch."""
+"""Data parallel training: 2 CPU processes (gloo) take the same steps as 1 with the same batch.
+
+The ranks are fresh Python processes started by `launch` (not mp.spawn): they meet through a
+FileStore in the test's tmp_path (no TCP port to choose, so no port race), gloo is pinned to the
+loopback interface, every collective times out after a minute, each rank's output goes to a log
+file, and a failure reports every rank's exit status (signal included) and the tail of its log.
+"""
 import datetime
 import os
-import socket
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from genkernels.train import NonFiniteError, TrainConfig, Trainer, load_checkpoint
@@ -33,19 +43,83 @@ def train_deterministic_toy(out_dir=None) -> Trainer:
     return trainer
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COLLECTIVE_TIMEOUT_S = 60  # a rank left waiting in a collective fails after this, not gloo's 30 min
 
 
-def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+def gloo_available() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_gloo_available()
+
+
+def launch(target: str, world_size: int, out_dir, *args: str, timeout: float = 180.0) -> None:
+    """Run `target` ("module:function", called as function(*args)) in `world_size` fresh Python
+    processes with RANK/WORLD_SIZE/LOCAL_RANK set, as torchrun would; the function calls
+    `init_rank()` first. Returns when all exit 0; otherwise kills the rest and fails naming each
+    rank's exit status and the tail of its output."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = out_dir / f"store-{uuid.uuid4().hex}"  # FileStore: fresh per launch, no port
+    module, function = target.split(":")
+    code = f"import sys; from {module} import {function}; {function}(*sys.argv[1:])"
+    base_env = dict(os.environ, OMP_NUM_THREADS="1", GENKERNELS_TEST_INIT_METHOD=f"file://{store}",
+                    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    base_env.pop("MASTER_PORT", None)
+    if os.path.exists("/sys/class/net/lo") and "GLOO_SOCKET_IFNAME" not in os.environ:
+        base_env["GLOO_SOCKET_IFNAME"] = "lo"  # not whatever interface the hostname resolves to
+    processes, logs = [], []
+    for rank in range(world_size):
+        env = dict(base_env, RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+        log_path = out_dir / f"{function}-rank{rank}.log"
+        logs.append(log_path)
+        with open(log_path, "w") as log:
+            processes.append(subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=REPO_ROOT,
+                                              env=env, stdout=log, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout
+    failed_at = None
+    while any(p.poll() is None for p in processes):
+        now = time.monotonic()
+        if failed_at is None and any(p.returncode not in (None, 0) for p in processes):
+            failed_at = now  # the others get a few seconds to report their own error
+        if now > deadline or (failed_at is not None and now > failed_at + 10):
+            break
+        time.sleep(0.1)
+    timed_out = time.monotonic() > deadline
+    for p in processes:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    if any(p.returncode != 0 for p in processes):
+        def status(code):
+            if code is not None and code < 0:
+                return f"killed by {signal.Signals(-code).name}"
+            return f"exit status {code}"
+        report = [f"{target} on {world_size} gloo ranks failed" + (f" (timed out after {timeout:.0f} s)"
+                                                                     if timed_out else "") + ":"]
+        for rank, (p, log_path) in enumerate(zip(processes, logs)):
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+            report.append(f"--- rank {rank}: {status(p.returncode)}; last lines of {log_path}:\n{tail}")
+        pytest.fail("\n".join(report), pytrace=False)
+
+
+def init_rank() -> tuple[int, int]:
+    """Join the process group of a `launch`ed rank; returns (rank, world_size)."""
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     torch.set_num_threads(1)
-    # a rank left waiting in a collective fails after a minute instead of gloo's half hour
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size,
-                                         timeout=datetime.timedelta(seconds=60))
+    torch.distributed.init_process_group("gloo", init_method=os.environ["GENKERNELS_TEST_INIT_METHOD"],
+                                         rank=rank, world_size=world_size,
+                                         timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    return rank, world_size
+
+
+def finish_rank() -> None:
+    """Leave together: a rank that exits while another still talks to it aborts that one (gloo)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    distributed.cleanup()
+
+
+def _worker(out_dir: str) -> None:
+    rank, world_size = init_rank()
     try:
         trainer = train_deterministic_toy(out_dir=os.path.join(out_dir, "toy"))
         assert trainer.dist.world_size == world_size and trainer.dist.rank == rank
@@ -69,7 +143,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         with open(os.path.join(out_dir, f"nonfinite_rank{rank}.txt"), "w") as file:
             file.write(message)
     finally:
-        distributed.cleanup()
+        finish_rank()
 
 
 def test_shard_splits_a_global_batch_into_contiguous_slices():
@@ -88,9 +162,9 @@ def test_single_process_without_launcher(monkeypatch):
 
 
 def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path):
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+    if not gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    launch("tests.train.test_distributed:_worker", 2, tmp_path, str(tmp_path))
 
     single = train_deterministic_toy()
     rank0 = load_file(str(tmp_path / "toy_rank0.safetensors"))

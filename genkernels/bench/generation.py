@@ -1,0 +1,191 @@
+"""`genkernels bench --suite generation`: the GPT's cached generation, fused loss and training speed.
+
+Three tables, measured in one run (float32, batch 1 for generation; torch threads as run_suite is
+given, 1 by default on a CPU so that a shared machine's load disturbs it least):
+
+generation  GPT.generate (greedy, KV cache through attention_decode: prefill once, then one token's
+            work per step) against GPT.generate_uncached (the nanoGPT/minGPT loop: the whole context
+            re-run for every token), for 128 / 512 / 2048 new tokens after a 16-token prompt, the
+            default GPTConfig with context = prompt + the longest length. Cached: median of whole
+            `generate` calls. Recompute: its cost per token grows with the context, so it is measured
+            as one step (the full forward over c tokens + head + argmax, what generate_uncached does
+            per token) at `points` context lengths spread over [prompt, prompt + n), and the total
+            integrated with the trapezoid rule ("integrated"); for lengths up to `measure_up_to`
+            (default 512) the whole generate_uncached call is also timed ("measured", and the column
+            recompute_estimate_error compares the two), and the tokens of both generators are checked
+            to be identical first. On a 2-core CPU a measured 2048-token recompute would take minutes
+            (~10^3 forwards of up to 2,064 tokens), so that row is the integrated one.
+lce         genkernels.ops.linear_cross_entropy (chunked, gradients formed in the forward; and the
+            variant recomputing the logits in backward) against F.cross_entropy on the materialised
+            float32 logits, forward + backward at N tokens x D hidden x V = 32k / 64k / 128k: ms and
+            peak memory above the inputs, each in a fresh subprocess (transformer_ops.lce_rows: growth
+            of the process's peak resident set on a CPU, torch.cuda.max_memory_allocated on CUDA).
+train       GPT training steps (loss forward + backward + AdamW), tokens/s, eager against
+            torch.compile of the loss (as the trainer's --compile), from the same weights; the two
+            first-step losses are checked to agree. Compilation is excluded (warm-up steps).
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+
+from genkernels.bench.timing import synchronize
+from genkernels.models.gpt import GPT, GPTConfig
+
+PROMPT = 16
+LENGTHS = (128, 512, 2048)
+LCE_SHAPES = ((1024, 256, 32768), (1024, 256, 65536), (1024, 256, 131072))  # (N, D, V)
+TRAIN = (8, 256)  # (batch, tokens per sequence) = the default GPT context
+TINY = {"lengths": (8, 24), "config": dict(dim=32, depth=2, num_heads=2), "lce": ((64, 16, 512),),
+        "train": (2, 16), "points": 3}
+GEN_COLUMNS = ["tokens", "prompt", "cached_tokens_per_s", "recompute_tokens_per_s", "speedup", "recompute_method",
+               "recompute_estimate_error", "cached_ms_per_token", "recompute_ms_last_token", "threads"]
+TRAIN_COLUMNS = ["provider", "batch", "seq_len", "ms_per_step", "tokens_per_s", "speedup_vs_eager", "threads"]
+
+
+def _median_seconds(fn, repeat: int, device) -> float:
+    samples = []
+    for _ in range(repeat):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def _model(config: dict, context: int, device) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(context=context, **config)).to(device).eval()
+
+
+# ---- generation: cached vs recompute ---------------------------------------------------------------
+def recompute_step_seconds(model: GPT, context_len: int, repeat: int = 3) -> float:
+    """Seconds of one generate_uncached step at a context of context_len tokens (forward over all of
+    them, the last position's logits, argmax)."""
+    device = model.head_weight.device
+    seq = torch.randint(0, model.config.vocab_size, (1, context_len), generator=torch.Generator().manual_seed(1))
+    seq = seq.to(device)
+
+    @torch.no_grad()
+    def step():
+        last = model.hidden(seq)[:, -1]
+        return (last @ model.head_weight.t()).float().argmax(dim=-1)
+
+    step()  # warm-up
+    return _median_seconds(step, repeat, device)
+
+
+def integrated_recompute_seconds(model: GPT, prompt: int, tokens: int, points: int = 8, repeat: int = 3,
+                                 cache: dict | None = None) -> tuple[float, float]:
+    """(estimated seconds of generate_uncached for `tokens` new tokens after `prompt`, the last step's
+    seconds): step times at `points` context lengths over [prompt, prompt + tokens - 1], trapezoid sum."""
+    cache = {} if cache is None else cache
+    last = prompt + tokens - 1
+    lengths = sorted({round(prompt + i * (last - prompt) / max(points - 1, 1)) for i in range(points)})
+    for c in lengths:
+        if c not in cache:
+            cache[c] = recompute_step_seconds(model, c, repeat)
+    total = 0.0
+    for a, b in zip(lengths, lengths[1:]):
+        total += (b - a) * (cache[a] + cache[b]) / 2  # steps at contexts a .. b-1, linear in between
+    total += cache[last]  # the step at the last context
+    return total, cache[last]
+
+
+def generation_rows(device="cpu", lengths=LENGTHS, config: dict | None = None, prompt: int = PROMPT,
+                    measure_up_to: int = 512, points: int = 8, repeat: int = 3) -> list[dict]:
+    device = torch.device(device)
+    model = _model(config or {}, prompt + max(lengths), device)
+    prompt_tokens = torch.randint(0, model.config.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(0))
+    prompt_tokens = prompt_tokens.to(device)
+    model.generate(prompt_tokens, 8, temperature=0)  # warm-up
+    cache, rows = {}, []
+    for n in lengths:
+        cached_out = []
+        cached = _median_seconds(lambda: cached_out.append(model.generate(prompt_tokens, n, temperature=0)), repeat,
+                                 device)
+        estimate, last_step = integrated_recompute_seconds(model, prompt, n, points, repeat, cache)
+        row = {"tokens": n, "prompt": prompt, "threads": torch.get_num_threads(),
+               "cached_tokens_per_s": n / cached, "cached_ms_per_token": cached / n * 1e3,
+               "recompute_ms_last_token": last_step * 1e3, "recompute_estimate_error": None}
+        if n <= measure_up_to:
+            start = time.perf_counter()
+            uncached_out = model.generate_uncached(prompt_tokens, n)
+            synchronize(device)
+            measured = time.perf_counter() - start
+            if uncached_out != cached_out[0]:
+                raise AssertionError(f"cached and recomputed greedy generation disagree at {n} tokens")
+            row.update(recompute_method="measured", recompute_seconds=measured,
+                       recompute_estimate_error=estimate / measured - 1)
+        else:
+            row.update(recompute_method=f"integrated ({points} context lengths)", recompute_seconds=estimate)
+        row["recompute_tokens_per_s"] = n / row["recompute_seconds"]
+        row["speedup"] = row["recompute_seconds"] / cached
+        row["config"] = {k: v for k, v in vars(model.config).items()}
+        rows.append(row)
+    return rows
+
+
+# ---- training tokens/s: eager vs torch.compile of the loss -------------------------------------
+def train_rows(device="cpu", shape=TRAIN, config: dict | None = None, steps: int = 5, warmup: int = 2,
+               with_compile: bool = True) -> list[dict]:
+    device = torch.device(device)
+    batch, seq_len = shape
+    base = _model(config or {}, seq_len, device).train()
+    data = torch.randint(0, base.config.vocab_size, (steps + warmup, batch, seq_len + 1),
+                         generator=torch.Generator().manual_seed(2)).to(device)
+    providers = ["eager"] + (["compile"] if with_compile else [])
+    rows, first_losses = [], {}
+    for provider in providers:
+        model = copy.deepcopy(base)
+        loss_fn = (lambda b, m=model: m.loss(b)["loss"])
+        if provider == "compile":
+            loss_fn = torch.compile(loss_fn)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        times = []
+        for i in range(warmup + steps):
+            synchronize(device)
+            start = time.perf_counter()
+            loss = loss_fn(data[i])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+            if i == 0:
+                first_losses[provider] = float(loss)
+        seconds = statistics.median(times[warmup:])
+        rows.append({"provider": provider, "batch": batch, "seq_len": seq_len, "ms_per_step": seconds * 1e3,
+                     "tokens_per_s": batch * seq_len / seconds, "threads": torch.get_num_threads(),
+                     "first_loss": first_losses[provider]})
+    if "compile" in first_losses and abs(first_losses["compile"] - first_losses["eager"]) > 1e-3:
+        raise AssertionError(f"compiled and eager GPT losses disagree: {first_losses}")
+    for r in rows:
+        r["speedup_vs_eager"] = rows[0]["ms_per_step"] / r["ms_per_step"]
+    return rows
+
+
+def run_suite(device="cpu", with_compile: bool = True, threads: int | None = 1, tiny: bool = False) -> dict:
+    """{"generation": rows, "lce": rows, "train": rows}; threads: torch CPU threads (None: as is);
+    tiny: small shapes for the tests."""
+    from genkernels.bench.transformer_ops import lce_rows
+
+    device = torch.device(device)
+    before = torch.get_num_threads()
+    try:
+        if threads is not None and device.type == "cpu":
+            torch.set_num_threads(threads)
+        t = TINY if tiny else {}
+        config = t.get("config")
+        result = {"generation": generation_rows(device, t.get("lengths", LENGTHS), config,
+                                                points=t.get("points", 8), repeat=1 if tiny else 3)}
+        result["lce"] = [row for shape in t.get("lce", LCE_SHAPES) for row in lce_rows(device, shape)]
+        result["train"] = train_rows(device, t.get("train", TRAIN), config, steps=2 if tiny else 5,
+                                     warmup=1 if tiny else 2, with_compile=with_compile)
+    finally:
+        torch.set_num_threads(before)
+    return result

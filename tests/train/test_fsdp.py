@@ -1,0 +1,183 @@
+"""FSDP2 (strategy "fsdp"): 2 gloo ranks take the same steps as 1 process with the same global
+batch, and sharded checkpoints resume on another number of processes (2 -> 1 and 1 -> 2).
+
+One launch of 2 ranks (module fixture) trains a tiny GPT with FSDP and resumes a 1-process
+checkpoint; the tests then compare what the ranks wrote with single-process runs.
+"""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+
+from genkernels.models.gpt import GPT, GPTConfig
+from genkernels.train import TrainConfig, Trainer, load_checkpoint, load_model
+from genkernels.train import distributed
+from tests.train.test_distributed import finish_rank, gloo_available, init_rank, launch
+
+# Two ranks reduce-scatter (average) two half-batch gradients where one process back-propagates
+# the whole batch: the same math summed in another order. Measured after 6 AdamW steps at
+# lr 1e-2: max |difference| of any weight 1.5e-8 (fp32); the bound leaves room for other BLAS.
+TOLERANCE = 1e-6
+STEPS, HALF = 6, 3
+
+
+class Windows(Dataset):
+    """`count` random token windows (context + 1,) over a vocabulary of 37 (odd: uneven shards)."""
+
+    def __init__(self, count: int, seed: int = 0, context: int = 8, vocab: int = 37):
+        generator = torch.Generator().manual_seed(seed)
+        self.tokens = torch.randint(0, vocab, (count, context + 1), generator=generator)
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def __getitem__(self, index):
+        return self.tokens[index]
+
+
+def config(**overrides) -> TrainConfig:
+    values = dict(steps=STEPS, batch_size=4, lr=1e-2, warmup_steps=2, log_every=1, eval_every=HALF,
+                  checkpoint_every=0, ema_decay=0.9, progress=False, device="cpu")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def make_trainer(**overrides) -> Trainer:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=37, context=8, dim=12, depth=2, num_heads=2))  # dropout 0: deterministic
+    return Trainer(model, Windows(32), Windows(8, seed=1), config(**overrides))
+
+
+def full_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """Live weights as whole tensors (all-gathered when sharded: call on every rank)."""
+    return {k: distributed.full_tensor(v.detach()).clone() for k, v in trainer.model.state_dict().items()}
+
+
+def evals(history):
+    return [e for e in history if e["kind"] == "eval"]
+
+
+def _fsdp_worker(out_dir: str) -> None:
+    rank, world_size = init_rank()
+    try:
+        # A. FSDP from scratch, a sharded checkpoint half-way, then to the end
+        trainer = make_trainer(strategy="fsdp", out_dir=os.path.join(out_dir, "fsdp"))
+        assert trainer.sharded and distributed.is_sharded(trainer.model.embed.weight)
+        trainer.fit(stop_at=HALF)
+        trainer.save_checkpoint(os.path.join(out_dir, "half2"))
+        trainer.fit()
+        weights = full_weights(trainer)
+        ema = {k: distributed.full_tensor(v).clone() for k, v in trainer.ema.shadow.items()}
+        if rank == 0:
+            save_file(weights, os.path.join(out_dir, "fsdp_weights.safetensors"))
+            save_file(ema, os.path.join(out_dir, "fsdp_ema.safetensors"))
+            with open(os.path.join(out_dir, "fsdp_history.json"), "w") as file:
+                json.dump(trainer.history, file)
+
+        # B. 1 -> 2: a checkpoint of one process resumed by 2 FSDP ranks
+        resumed = make_trainer(strategy="fsdp").resume(os.path.join(out_dir, "half1"))
+        resumed.fit()
+        weights = full_weights(resumed)
+        if rank == 0:
+            save_file(weights, os.path.join(out_dir, "resumed12_weights.safetensors"))
+            with open(os.path.join(out_dir, "resumed12_history.json"), "w") as file:
+                json.dump(resumed.history, file)
+    finally:
+        finish_rank()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The single-process reference (with its half-way checkpoint) and the 2-rank runs' files."""
+    if not gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    out = tmp_path_factory.mktemp("fsdp")
+    single = make_trainer()
+    single.fit(stop_at=HALF)
+    single.save_checkpoint(out / "half1")
+    single.fit()
+    launch("tests.train.test_fsdp:_fsdp_worker", 2, out, str(out))
+    return single, out
+
+
+def assert_weights_close(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> None:
+    assert set(actual) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(actual[name], value, rtol=0, atol=TOLERANCE, msg=name)
+
+
+def test_fsdp_on_two_ranks_matches_one_process_with_the_same_global_batch(runs):
+    single, out = runs
+    assert_weights_close(full_weights(single), load_file(str(out / "fsdp_weights.safetensors")))
+    assert_weights_close(single.ema.shadow, load_file(str(out / "fsdp_ema.safetensors")))
+    # rank 0 evaluates an unsharded replica holding the all-gathered EMA weights: same val losses
+    history = json.loads((out / "fsdp_history.json").read_text())
+    assert [e["step"] for e in evals(history)] == [HALF, STEPS]
+    for sharded, whole in zip(evals(history), evals(single.history)):
+        assert sharded["val/loss"] == pytest.approx(whole["val/loss"], abs=TOLERANCE)
+
+
+def test_fsdp_checkpoint_is_sharded_safetensors_with_an_index(runs):
+    _, out = runs
+    checkpoint = out / "fsdp" / "checkpoint"
+    names = sorted(p.name for p in checkpoint.iterdir())
+    for kind in ("model", "ema", "optimizer"):
+        assert {f"{kind}-rank0-of-2.safetensors", f"{kind}-rank1-of-2.safetensors"} <= set(names)
+    assert "model.safetensors" not in names
+    meta = json.loads((checkpoint / "trainer.json").read_text())
+    embed = meta["shards"]["tensors"]["model"]["embed.weight"]
+    assert embed["shape"] == [37, 12]  # 37 rows: 19 on rank 0, 18 on rank 1
+    assert embed["pieces"] == [{"rank": 0, "offsets": [0, 0], "shape": [19, 12]},
+                               {"rank": 1, "offsets": [19, 0], "shape": [18, 12]}]
+    assert set(load_file(str(checkpoint / "optimizer-rank1-of-2.safetensors"))) == {
+        name for name, entry in meta["shards"]["tensors"]["optimizer"].items()
+        if any(piece["rank"] == 1 for piece in entry["pieces"])}
+    # the best checkpoint (keep_best) is sharded too, and load_model reads either as a whole model
+    assert (out / "fsdp" / "best" / "model-rank1-of-2.safetensors").exists()
+    model = load_model(checkpoint)
+    ema = load_file(str(out / "fsdp_ema.safetensors"))  # parameters and float buffers
+    assert_weights_close(ema, {k: v for k, v in model.state_dict().items() if k in ema})
+
+
+def test_two_rank_checkpoint_resumes_in_one_process(runs, tmp_path):
+    single, out = runs
+    loaded = load_checkpoint(out / "half2")
+    assert loaded.step == HALF and loaded.meta["world_size"] == 2
+    resumed = make_trainer(out_dir=str(tmp_path)).resume(out / "half2")
+    assert resumed.step == HALF and not resumed.sharded
+    resumed.fit()
+    assert_weights_close(full_weights(single), full_weights(resumed))
+    assert_weights_close(single.ema.shadow, resumed.ema.shadow)
+    for group in single.optimizers:  # AdamW moments re-assembled from both ranks' shards
+        expected = single.optimizers[group].state_dict()["state"]
+        actual = resumed.optimizers[group].state_dict()["state"]
+        for index in expected:
+            for key in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(actual[index][key], expected[index][key], rtol=0, atol=TOLERANCE)
+
+
+def test_one_process_checkpoint_resumes_on_two_fsdp_ranks(runs):
+    single, out = runs
+    assert_weights_close(full_weights(single), load_file(str(out / "resumed12_weights.safetensors")))
+    history = json.loads((out / "resumed12_history.json").read_text())
+    assert [e["step"] for e in evals(history)] == [HALF, STEPS]  # the half-way one from the checkpoint
+    assert evals(history)[-1]["val/loss"] == pytest.approx(evals(single.history)[-1]["val/loss"], abs=TOLERANCE)
+
+
+def test_one_process_ignores_the_strategy():
+    ddp, fsdp = make_trainer(steps=2), make_trainer(steps=2, strategy="fsdp")
+    assert not fsdp.sharded
+    ddp.fit()
+    fsdp.fit()
+    for (name, a), (_, b) in zip(ddp.model.state_dict().items(), fsdp.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_unknown_strategy_is_an_error_naming_the_argument():
+    with pytest.raises(ValueError, match=r"TrainConfig.strategy must be one of ddp, fsdp, got 'zero3'"):
+        TrainConfig(strategy="zero3")
+    with pytest.raises(ValueError, match="strategy"):
+        TrainConfig.from_dict({"strategy": None})
