@@ -168,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keyword for model.sample (repeatable, Python literal values), "
                              "e.g. --condition temperature=0.8; the keys of each model are listed below")
     text = sample.add_argument_group(
-        "text families (gpt)", "--prompt streams the first sample's text to stdout as the tokens come (the "
-        "summary line goes to stderr); every sample is written to samples.txt. These flags set the sample "
-        "keywords of the same names, so a family without them refuses them.")
+        "text families (gpt)", "--prompt streams the first sample's text to stdout as the tokens come\n"
+        "(the summary line goes to stderr); every sample is written to samples.txt. These\n"
+        "flags set the sample keywords of the same names: a family without them refuses them.")
     text.add_argument("--prompt", metavar="TEXT", help="continue TEXT, e.g. --prompt 'def fib(n):'")
     text.add_argument("--max-new-tokens", type=_positive_int, metavar="N",
                       help="tokens generated per sample (default: fill the context)")

@@ -26,6 +26,9 @@ def parse_args():
     parser.add_argument("--decoder-depth", type=int, default=2)
     parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--positions", default="sinusoidal", choices=["sinusoidal", "learned"])
+    parser.add_argument("--max-operands", type=int, default=3, help="arithmetic: operands per expression (2..)")
+    parser.add_argument("--max-value", type=int, default=99, help="arithmetic: largest operand")
+    parser.add_argument("--max-len", type=int, default=10, help="sort / reverse: longest sequence")
     parser.add_argument("--train-size", type=int, default=50_000, help="training problems")
     parser.add_argument("--test-size", type=int, default=1000, help="held-out test problems")
     parser.add_argument("--beam-size", type=int, default=4)
@@ -39,9 +42,10 @@ def parse_args():
 def main():
     args = parse_args()
     torch.manual_seed(args.seed)
-    train = Seq2SeqTaskDataset(args.task, "train", size=args.train_size)
-    val = Seq2SeqTaskDataset(args.task, "val", size=min(1000, args.test_size))
-    test = Seq2SeqTaskDataset(args.task, "test", size=args.test_size)
+    options = {"max_operands": args.max_operands, "max_value": args.max_value, "max_len": args.max_len}
+    train = Seq2SeqTaskDataset(args.task, "train", size=args.train_size, **options)
+    val = Seq2SeqTaskDataset(args.task, "val", size=min(1000, args.test_size), **options)
+    test = Seq2SeqTaskDataset(args.task, "test", size=args.test_size, **options)
     config = Seq2SeqTransformer.config_for_data(train, {
         "dim": args.dim, "encoder_depth": args.encoder_depth, "decoder_depth": args.decoder_depth,
         "num_heads": args.num_heads, "positions": args.positions})

@@ -33,8 +33,12 @@ def cache_dir(tmp_path_factory):
     ("diffusion_text2digits.py", ["--steps", "4", "--per-caption", "4", "--held-out", "10", "--sample-steps", "2",
                                   "--eval-items", "4", "--base-channels", "8", "--text-dim", "16",
                                   "--guidance", "1", "3"], "held-out captions"),
+    ("bert_fill_mask.py", ["--steps", "6", "--dim", "16", "--depth", "1", "--heads", "2", "--max-bytes", "50000",
+                           "--eval-items", "8", "--top-k", "2"], "unigram baseline"),
     ("diffusion_superres.py", ["--steps", "4", "--images", "16", "--average", "2", "--sample-steps", "2",
                                "--eval-items", "4", "--base-channels", "8"], "bicubic"),
+    ("seq2seq_arithmetic.py", ["--steps", "10", "--dim", "32", "--train-size", "300", "--test-size", "16",
+                               "--show", "2", "--beam-size", "2"], "test exact match: greedy"),
     ("gpt_stdlib.py", ["--steps", "4", "--dim", "32", "--depth", "1", "--heads", "2", "--test-items", "8",
                        "--new-tokens", "8"], "same tokens: True"),
 ])

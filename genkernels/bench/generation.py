@@ -6,8 +6,8 @@ given, 1 by default on a CPU so that a shared machine's load disturbs it least):
 generation  GPT.generate (greedy, KV cache through attention_decode: prefill once, then one token's
             work per step) against GPT.generate_uncached (the nanoGPT/minGPT loop: the whole context
             re-run for every token), for 128 / 512 / 2048 new tokens after a 16-token prompt, the
-            default GPTConfig with context = prompt + the longest length. Cached: median of whole
-            `generate` calls. Recompute: its cost per token grows with the context, so it is measured
+            default GPTConfig with context = prompt + the longest length. Cached: whole `generate`
+            calls (median of `repeat` at 128 tokens, one call at the longer lengths). Recompute: its cost per token grows with the context, so it is measured
             as one step (the full forward over c tokens + head + argmax, what generate_uncached does
             per token) at `points` context lengths spread over [prompt, prompt + n), and the total
             integrated with the trapezoid rule ("integrated"); for lengths up to `measure_up_to`
@@ -17,9 +17,10 @@ generation  GPT.generate (greedy, KV cache through attention_decode: prefill onc
             (~10^3 forwards of up to 2,064 tokens), so that row is the integrated one.
 lce         genkernels.ops.linear_cross_entropy (chunked, gradients formed in the forward; and the
             variant recomputing the logits in backward) against F.cross_entropy on the materialised
-            float32 logits, forward + backward at N tokens x D hidden x V = 32k / 64k / 128k: ms and
-            peak memory above the inputs, each in a fresh subprocess (transformer_ops.lce_rows: growth
-            of the process's peak resident set on a CPU, torch.cuda.max_memory_allocated on CUDA).
+            float32 logits, forward + backward at N = 512 tokens x D = 256 x V = 32k / 64k / 128k: ms
+            and peak memory above the inputs, each provider in a fresh subprocess (the accounting of
+            transformer_ops.lce_rows: growth of the process's peak resident set, VmHWM, on a CPU;
+            torch.cuda.max_memory_allocated on CUDA), one peak-memory call then one timed call.
 train       GPT training steps (loss forward + backward + AdamW), tokens/s, eager against
             torch.compile of the loss (as the trainer's --compile), from the same weights; the two
             first-step losses are checked to agree. Compilation is excluded (warm-up steps).
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import sys
 import time
 
 import torch
@@ -37,7 +39,7 @@ from genkernels.models.gpt import GPT, GPTConfig
 
 PROMPT = 16
 LENGTHS = (128, 512, 2048)
-LCE_SHAPES = ((1024, 256, 32768), (1024, 256, 65536), (1024, 256, 131072))  # (N, D, V)
+LCE_SHAPES = ((512, 256, 32768), (512, 256, 65536), (512, 256, 131072))  # (N, D, V)
 TRAIN = (8, 256)  # (batch, tokens per sequence) = the default GPT context
 TINY = {"lengths": (8, 24), "config": dict(dim=32, depth=2, num_heads=2), "lce": ((64, 16, 512),),
         "train": (2, 16), "points": 3}
@@ -106,8 +108,8 @@ def generation_rows(device="cpu", lengths=LENGTHS, config: dict | None = None, p
     cache, rows = {}, []
     for n in lengths:
         cached_out = []
-        cached = _median_seconds(lambda: cached_out.append(model.generate(prompt_tokens, n, temperature=0)), repeat,
-                                 device)
+        cached = _median_seconds(lambda: cached_out.append(model.generate(prompt_tokens, n, temperature=0)),
+                                 repeat if n <= 128 else 1, device)  # long calls average the noise themselves
         estimate, last_step = integrated_recompute_seconds(model, prompt, n, points, repeat, cache)
         row = {"tokens": n, "prompt": prompt, "threads": torch.get_num_threads(),
                "cached_tokens_per_s": n / cached, "cached_ms_per_token": cached / n * 1e3,
@@ -169,11 +171,56 @@ def train_rows(device="cpu", shape=TRAIN, config: dict | None = None, steps: int
     return rows
 
 
+# ---- linear + cross-entropy at large vocabularies: time and peak memory ----------------------------
+LCE_PROVIDERS = ("materialised", "chunked", "chunked_recompute")
+
+
+def _lce_child(provider, n, d, v, device, threads, repeat) -> dict:
+    """In a fresh process: peak memory of one forward + backward (transformer_ops' accounting), then
+    the median of `repeat` timed calls."""
+    from genkernels.bench.transformer_ops import _lce_inputs, _lce_step, _peak_rss
+
+    torch.set_num_threads(threads)
+    h, w, t = _lce_inputs(n, d, v, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        _lce_step(provider, h, w, t)
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        base = _peak_rss()
+        _lce_step(provider, h, w, t)
+        peak = _peak_rss() - base
+    seconds = _median_seconds(lambda: _lce_step(provider, h, w, t), repeat, device)
+    return {"peak_bytes": peak, "seconds": seconds}
+
+
+def lce_rows(device, shape, repeat: int = 1) -> list[dict]:
+    """transformer_ops.lce_rows' table (same columns) with `repeat` timed calls after the peak-memory
+    call, so that V = 128k fits a shared CPU's time budget."""
+    import json
+    import subprocess
+
+    n, d, v = shape
+    threads = torch.get_num_threads()
+    out = {}
+    for provider in LCE_PROVIDERS:
+        cmd = [sys.executable, "-m", "genkernels.bench.generation", "lce", provider, str(n), str(d), str(v),
+               str(device), str(threads), str(repeat)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[provider] = json.loads(res.stdout.strip().splitlines()[-1])
+    return [{"op": "linear_cross_entropy fwd_bwd", "provider": provider, "threads": threads,
+             "shape": f"N{n} D{d} V{v}", "dtype": "float32", "ms": r["seconds"] * 1e3,
+             "peak_MiB": r["peak_bytes"] / 2 ** 20,
+             "memory_ratio": out["materialised"]["peak_bytes"] / max(r["peak_bytes"], 1),
+             "speedup_vs_materialised": out["materialised"]["seconds"] / r["seconds"]}
+            for provider, r in out.items()]
+
+
 def run_suite(device="cpu", with_compile: bool = True, threads: int | None = 1, tiny: bool = False) -> dict:
     """{"generation": rows, "lce": rows, "train": rows}; threads: torch CPU threads (None: as is);
     tiny: small shapes for the tests."""
-    from genkernels.bench.transformer_ops import lce_rows
-
     device = torch.device(device)
     before = torch.get_num_threads()
     try:
@@ -181,11 +228,21 @@ def run_suite(device="cpu", with_compile: bool = True, threads: int | None = 1, 
             torch.set_num_threads(threads)
         t = TINY if tiny else {}
         config = t.get("config")
+        print("generation suite: cached vs recompute ...", file=sys.stderr, flush=True)
         result = {"generation": generation_rows(device, t.get("lengths", LENGTHS), config,
                                                 points=t.get("points", 8), repeat=1 if tiny else 3)}
+        print("generation suite: linear + cross-entropy ...", file=sys.stderr, flush=True)
         result["lce"] = [row for shape in t.get("lce", LCE_SHAPES) for row in lce_rows(device, shape)]
+        print("generation suite: training steps ...", file=sys.stderr, flush=True)
         result["train"] = train_rows(device, t.get("train", TRAIN), config, steps=2 if tiny else 5,
                                      warmup=1 if tiny else 2, with_compile=with_compile)
     finally:
         torch.set_num_threads(before)
     return result
+
+
+if __name__ == "__main__":  # the peak-memory child: lce provider N D V device threads repeat
+    import json
+
+    _, provider, n, d, v, dev, threads, repeat = sys.argv[1:9]
+    print(json.dumps(_lce_child(provider, int(n), int(d), int(v), torch.device(dev), int(threads), int(repeat))))

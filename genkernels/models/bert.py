@@ -485,6 +485,7 @@ class BERT(GenerativeModel):
                              f"context ({self.config.context})")
         return ids, spans
 
+    @torch.no_grad()
     def _byte_log_probs(self, ids: torch.Tensor, positions: list[int]) -> torch.Tensor:
         """ids (B, T) -> log-probabilities over the 256 bytes at `positions`, (B, P, 256), renormalised
         over bytes (the special ids are never a fill)."""

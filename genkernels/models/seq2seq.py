@@ -8,8 +8,9 @@ Network (pre-norm, as the "pre-LN" Transformer):
     tgt_in (B, T) -> embed [+ positions] -> decoder_depth x DecoderLayer -> norm -> head (B, T, V)
     DecoderLayer: x + self_attn(norm(x)) (causal), x + cross_attn(norm(x), memory) (source padding
                   masked), then x + mlp(norm(x))
-Positions are sinusoidal (fixed) or learned (one table for the source, one for the target); the
-token embedding is shared by source, target and the output head. mlp SwiGLU or GELU-tanh, norm
+Positions are sinusoidal (fixed) or learned (one table for the source, one for the target, initialised
+to the sinusoidal values); the token embedding is shared by source, target and the output head, and
+scaled by sqrt(dim) at the input (Vaswani et al.), so tokens and positions enter at the same scale. mlp SwiGLU or GELU-tanh, norm
 RMSNorm or LayerNorm: the genkernels fused layers.
 
 Loss: teacher-forced next-token NLL on the target (BOS + answer + EOS), padding ignored
@@ -162,9 +163,10 @@ class Seq2SeqTransformer(GenerativeModel):
         super().__init__(config if config is not None else Seq2SeqConfig())
         c = self.config
         self.embed = nn.Embedding(c.vocab_size, c.dim)
+        self.embed_scale = math.sqrt(c.dim)
         if c.positions == "learned":
-            self.src_pos = nn.Parameter(torch.zeros(c.max_src_len, c.dim))
-            self.tgt_pos = nn.Parameter(torch.zeros(c.max_tgt_len, c.dim))
+            self.src_pos = nn.Parameter(sinusoidal_table(c.max_src_len, c.dim))
+            self.tgt_pos = nn.Parameter(sinusoidal_table(c.max_tgt_len, c.dim))
         else:
             self.register_buffer("src_pos", sinusoidal_table(c.max_src_len, c.dim), persistent=False)
             self.register_buffer("tgt_pos", sinusoidal_table(c.max_tgt_len, c.dim), persistent=False)
@@ -176,16 +178,14 @@ class Seq2SeqTransformer(GenerativeModel):
         self._init_weights()
 
     def _init_weights(self):
-        """N(0, 0.02) linears, embeddings and learned positions; residual output projections scaled by
-        1/sqrt(2 * layers), as GPT-2."""
+        """N(0, 0.02) linears, residual output projections scaled by 1/sqrt(2 * layers) (GPT-2); the
+        embedding N(0, 1/dim), so embed * sqrt(dim) has unit scale and the tied head's logits start near 1."""
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
+            if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-        if self.config.positions == "learned":
-            nn.init.normal_(self.src_pos, std=0.02)
-            nn.init.normal_(self.tgt_pos, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.normal_(self.embed.weight, std=self.config.dim ** -0.5)
         for layers in (self.encoder, self.decoder):
             for layer in layers:
                 last = layer.mlp.w2 if isinstance(layer.mlp, SwiGLU) else layer.mlp.fc2
@@ -226,7 +226,7 @@ class Seq2SeqTransformer(GenerativeModel):
         """src (B, S) right-padded with pad_id -> memory (B, S, dim), padding (B, S) bool (True = pad)."""
         self._check_src(src)
         padding = src == self.config.pad_id
-        x = self.drop(self.embed(src) + self.src_pos[:src.shape[1]])
+        x = self.drop(self.embed(src) * self.embed_scale + self.src_pos[:src.shape[1]])
         for layer in self.encoder:
             x = layer(x, padding)
         return self.encoder_norm(x), padding
@@ -237,7 +237,7 @@ class Seq2SeqTransformer(GenerativeModel):
 
         caches: one (self, cross) KVCache pair per decoder layer for decoding (self caches hold the
         `start` earlier positions); None: the plain causal pass over tgt_in (training, reference)."""
-        x = self.drop(self.embed(tgt_in) + self.tgt_pos[start:start + tgt_in.shape[1]])
+        x = self.drop(self.embed(tgt_in) * self.embed_scale + self.tgt_pos[start:start + tgt_in.shape[1]])
         for i, layer in enumerate(self.decoder):
             self_cache, cross_cache = caches[i] if caches is not None else (None, None)
             x = layer(x, memory, padding, self_cache, cross_cache)

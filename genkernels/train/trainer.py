@@ -246,7 +246,13 @@ class Trainer:
                                                               self.device, config.precision)
         self.groups = self._validated_groups()
         self.optimizers = {name: _adamw(params, config) for name, params in self.groups.items()}
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        if self.sharded and config.precision == "fp16":
+            # gradients are shards: the ranks must agree on whether any shard overflowed
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            self.scaler = ShardedGradScaler(self.device.type)
+        else:
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         if not self.sharded:
             # Several groups: each group's loss leaves the other groups' parameters unused.
             self._loss_module = distributed.wrap(_LossModule(model), self.dist, self.device,

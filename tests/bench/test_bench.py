@@ -186,11 +186,11 @@ def test_generation_suite_runs_tiny(monkeypatch):
     """The `generation` suite on a tiny GPT: cached and recomputed greedy generation agree (checked
     before timing), the integrated recompute estimate is reported beside the measurement, the
     linear + cross-entropy rows cover every provider and the training rows are positive."""
-    from genkernels.bench import SUITES, generation, transformer_ops
+    from genkernels.bench import SUITES, generation
 
     assert "generation" in SUITES
-    lce_shapes = []  # lce_rows runs subprocesses (tested tiny in test_transformer_ops_suite_runs_tiny)
-    monkeypatch.setattr(transformer_ops, "lce_rows", lambda device, shape: lce_shapes.append(shape) or [
+    lce_shapes = []  # lce_rows runs subprocesses: checked once below, outside run_suite
+    monkeypatch.setattr(generation, "lce_rows", lambda device, shape: lce_shapes.append(shape) or [
         {"provider": p, "ms": 1.0, "peak_MiB": 1.0} for p in ("materialised", "chunked", "chunked_recompute")])
     rows = generation.run_suite("cpu", with_compile=False, tiny=True)
     assert lce_shapes == list(generation.TINY["lce"])

@@ -169,7 +169,7 @@ def test_fill_mask_returns_top_k_candidates(num_bytes):
     ids = torch.tensor([ids])
     log_probs = model._byte_log_probs(ids, spans[0][:1])[0, 0]
     if num_bytes == 1:  # one pass: the top bytes by probability
-        torch.testing.assert_close(torch.tensor(scores), log_probs.exp().topk(4).values.double())
+        torch.testing.assert_close(torch.tensor(scores, dtype=torch.float64), log_probs.exp().topk(4).values.double())
     else:  # the best beam's score = p(first byte) * p(second byte | first)
         first, second = out[0]["bytes"]
         ids[0, spans[0][0]] = first
@@ -211,7 +211,7 @@ def test_errors():
         BERTConfig(dim=30, num_heads=4)
     with pytest.raises(ValueError, match="must differ"):
         BERTConfig(mask_id=256)
-    with pytest.raises(ValueError, match="mask_id must be < vocab_size"):
+    with pytest.raises(ValueError, match="pad_id must be < vocab_size"):
         BERTConfig(vocab_size=100)
     with pytest.raises(TypeError, match="BERTConfig.depth must be an int"):
         BERTConfig(depth=2.0)

@@ -29,13 +29,13 @@ def _model(seed=1, **overrides) -> Seq2SeqTransformer:
     return model
 
 
-CONFIGS = [{}, {"positions": "learned", "norm": "layer", "mlp": "gelu", "bias": True, "encoder_depth": 1,
-                "decoder_depth": 3}]
+CONFIGS = [(1, {}), (6, {"positions": "learned", "norm": "layer", "mlp": "gelu", "bias": True, "encoder_depth": 1,
+                     "decoder_depth": 3})]  # (seed, config): seeds whose outputs vary
 
 
-@pytest.mark.parametrize("overrides", CONFIGS)
-def test_cached_greedy_equals_uncached(overrides):
-    model = _model(**overrides)
+@pytest.mark.parametrize("seed, overrides", CONFIGS)
+def test_cached_greedy_equals_uncached(seed, overrides):
+    model = _model(seed, **overrides)
     cached = model.greedy_decode(SOURCES)
     assert cached == model.greedy_decode(SOURCES, use_cache=False)
     assert len({len(c) for c in cached}) >= 3  # stops at different steps
@@ -45,9 +45,9 @@ def test_cached_greedy_equals_uncached(overrides):
     assert model.greedy_decode(SOURCES, max_len=3) == [c[:3] for c in cached]
 
 
-@pytest.mark.parametrize("overrides", CONFIGS)
-def test_cached_beam_search_equals_uncached(overrides):
-    model = _model(**overrides)
+@pytest.mark.parametrize("seed, overrides", CONFIGS)
+def test_cached_beam_search_equals_uncached(seed, overrides):
+    model = _model(seed, **overrides)
     for beam_size, penalty in ((3, 0.6), (5, 0.0)):
         cached = model.beam_search(SOURCES, beam_size, length_penalty=penalty)
         assert cached == model.beam_search(SOURCES, beam_size, length_penalty=penalty, use_cache=False)
@@ -59,6 +59,7 @@ def test_beam_search_finds_higher_likelihood_than_greedy():
     """Beam search with no length penalty never returns a less likely hypothesis than greedy."""
     model = _model()
 
+    @torch.no_grad()
     def log_prob(source, tokens):
         src = torch.tensor([encode(source)])
         tgt = torch.tensor([[1, *tokens, EOS]])

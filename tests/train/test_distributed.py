@@ -188,3 +188,20 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     gan1 = load_file(str(tmp_path / "gan_rank1.safetensors"))
     for name in gan0:
         assert torch.equal(gan0[name], gan1[name]), name
+
+
+def _failing_worker() -> None:
+    rank, _ = init_rank()
+    if rank == 1:
+        raise RuntimeError("rank 1 fails on purpose")
+    finish_rank()  # rank 0 waits in the barrier until its collective times out or it is killed
+
+
+def test_launch_reports_each_rank_and_its_output_when_a_rank_fails(tmp_path):
+    if not gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    with pytest.raises(pytest.fail.Exception) as failure:
+        launch("tests.train.test_distributed:_failing_worker", 2, tmp_path, timeout=120)
+    message = str(failure.value)
+    assert "--- rank 1: exit status 1" in message and "rank 1 fails on purpose" in message
+    assert "--- rank 0:" in message  # killed after the grace period, or failed in its barrier
