@@ -145,14 +145,14 @@ def main(argv=None) -> int:
         print("\nlinear + cross-entropy, chunked vs materialised fp32 logits:\n" + format_table(
             [r for r in rows if "peak_MiB" in r], transformer_ops.LCE_COLUMNS))
     if "generation" in args.suite:
-        from genkernels.bench import generation, transformer_ops
+        from genkernels.bench import generation
 
         result["generation"] = rows = generation.run_suite(device, not args.no_compile,
                                                            threads=1 if device.type == "cpu" else None)
         print("\nGPT generation, KV cache vs re-running the context (greedy, batch 1, float32):\n"
               + format_table(rows["generation"], generation.GEN_COLUMNS))
         print("\nlinear + cross-entropy vs F.cross_entropy on materialised fp32 logits:\n"
-              + format_table(rows["lce"], transformer_ops.LCE_COLUMNS))
+              + format_table(rows["lce"], generation.LCE_COLUMNS))
         print("\nGPT training steps, eager vs torch.compile of the loss:\n"
               + format_table(rows["train"], generation.TRAIN_COLUMNS))
     if "flow_memory" in args.suite:

@@ -178,11 +178,13 @@ class Seq2SeqTransformer(GenerativeModel):
         self._init_weights()
 
     def _init_weights(self):
-        """N(0, 0.02) linears, residual output projections scaled by 1/sqrt(2 * layers) (GPT-2); the
-        embedding N(0, 1/dim), so embed * sqrt(dim) has unit scale and the tied head's logits start near 1."""
+        """Linears N(0, 1/fan_in) (GPT-2's fixed 0.02 is 1/sqrt(fan_in) only at widths near 2500: at the
+        small widths here it starts attention so flat that learning where to look takes thousands of
+        steps), residual output projections further scaled by 1/sqrt(2 * layers) (GPT-2); the embedding
+        N(0, 1/dim), so embed * sqrt(dim) has unit scale and the tied head's logits start near 1."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
+                nn.init.normal_(module.weight, std=module.in_features ** -0.5)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         nn.init.normal_(self.embed.weight, std=self.config.dim ** -0.5)
@@ -192,7 +194,7 @@ class Seq2SeqTransformer(GenerativeModel):
                 outs = [layer.attn.out] if isinstance(layer, EncoderLayer) else [layer.self_attn.out,
                                                                                  layer.cross_attn.out]
                 for linear in outs + [last]:
-                    nn.init.normal_(linear.weight, std=0.02 / math.sqrt(2 * len(layers)))
+                    nn.init.normal_(linear.weight, std=linear.in_features ** -0.5 / math.sqrt(2 * len(layers)))
 
     @property
     def head_weight(self) -> torch.Tensor:  # (V, dim), tied to the embedding

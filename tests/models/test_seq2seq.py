@@ -16,7 +16,7 @@ TINY = dict(dim=32, num_heads=4, max_src_len=12, max_tgt_len=12)
 SOURCES = ["12+3", "9*9-4", "1", "(3+4)*5-2", "77", "3-1", "abc", "0123456789"]  # different lengths
 
 
-def _model(seed=1, **overrides) -> Seq2SeqTransformer:
+def _model(seed=2, **overrides) -> Seq2SeqTransformer:
     """A tiny model with weights larger than the init's, so the decoded tokens vary and EOS comes at
     different steps for different sources (a fresh model repeats one token and never stops)."""
     torch.manual_seed(seed)
@@ -24,12 +24,12 @@ def _model(seed=1, **overrides) -> Seq2SeqTransformer:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" not in name:
-                p.normal_(0.0, 0.3 if p.dim() > 1 and "embed" not in name else 1.0)
+                p.normal_(0.0, 0.3 if p.dim() > 1 and "embed" not in name else 0.15)
         model.embed.weight[EOS] *= 2.0
     return model
 
 
-CONFIGS = [(1, {}), (6, {"positions": "learned", "norm": "layer", "mlp": "gelu", "bias": True, "encoder_depth": 1,
+CONFIGS = [(2, {}), (2, {"positions": "learned", "norm": "layer", "mlp": "gelu", "bias": True, "encoder_depth": 1,
                      "decoder_depth": 3})]  # (seed, config): seeds whose outputs vary
 
 

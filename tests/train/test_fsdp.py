@@ -205,3 +205,30 @@ def test_unknown_strategy_is_an_error_naming_the_argument():
         TrainConfig(strategy="zero3")
     with pytest.raises(ValueError, match="strategy"):
         TrainConfig.from_dict({"strategy": None})
+
+
+def test_fsdp_units_are_the_models_hook_or_its_module_list_blocks():
+    from torch import nn
+
+    model = GPT(GPTConfig(vocab_size=37, context=8, dim=12, depth=3, num_heads=2))
+    assert distributed.fsdp_units(model) == list(model.blocks)  # embed, norm stay with the root
+
+    class Hooked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)
+
+        def fsdp_units(self):
+            return [self.b]
+
+    hooked = Hooked()
+    assert distributed.fsdp_units(hooked) == [hooked.b]
+    hooked.fsdp_units = lambda: ["b"]
+    with pytest.raises(TypeError, match=r"fsdp_units\(\) must return modules"):
+        distributed.fsdp_units(hooked)
+    assert distributed.fsdp_units(nn.Sequential(nn.Linear(2, 2))) == []  # no ModuleList: root only
+
+    assert distributed.mixed_precision_policy("fp32") is None
+    policy = distributed.mixed_precision_policy("bf16")
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert distributed.mixed_precision_policy("fp16").param_dtype == torch.float16
