@@ -328,7 +328,8 @@ class Seq2SeqTransformer(GenerativeModel):
                 for layer in self.decoder]
 
     def _step_logits(self, prefix: torch.Tensor, memory, padding, caches) -> torch.Tensor:
-        """Log-probabilities (R, V) of the next token after each row's prefix (R, t + 1).
+        """Log-probabilities (R, V) of the next token after each row's prefix (R, t + 1), over the tokens
+        other than PAD and BOS (which are never generated).
 
         caches: the cached step (only prefix[:, -1] is fed, at position t); None: the whole prefix
         is re-run (reference)."""
@@ -336,7 +337,9 @@ class Seq2SeqTransformer(GenerativeModel):
             h = self.decode_hidden(prefix, memory, padding)[:, -1]
         else:
             h = self.decode_hidden(prefix[:, -1:], memory, padding, caches, start=prefix.shape[1] - 1)[:, 0]
-        return (h @ self.head_weight.t()).float().log_softmax(dim=-1)
+        logits = (h @ self.head_weight.t()).float()
+        logits[:, [self.config.pad_id, self.config.bos_id]] = float("-inf")  # never generated
+        return logits.log_softmax(dim=-1)
 
     @torch.no_grad()
     def greedy_decode(self, src, max_len: int | None = None, use_cache: bool = True) -> list[list[int]]:
