@@ -6,6 +6,7 @@
 #include "conv/conv_args.h"
 #include "diffusion/diffusion_args.h"
 #include "flow/flow_args.h"
+#include "lstm/lstm_args.h"
 #include "norm/norm_args.h"
 #include "transformer/transformer_args.h"
 #include "vae/vae_args.h"
@@ -20,5 +21,6 @@ PYBIND11_MODULE(_C, m) {
   GK_FLOW_OPS(GK_BIND_CPU)
   GK_NORM_OPS(GK_BIND_CPU)
   GK_TRANSFORMER_OPS(GK_BIND_CPU)
+  GK_LSTM_OPS(GK_BIND_CPU)
   // --- further families add their GK_<FAMILY>_OPS(GK_BIND_CPU) line above this one ---
 }

@@ -7,6 +7,7 @@
 #include "conv/conv_args.h"
 #include "diffusion/diffusion_args.h"
 #include "flow/flow_args.h"
+#include "lstm/lstm_args.h"
 #include "norm/norm_args.h"
 #include "transformer/transformer_args.h"
 #include "vae/vae_args.h"
@@ -21,5 +22,6 @@ PYBIND11_MODULE(_cuda, m) {
   GK_FLOW_OPS(GK_BIND_CUDA)
   GK_NORM_OPS(GK_BIND_CUDA)
   GK_TRANSFORMER_OPS(GK_BIND_CUDA)
+  GK_LSTM_OPS(GK_BIND_CUDA)
   // --- further families add their GK_<FAMILY>_OPS(GK_BIND_CUDA) line above this one ---
 }

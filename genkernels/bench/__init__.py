@@ -17,7 +17,7 @@ import os
 import torch
 
 SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv", "wavenet", "pixelcnn", "flow_memory", "flow",
-          "sampler", "unet", "norm", "transformer_ops", "generation")
+          "sampler", "unet", "norm", "transformer_ops", "generation", "lstm")
 DEFAULT_SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv")  # the model suites run when named
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -155,6 +155,13 @@ def main(argv=None) -> int:
               + format_table(rows["lce"], generation.LCE_COLUMNS))
         print("\nGPT training steps, eager vs torch.compile of the loss:\n"
               + format_table(rows["train"], generation.TRAIN_COLUMNS))
+    if "lstm" in args.suite:
+        from genkernels.bench import lstm
+
+        result["lstm"] = rows = lstm.run_suite(device)
+        print("\nLSTM training steps (forward + backward, float32):\n" + format_table(rows["train"], lstm.TRAIN_COLUMNS))
+        print("\nLSTM generation, one step at batch 1 (no grad, float32):\n"
+              + format_table(rows["generation"], lstm.GEN_COLUMNS))
     if "flow_memory" in args.suite:
         from genkernels.bench import flow_memory
 

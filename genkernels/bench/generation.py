@@ -21,7 +21,10 @@ lce         genkernels.ops.linear_cross_entropy (chunked, gradients formed in th
             and peak memory above the inputs, each provider in a fresh subprocess (the accounting of
             transformer_ops.lce_rows: growth of the process's peak resident set, VmHWM, on a CPU;
             torch.cuda.max_memory_allocated on CUDA), one peak-memory call (after a tiny warm-up call
-            that loads the kernels) then one timed call. extra_MiB: the peak less the gradients
+            that loads the kernels) then one timed call. On a CPU the child runs with glibc's mmap
+            threshold fixed at 64 KiB (freed large blocks leave the resident set at once) and its
+            VmHWM reset once the inputs exist (/proc/self/clear_refs), so the growth is the live
+            memory of the step, not hidden by freed temporaries glibc would reuse. extra_MiB: the peak less the gradients
             d hidden + d weight (N D + V D floats), which every method must hold, and extra_ratio its
             materialised / this ratio: the memory the loss itself needs.
 train       GPT training steps (loss forward + backward + AdamW), tokens/s, eager against
@@ -164,7 +167,7 @@ def train_rows(device="cpu", shape=TRAIN, config: dict | None = None, steps: int
             synchronize(device)
             times.append(time.perf_counter() - start)
             if i == 0:
-                first_losses[provider] = float(loss)
+                first_losses[provider] = float(loss.detach())
         seconds = statistics.median(times[warmup:])
         rows.append({"provider": provider, "batch": batch, "seq_len": seq_len, "ms_per_step": seconds * 1e3,
                      "tokens_per_s": batch * seq_len / seconds, "threads": torch.get_num_threads(),
@@ -195,17 +198,33 @@ def _lce_child(provider, n, d, v, device, threads, repeat) -> dict:
         _lce_step(provider, h, w, t)
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        base = _peak_rss()
+        base = _reset_peak_rss()
         _lce_step(provider, h, w, t)
         peak = _peak_rss() - base
     seconds = _median_seconds(lambda: _lce_step(provider, h, w, t), repeat, device)
     return {"peak_bytes": peak, "seconds": seconds}
 
 
+def _reset_peak_rss() -> int:
+    """Reset this process's peak resident set (VmHWM) to the current one (Linux >= 4.0,
+    /proc/self/clear_refs) and return it; where that is impossible, the peak so far (as
+    transformer_ops measures)."""
+    from genkernels.bench.transformer_ops import _peak_rss
+
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return _peak_rss()
+
+
 def lce_rows(device, shape, repeat: int = 1) -> list[dict]:
     """transformer_ops.lce_rows' table (same columns) with `repeat` timed calls after the peak-memory
     call, so that V = 128k fits a shared CPU's time budget."""
     import json
+    import os
     import subprocess
 
     n, d, v = shape
@@ -214,7 +233,11 @@ def lce_rows(device, shape, repeat: int = 1) -> list[dict]:
     for provider in LCE_PROVIDERS:
         cmd = [sys.executable, "-m", "genkernels.bench.generation", "lce", provider, str(n), str(d), str(v),
                str(device), str(threads), str(repeat)]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        # glibc returns freed blocks >= 64 KiB to the system at once (a fixed mmap threshold), so
+        # the resident set follows the live tensors: freed temporaries (the inputs' randn) are not
+        # reused unseen, and the peak is reset after the inputs exist
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         out[provider] = json.loads(res.stdout.strip().splitlines()[-1])
     grads = (n * d + v * d) * 4  # d hidden and d weight (float32): outputs every method must hold
     extra = {p: max(r["peak_bytes"] - grads, 1) for p, r in out.items()}
@@ -243,7 +266,7 @@ def run_suite(device="cpu", with_compile: bool = True, threads: int | None = 1, 
         print("generation suite: linear + cross-entropy ...", file=sys.stderr, flush=True)
         result["lce"] = [row for shape in t.get("lce", LCE_SHAPES) for row in lce_rows(device, shape)]
         print("generation suite: training steps ...", file=sys.stderr, flush=True)
-        result["train"] = train_rows(device, t.get("train", TRAIN), config, steps=2 if tiny else 5,
+        result["train"] = train_rows(device, t.get("train", TRAIN), config, steps=2 if tiny else 4,
                                      warmup=1 if tiny else 2, with_compile=with_compile)
     finally:
         torch.set_num_threads(before)

@@ -9,10 +9,13 @@ Names:
   audio           synthetic musical phrases at 8 kHz, float32 (samples,) or mu-law codes
   arithmetic, sort, reverse
                   generated seq2seq problems (src, tgt) int64, kind "seq2seq" (genkernels.data.seq2seq_tasks)
+  chorales        Bach's four-part chorales from the music21 wheel as int64 token windows, kind "music"
+                  (genkernels.data.music; needs `pip install genkernels[music]`)
 
-Anything else is taken as a filesystem path: a folder (or file) of images, of text or of WAV
-audio, decided by file extensions (pass kind="images" | "text" | "audio" to decide yourself).
-Every dataset has a `kind` attribute: "image", "image-levels", "points", "text" or "audio".
+Anything else is taken as a filesystem path: a folder (or file) of images, of text, of WAV
+audio or of MIDI files, decided by file extensions (pass kind="images" | "text" | "audio" |
+"music" to decide yourself).
+Every dataset has a `kind` attribute: "image", "image-levels", "points", "text", "audio" or "music".
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from torch.utils.data import Dataset
 from genkernels.data.audio import AUDIO_EXTENSIONS, AudioDataset, mu_law_decode, mu_law_encode, synth_phrases
 from genkernels.data.digits import NUM_CLASSES, NUM_LEVELS, DigitsDataset, load_digits_tensors
 from genkernels.data.images import IMAGE_EXTENSIONS, ImageFolderDataset
+from genkernels.data.music import MUSIC_EXTENSIONS, ChoralesDataset, MidiFolderDataset
 from genkernels.data.seq2seq_tasks import Seq2SeqTaskDataset
 from genkernels.data.text import TEXT_EXTENSIONS, TextDataset, load_text_bytes
 from genkernels.data.tokenizer import BPETokenizer, ByteTokenizer, tokenizer_from_json
@@ -43,10 +47,12 @@ _NAMED: dict[str, Callable[..., Dataset]] = {
     "audio": lambda split="train", **kwargs: AudioDataset("synth", split, **kwargs),
     **{task: (lambda task: lambda split="train", **kwargs: Seq2SeqTaskDataset(task, split, **kwargs))(task)
        for task in ("arithmetic", "sort", "reverse")},
+    "chorales": lambda split="train", **kwargs: ChoralesDataset(split, **kwargs),
 }
 DATASETS: tuple[str, ...] = tuple(_NAMED)
 
-_KIND_EXTENSIONS = {"images": IMAGE_EXTENSIONS, "text": TEXT_EXTENSIONS, "audio": AUDIO_EXTENSIONS}
+_KIND_EXTENSIONS = {"images": IMAGE_EXTENSIONS, "text": TEXT_EXTENSIONS, "audio": AUDIO_EXTENSIONS,
+                    "music": MUSIC_EXTENSIONS}
 
 
 def _kind_of_path(path: Path) -> str:
@@ -92,7 +98,9 @@ def get_dataset(name_or_path: str | os.PathLike, split: str = "train", **kwargs)
         return TextDataset(path, split, **kwargs)
     if kind == "audio":
         return AudioDataset(path, split, **kwargs)
-    raise ValueError(f"kind must be 'images', 'text' or 'audio', got {kind!r}")
+    if kind == "music":
+        return MidiFolderDataset(path, split, **kwargs)
+    raise ValueError(f"kind must be 'images', 'text', 'audio' or 'music', got {kind!r}")
 
 
 __all__ = [
@@ -104,4 +112,5 @@ __all__ = [
     "AudioDataset", "synth_phrases", "mu_law_encode", "mu_law_decode",
     "ImageFolderDataset",
     "Seq2SeqTaskDataset",
+    "ChoralesDataset", "MidiFolderDataset",
 ]

@@ -2,8 +2,9 @@
 
 Tasks (source -> target strings):
   arithmetic  an integer expression with + - * and, sometimes, one pair of parentheses, to its
-              value under the usual precedence: "37+8*2" -> "53", "(5-9)*3" -> "-12". Operands are
-              0..max_value (multiplication factors 0..9, so values stay short), 2..max_operands of them.
+              value under the usual precedence: "17+8*2" -> "33", "(5-9)*3" -> "-12". Operands are
+              0..max_value (default 20; multiplication factors 0..9, so values stay short),
+              2..max_operands (default 3) of them.
   sort        a string of digits to its sorted digits: "5023" -> "0235"
   reverse     a string of digits and lowercase letters to its reverse: "ab3x" -> "x3ba"
 Sequence tasks draw lengths uniformly from min_len..max_len.
@@ -108,7 +109,7 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 
 def generate_problems(task: str, split: str, size: int, seed: int = 0, *, max_operands: int = 3,
-                      max_value: int = 99, min_len: int = 1, max_len: int = 10) -> list[tuple[str, str]]:
+                      max_value: int = 20, min_len: int = 1, max_len: int = 10) -> list[tuple[str, str]]:
     """`size` distinct (source, target) problems of `task` that belong to `split` (see the module
     docstring); the first n of a larger draw equal a draw of n. ValueError when the task has too
     few problems of the split for `size` (naming size)."""
@@ -161,7 +162,7 @@ class Seq2SeqTaskDataset(Dataset):
     pad_id, bos_id, eos_id = PAD, BOS, EOS
 
     def __init__(self, task: str = "arithmetic", split: str = "train", size: int | None = None, seed: int = 0, *,
-                 max_operands: int = 3, max_value: int = 99, min_len: int = 1, max_len: int = 10):
+                 max_operands: int = 3, max_value: int = 20, min_len: int = 1, max_len: int = 10):
         check_split(split, SPLITS)
         self.task, self.split, self.seed = task, split, seed
         size = DEFAULT_SIZES[split] if size is None else size

@@ -7,6 +7,8 @@ samples2d          MMD and energy distance between sample sets (2D toy data)
 density            Gaussian and KDE held-out log-likelihood baselines (nats per point), anomaly ROC AUC
 digits_classifier  a cached small CNN on the 8x8 digits: class accuracy of conditional samples,
                    features and a Fréchet distance (FID-style) in its feature space
+music              four-voice music: pitch-class / note-length / interval histogram distances, notes in
+                   key, mean polyphony, random and unigram baselines
 """
 from genkernels.metrics.density import anomaly_auc, gaussian_loglik, kde_loglik, select_kde_bandwidth
 from genkernels.metrics.digits_classifier import (
@@ -25,6 +27,8 @@ from genkernels.metrics.nll import (
     iwae_bound,
     nats_to_bits,
 )
+from genkernels.metrics.music import compare as compare_music
+from genkernels.metrics.music import music_statistics
 from genkernels.metrics.samples2d import energy_distance, mmd
 from genkernels.metrics.text import bits_per_byte, bits_per_char, compression_baselines, perplexity
 
@@ -35,4 +39,5 @@ __all__ = [
     "mmd", "energy_distance",
     "gaussian_loglik", "kde_loglik", "select_kde_bandwidth", "anomaly_auc",
     "digits_classifier", "class_accuracy", "digits_features", "frechet_distance", "digits_sample_metrics",
+    "music_statistics", "compare_music",
 ]

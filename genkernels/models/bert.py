@@ -8,7 +8,8 @@ Network (post-norm, Hugging Face's BertForMaskedLM layer for layer, so its weigh
     MLM head:      logits = LayerNorm(gelu(dense h)) @ word_embeddings.T + bias           (B, T, V)
 
 Vocabulary: bytes 0..255 then [PAD] 256, [MASK] 257, [CLS] 258, [SEP] 259 (vocab_size 260). A text
-window of byte tokens is fed as [CLS] bytes[:context - 2] [SEP]. Positions are learned (absolute).
+window of byte tokens is fed as [CLS] bytes[:context - 2] [SEP]. Positions are learned (absolute;
+a fresh model starts them as scaled sinusoids, see `_init_weights`).
 
 Padding: sequences of different lengths share a batch through `attention_mask` (B, T) (1 = real
 token, 0 = padding, as in Hugging Face). With config.padding "varlen" the real tokens are packed
@@ -775,7 +776,7 @@ class BERT(GenerativeModel):
             for kind in ("weight", "bias"):
                 q, k, v = own[f"layers.{i}.attn.qkv.{kind}"].chunk(3, dim=0)
                 p = f"bert.encoder.layer.{i}.attention.self."
-                out.update({p + f"query.{kind}": q.clone(), p + f"key.{kind}": k.clone(), p + f"value.{kind}": v.clone()})
+                out.update({p + f"{name}.{kind}": t.clone() for name, t in zip(("query", "key", "value"), (q, k, v))})
             out.update({"bert." + hf: own[ours] for ours, hf in self._hf_layer_keys(i).items()})
         out.update({hf: own[ours] for ours, hf in self._HF_HEAD_KEYS.items()})
         out["cls.predictions.decoder.weight"] = own["embed.weight"]

@@ -55,7 +55,7 @@ class Seq2SeqConfig:
     task `sample` draws held-out problems from ("" for none)."""
 
     vocab_size: int = VOCAB_SIZE
-    dim: int = 128
+    dim: int = 64
     encoder_depth: int = 2
     decoder_depth: int = 2
     num_heads: int = 4
@@ -155,7 +155,7 @@ class Seq2SeqTransformer(GenerativeModel):
     config_class = Seq2SeqConfig
     default_data = "arithmetic"
     data_kinds = ("seq2seq",)
-    train_defaults = {"steps": 3000, "batch_size": 128, "lr": 2e-3, "warmup_steps": 100, "weight_decay": 0.01,
+    train_defaults = {"steps": 3000, "batch_size": 128, "lr": 3e-3, "warmup_steps": 100, "weight_decay": 0.01,
                       "eval_every": 500, "eval_max_items": 256, "num_samples": 16, "ema_decay": 0.0}
     metric_units = {"loss": "nats/token"}
 

@@ -25,6 +25,8 @@ from genkernels.ops.sampler_step import ddim_step, ddpm_step
 from genkernels.ops.gelu_tanh import gelu_tanh
 from genkernels.ops.layer_norm import layer_norm
 from genkernels.ops.linear_cross_entropy import linear_cross_entropy
+from genkernels.ops.lstm_cell import lstm_cell, lstm_dropout_mask
+from genkernels.ops.layernorm_lstm_cell import layernorm_lstm_cell
 from genkernels.ops.rms_norm import rms_norm
 from genkernels.ops.rotary import rotary, rotary_tables
 from genkernels.ops.swiglu import swiglu
@@ -40,7 +42,7 @@ _LAZY = {
 __all__ = ["gated_activation", "affine_coupling", "actnorm",
            "q_sample", "diffusion_loss", "ddpm_step", "ddim_step", "philox_normal", "reparam_kl", "rq_spline",
            "group_norm_act", "adaln_modulate", "dpm_solver_step", "euler_step", "rms_norm", "layer_norm", "swiglu", "gelu_tanh", "rotary", "rotary_tables",
-           "linear_cross_entropy", *_LAZY]
+           "linear_cross_entropy", "lstm_cell", "lstm_dropout_mask", "layernorm_lstm_cell", *_LAZY]
 
 
 def __getattr__(name):

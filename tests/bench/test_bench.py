@@ -207,3 +207,21 @@ def test_generation_suite_runs_tiny(monkeypatch):
     assert row["recompute_method"].startswith("integrated") and row["recompute_tokens_per_s"] > 0
     bench_generation = _bench_module("generation")
     assert bench_generation.generation is generation
+
+
+def test_lstm_suite_runs_tiny(tmp_path, monkeypatch):
+    """`genkernels bench --suite lstm` end to end on tiny sizes: every provider's output is checked
+    against torch.nn.LSTM (or the eager LN-LSTM) before it is timed; bench/bench_lstm.py times the
+    same training cases."""
+    from genkernels.bench import lstm
+
+    monkeypatch.setattr(lstm, "TRAIN_CASES", lstm.TINY_TRAIN)
+    monkeypatch.setattr(lstm, "LN_CASES", lstm.TINY_LN)
+    monkeypatch.setattr(lstm, "GEN_CASES", lstm.TINY_GEN)
+    monkeypatch.setattr(lstm, "TIMING", dict(warmup=1, repeat=2, min_time=0.0))
+    out = tmp_path / "lstm.json"
+    assert main(["--device", "cpu", "--suite", "lstm", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["lstm"]
+    assert {r["provider"] for r in rows["train"]} == {"torch.nn.LSTM", "eager LN-LSTM", "genkernels.nn.LSTM"}
+    assert len(rows["generation"]) == 4 and all(r["us_per_step"] > 0 for r in rows["generation"])
+    assert _bench_module("lstm").lstm is lstm
