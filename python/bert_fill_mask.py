@@ -32,6 +32,7 @@ def parse_args():
     parser.add_argument("--max-bytes", type=int, default=2_000_000, help="training bytes read from the stdlib")
     parser.add_argument("--eval-items", type=int, default=256, help="test windows scored")
     parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="runs/examples/bert_fill_mask")
     return parser.parse_args()
@@ -42,10 +43,11 @@ def main():
     train = TextDataset("stdlib", "train", block_size=args.block_size, max_bytes=args.max_bytes)
     val = TextDataset("stdlib", "val", block_size=args.block_size, max_bytes=200_000)
     test = TextDataset("stdlib", "test", block_size=args.block_size, max_bytes=400_000)
+    torch.manual_seed(args.seed)  # the initial weights (the trainer seeds the batches and masks)
     model = BERT(BERTConfig(context=args.block_size, dim=args.dim, depth=args.depth, num_heads=args.heads))
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup_steps=min(100, args.steps // 10), eval_every=args.steps, eval_max_items=32,
-                         checkpoint_every=0, progress=False, device=args.device, out_dir=args.out)
+                         checkpoint_every=0, progress=False, device=args.device, seed=args.seed, out_dir=args.out)
     trainer = Trainer(model, train, val, config)
     start = time.time()
     trainer.fit()

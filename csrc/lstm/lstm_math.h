@@ -58,6 +58,23 @@ GK_LSTM_HD LstmActs lstm_acts(float ai, float af, float ag, float ao) {
   return {gate_sigmoid(ai), gate_sigmoid(af), gate_tanh(ag), gate_sigmoid(ao)};
 }
 
+// An activation and its derivative, the derivative from the same e = exp(-|x|) (sigmoid:
+// e / (1 + e)^2) or exp(-2|x|) (tanh: 4 e / (1 + e)^2): no cancellation where s(1 - s) or 1 - t^2
+// would lose the digits of a saturated gate.
+struct LstmAct {
+  float v, d;
+};
+
+GK_LSTM_HD LstmAct lstm_sigmoid_d(float x) {
+  const float e = gate_exp_nonpos(-fabsf(x)), o = 1.f + e;
+  return {gate_sigmoid_from(x, e), e / (o * o)};
+}
+
+GK_LSTM_HD LstmAct lstm_tanh_d(float x) {
+  const float e = gate_exp_nonpos(-2.f * fabsf(x)), o = 1.f + e;
+  return {gate_tanh_from(x, e), 4.f * e / (o * o)};
+}
+
 struct LstmDrop {
   uint64_t seed, offset;
   float p, inv_keep;
@@ -109,19 +126,18 @@ struct LstmCellBackward {
   GK_LSTM_HD void row(const Row& r, int64_t b) const {
     const int64_t gb = b * 4 * H, hb = b * H, n = H;
     r.each(n, [&](int64_t j) {
-      const LstmActs a = lstm_acts(load(gates, gb + j), load(gates, gb + n + j), load(gates, gb + 2 * n + j),
-                                   load(gates, gb + 3 * n + j));
+      const LstmAct i = lstm_sigmoid_d(load(gates, gb + j)), f = lstm_sigmoid_d(load(gates, gb + n + j));
+      const LstmAct g = lstm_tanh_d(load(gates, gb + 2 * n + j)), o = lstm_sigmoid_d(load(gates, gb + 3 * n + j));
       const float cp = load(c_prev, hb + j);
-      const float cv = a.f * cp + a.i * a.g;
-      const float tc = gate_tanh(cv);
+      const LstmAct tc = lstm_tanh_d(f.v * cp + i.v * g.v);
       float dh = load(grad_h, hb + j);
       if constexpr (Drop) dh += load(grad_h_rec, hb + j) * drop.at(b, j);
-      const float dct = load(grad_c, hb + j) + dh * a.o * (1.f - tc * tc);
-      store(grad_gates, gb + j, dct * a.g * (a.i * (1.f - a.i)));
-      store(grad_gates, gb + n + j, dct * cp * (a.f * (1.f - a.f)));
-      store(grad_gates, gb + 2 * n + j, dct * a.i * (1.f - a.g * a.g));
-      store(grad_gates, gb + 3 * n + j, dh * tc * (a.o * (1.f - a.o)));
-      store(grad_c_prev, hb + j, dct * a.f);
+      const float dct = load(grad_c, hb + j) + dh * o.v * tc.d;
+      store(grad_gates, gb + j, dct * g.v * i.d);
+      store(grad_gates, gb + n + j, dct * cp * f.d);
+      store(grad_gates, gb + 2 * n + j, dct * i.v * g.d);
+      store(grad_gates, gb + 3 * n + j, dh * tc.v * o.d);
+      store(grad_c_prev, hb + j, dct * f.v);
     });
   }
 };
@@ -185,7 +201,7 @@ struct LnLstmCellForward {
 
 template <typename T, bool Drop>
 struct LnLstmCellBackward {
-  static constexpr int kScratch = 6;  // A: 4H activations, then gate gradients; C: cells; D: dLN(c)
+  static constexpr int kScratch = 6;  // A: 4H pre-activations, then gate gradients; C: cells; D: dLN(c)
   const T *grad_h, *grad_h_rec, *grad_c, *gates_x, *gates_h, *c_prev, *weight_h, *weight_c, *bias_c;
   T *grad_gates_x, *grad_gates_h, *grad_c_prev;
   float *terms_h, *terms_c, *terms_b;
@@ -208,42 +224,37 @@ struct LnLstmCellBackward {
     float mh, rh, mc, rc;
     lstm_row_stats(r, G, eps, [&](int64_t k) { return load(gates_h, gb + k); }, mh, rh);
     r.each(n, [&](int64_t j) {
-      float pre[4];
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
         const int64_t k = q * n + j;
-        pre[q] = load(gates_x, gb + k) + (load(gates_h, gb + k) - mh) * rh * load(weight_h, k);
+        A[k] = load(gates_x, gb + k) + (load(gates_h, gb + k) - mh) * rh * load(weight_h, k);
       }
-      const LstmActs a = lstm_acts(pre[0], pre[1], pre[2], pre[3]);
-      A[j] = a.i;
-      A[n + j] = a.f;
-      A[2 * n + j] = a.g;
-      A[3 * n + j] = a.o;
-      C[j] = a.f * load(c_prev, hb + j) + a.i * a.g;
+      C[j] = gate_sigmoid(A[n + j]) * load(c_prev, hb + j) + gate_sigmoid(A[j]) * gate_tanh(A[2 * n + j]);
     });
     lstm_row_stats(r, n, eps, [&](int64_t j) { return C[j]; }, mc, rc);
     r.each(n, [&](int64_t j) {
       const float ch = (C[j] - mc) * rc, wc = load(weight_c, j);
-      const float tc = gate_tanh(ch * wc + load(bias_c, j));
+      const LstmAct tc = lstm_tanh_d(ch * wc + load(bias_c, j));
+      const LstmAct o = lstm_sigmoid_d(A[3 * n + j]);
       float dh = load(grad_h, hb + j);
       if constexpr (Drop) dh += load(grad_h_rec, hb + j) * drop.at(b, j);
-      const float o = A[3 * n + j];
-      const float dcn = dh * o * (1.f - tc * tc);
+      const float dcn = dh * o.v * tc.d;
       D[j] = dcn * wc;
       terms_c[hb + j] = dcn * ch;
       terms_b[hb + j] = dcn;
-      A[3 * n + j] = dh * tc * (o * (1.f - o));
+      A[3 * n + j] = dh * tc.v * o.d;
     });
     const float s1c = r.sum(n, [&](int64_t j) { return D[j]; }) / static_cast<float>(n);
     const float s2c = r.sum(n, [&](int64_t j) { return D[j] * ((C[j] - mc) * rc); }) / static_cast<float>(n);
     r.each(n, [&](int64_t j) {
       const float ch = (C[j] - mc) * rc;
       const float dct = load(grad_c, hb + j) + rc * (D[j] - s1c - ch * s2c);
-      const float i = A[j], f = A[n + j], g = A[2 * n + j], cp = load(c_prev, hb + j);
-      A[j] = dct * g * (i * (1.f - i));
-      A[n + j] = dct * cp * (f * (1.f - f));
-      A[2 * n + j] = dct * i * (1.f - g * g);
-      store(grad_c_prev, hb + j, dct * f);
+      const LstmAct i = lstm_sigmoid_d(A[j]), f = lstm_sigmoid_d(A[n + j]), g = lstm_tanh_d(A[2 * n + j]);
+      const float cp = load(c_prev, hb + j);
+      A[j] = dct * g.v * i.d;
+      A[n + j] = dct * cp * f.d;
+      A[2 * n + j] = dct * i.v * g.d;
+      store(grad_c_prev, hb + j, dct * f.v);
 #pragma unroll
       for (int q = 0; q < 4; ++q) store(grad_gates_x, gb + q * n + j, A[q * n + j]);
     });

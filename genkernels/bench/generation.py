@@ -7,26 +7,28 @@ generation  GPT.generate (greedy, KV cache through attention_decode: prefill onc
             work per step) against GPT.generate_uncached (the nanoGPT/minGPT loop: the whole context
             re-run for every token), for 128 / 512 / 2048 new tokens after a 16-token prompt, the
             default GPTConfig with context = prompt + the longest length. Cached: whole `generate`
-            calls (median of `repeat` at 128 tokens, one call at the longer lengths). Recompute: its cost per token grows with the context, so it is measured
-            as one step (the full forward over c tokens + head + argmax, what generate_uncached does
-            per token) at `points` context lengths spread over [prompt, prompt + n), and the total
-            integrated with the trapezoid rule ("integrated"); for lengths up to `measure_up_to`
-            (default 512) the whole generate_uncached call is also timed ("measured", and the column
-            recompute_estimate_error compares the two), and the tokens of both generators are checked
-            to be identical first. On a 2-core CPU a measured 2048-token recompute would take minutes
-            (~10^3 forwards of up to 2,064 tokens), so that row is the integrated one.
+            calls (median of `repeat` at 128 tokens, one call at the longer lengths). Recompute: its
+            cost per token grows with the context, so one step (the full forward over c tokens + head
+            + argmax, what generate_uncached does per token) is timed at `points` context lengths
+            spread over [prompt, prompt + n) and the total integrated with the trapezoid rule
+            ("integrated"); for lengths up to `measure_up_to` (default 512) the whole
+            generate_uncached call is timed instead ("measured"; recompute_estimate_error compares the
+            integral with it) after checking that both generators give the same tokens. On a 2-core
+            CPU a measured 2048-token recompute would take many minutes (2,048 forwards of up to
+            2,063 tokens), so that row is the integrated one.
 lce         genkernels.ops.linear_cross_entropy (chunked, gradients formed in the forward; and the
             variant recomputing the logits in backward) against F.cross_entropy on the materialised
-            float32 logits, forward + backward at N = 512 tokens x D = 256 x V = 32k / 64k / 128k: ms
-            and peak memory above the inputs, each provider in a fresh subprocess (the accounting of
-            transformer_ops.lce_rows: growth of the process's peak resident set, VmHWM, on a CPU;
-            torch.cuda.max_memory_allocated on CUDA), one peak-memory call (after a tiny warm-up call
-            that loads the kernels) then one timed call. On a CPU the child runs with glibc's mmap
-            threshold fixed at 64 KiB (freed large blocks leave the resident set at once) and its
-            VmHWM reset once the inputs exist (/proc/self/clear_refs), so the growth is the live
-            memory of the step, not hidden by freed temporaries glibc would reuse. extra_MiB: the peak less the gradients
-            d hidden + d weight (N D + V D floats), which every method must hold, and extra_ratio its
-            materialised / this ratio: the memory the loss itself needs.
+            float32 logits, forward + backward at N = 512 tokens x D = 256 x V = 32k / 64k / 128k, each
+            provider in a fresh subprocess: peak memory above the inputs of one call made after a tiny
+            warm-up call that loads the kernels (transformer_ops.lce_rows' accounting: the growth of
+            the peak resident set, VmHWM, on a CPU; torch.cuda.max_memory_allocated on CUDA). On a CPU
+            the child runs with glibc's mmap threshold fixed at 64 KiB (freed large blocks leave the
+            resident set at once, so freed temporaries are not reused unseen) and its VmHWM reset
+            once the inputs exist (/proc/self/clear_refs). ms: that call's time on a CPU (its large
+            tensors are fresh mappings, as in any call: glibc maps blocks over 32 MiB afresh anyway),
+            the median of further calls on CUDA. extra_MiB: the peak less the gradients d hidden +
+            d weight (N D + V D floats), which every method must hold; extra_ratio: materialised's
+            extra over this one's, the memory the loss itself needs.
 train       GPT training steps (loss forward + backward + AdamW), tokens/s, eager against
             torch.compile of the loss (as the trainer's --compile), from the same weights; the two
             first-step losses are checked to agree. Compilation is excluded (warm-up steps).
@@ -199,9 +201,13 @@ def _lce_child(provider, n, d, v, device, threads, repeat) -> dict:
         peak = torch.cuda.max_memory_allocated() - base
     else:
         base = _reset_peak_rss()
+        start = time.perf_counter()
         _lce_step(provider, h, w, t)
+        first = time.perf_counter() - start
         peak = _peak_rss() - base
-    seconds = _median_seconds(lambda: _lce_step(provider, h, w, t), repeat, device)
+    if device.type == "cuda" or repeat > 0:
+        first = _median_seconds(lambda: _lce_step(provider, h, w, t), max(repeat, 1), device)
+    seconds = first
     return {"peak_bytes": peak, "seconds": seconds}
 
 
@@ -220,9 +226,10 @@ def _reset_peak_rss() -> int:
         return _peak_rss()
 
 
-def lce_rows(device, shape, repeat: int = 1) -> list[dict]:
-    """transformer_ops.lce_rows' table (same columns) with `repeat` timed calls after the peak-memory
-    call, so that V = 128k fits a shared CPU's time budget."""
+def lce_rows(device, shape, repeat: int = 0) -> list[dict]:
+    """transformer_ops.lce_rows' table (its columns, plus extra_MiB / extra_ratio) with `repeat` timed
+    calls after the peak-memory call (0: on a CPU the peak-memory call's own time), so that V = 128k
+    fits a shared CPU's time budget."""
     import json
     import os
     import subprocess

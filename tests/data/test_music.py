@@ -49,6 +49,11 @@ def test_known_chorale_round_trips_through_midi(bwv66, tmp_path):
     # A grid goes in as well, and bytes read back the same way.
     grid2, onsets2 = midi_to_grid(events_to_midi(bwv66.grid, onsets=bwv66.onsets))
     assert np.array_equal(grid2, bwv66.grid) and np.array_equal(onsets2, bwv66.onsets)
+    # A MIDI file from another writer (music21's) reads back with the same notes.
+    music21 = pytest.importorskip("music21")
+    music21.converter.parse(str(chorale_paths()[0].parent / "bwv66.6.mxl")).write("midi", fp=tmp_path / "m21.mid")
+    grid3, onsets3 = midi_to_grid(tmp_path / "m21.mid")
+    assert np.array_equal(grid3, bwv66.grid) and np.array_equal(onsets3, bwv66.onsets)
 
 
 def test_events_round_trip_and_vocabulary():
@@ -138,8 +143,13 @@ def test_midi_folder_dataset_and_corrupt_file(tmp_path, bwv66):
     assert len(dataset.pieces) == 3 and np.array_equal(dataset.pieces[0].grid, bwv66.grid)
     assert dataset[0].dtype == torch.int64 and dataset[0].shape == (33,)
     (folder / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01garbage")
-    with pytest.raises(ValueError, match="broken.mid"):
+    with pytest.raises(ValueError, match="cannot read MIDI file .*broken.mid"):
         MidiFolderDataset(folder, "all")
+    (folder / "broken.mid").write_bytes((folder / "song0.mid").read_bytes()[:200])  # truncated
+    with pytest.raises(ValueError, match="broken.mid"):
+        get_dataset(folder, "all")
+    with pytest.raises(ValueError, match="not a MIDI file"):
+        midi_to_grid(b"hello" * 20)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no midi here")

@@ -71,7 +71,14 @@ def _check_sequence(layer_norm, backend, device, dtype, B, H, steps):
              "grad_bias_c"]
     for name, a, t, r in zip(names, fast, truth, lowp):
         assert a.dtype == dtype and a.shape == t.shape
-        assert_close_2x(a, t, r, name=f"{name} [{backend}, {dtype}, B={B}, H={H}, steps={steps}, ln={layer_norm}]")
+        assert_close_2x(a, t, r, name=f"{name} [{backend}, {dtype}, B={B}, H={H}, steps={steps}, ln={layer_norm}]",
+                        term_scale=_sum_scale(name, t))
+
+
+def _sum_scale(name, truth):
+    """Weight gradients are sums over rows (and steps) of products: where they cancel, a correct
+    kernel is off by ulps of the terms, whose scale the tensor's largest entry bounds from below."""
+    return truth.abs().max() if name.startswith(("grad_w", "grad_bias")) else None
 
 
 @pytest.mark.parametrize("backend, device", BACKENDS)
