@@ -1,7 +1,7 @@
 """Train a byte-level BERT by masked-language modelling on the bundled Python-stdlib text, report
 held-out masked-token accuracy beside a unigram baseline, and fill "def __init__(self, <mask>):".
 
-    OMP_NUM_THREADS=1 python python/bert_fill_mask.py --steps 1000    # writes runs/examples/bert_fill_mask/
+    OMP_NUM_THREADS=1 python python/bert_fill_mask.py --steps 800     # writes runs/examples/bert_fill_mask/
 
 The masks follow BERT's 80/10/10 rule (15% of the bytes chosen; 80% of those become [MASK], 10% a
 random byte, 10% stay); accuracy and bits are measured at the same masked positions of the test
@@ -22,7 +22,7 @@ PROMPT = "def __init__(self, <mask>):"
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--block-size", type=int, default=64, help="tokens per window, [CLS] and [SEP] included")
