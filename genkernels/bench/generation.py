@@ -1,7 +1,8 @@
 """`genkernels bench --suite generation`: the GPT's cached generation, fused loss and training speed.
 
 Three tables, measured in one run (float32, batch 1 for generation; torch threads as run_suite is
-given, 1 by default on a CPU so that a shared machine's load disturbs it least):
+given, 1 by default on a CPU so that a shared machine's load disturbs it least). Every time is the
+process's CPU time when a CPU runs one torch thread (column "clock"; see _clock), wall time otherwise:
 
 generation  GPT.generate (greedy, KV cache through attention_decode: prefill once, then one token's
             work per step) against GPT.generate_uncached (the nanoGPT/minGPT loop: the whole context
@@ -58,14 +59,28 @@ LCE_COLUMNS = ["provider", "shape", "ms", "peak_MiB", "memory_ratio", "extra_MiB
 TRAIN_COLUMNS = ["provider", "batch", "seq_len", "ms_per_step", "tokens_per_s", "speedup_vs_eager", "threads"]
 
 
+def _clock(device):
+    """The clock of every timing here: on a CPU with one torch thread, this process's CPU time
+    (time.process_time), which the other jobs of a shared machine do not inflate (they do with wall
+    time: a load average of 6 on 2 cores moved wall-clock ratios 2x between runs); else wall time."""
+    if torch.device(device).type == "cpu" and torch.get_num_threads() == 1:
+        return time.process_time
+    return time.perf_counter
+
+
+def clock_name(device) -> str:
+    return "process CPU time" if _clock(device) is time.process_time else "wall time"
+
+
 def _median_seconds(fn, repeat: int, device) -> float:
+    clock = _clock(device)
     samples = []
     for _ in range(repeat):
         synchronize(device)
-        start = time.perf_counter()
+        start = clock()
         fn()
         synchronize(device)
-        samples.append(time.perf_counter() - start)
+        samples.append(clock() - start)
     return statistics.median(samples)
 
 
@@ -121,14 +136,15 @@ def generation_rows(device="cpu", lengths=LENGTHS, config: dict | None = None, p
         cached = _median_seconds(lambda: cached_out.append(model.generate(prompt_tokens, n, temperature=0)),
                                  repeat if n <= 128 else 1, device)  # long calls average the noise themselves
         estimate, last_step = integrated_recompute_seconds(model, prompt, n, points, repeat, cache)
-        row = {"tokens": n, "prompt": prompt, "threads": torch.get_num_threads(),
+        row = {"tokens": n, "prompt": prompt, "threads": torch.get_num_threads(), "clock": clock_name(device),
                "cached_tokens_per_s": n / cached, "cached_ms_per_token": cached / n * 1e3,
                "recompute_ms_last_token": last_step * 1e3, "recompute_estimate_error": None}
         if n <= measure_up_to:
-            start = time.perf_counter()
+            clock = _clock(device)
+            start = clock()
             uncached_out = model.generate_uncached(prompt_tokens, n)
             synchronize(device)
-            measured = time.perf_counter() - start
+            measured = clock() - start
             if uncached_out != cached_out[0]:
                 raise AssertionError(f"cached and recomputed greedy generation disagree at {n} tokens")
             row.update(recompute_method="measured", recompute_seconds=measured,
@@ -161,18 +177,19 @@ def train_rows(device="cpu", shape=TRAIN, config: dict | None = None, steps: int
         times = []
         for i in range(warmup + steps):
             synchronize(device)
-            start = time.perf_counter()
+            start = _clock(device)()
             loss = loss_fn(data[i])
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             synchronize(device)
-            times.append(time.perf_counter() - start)
+            times.append(_clock(device)() - start)
             if i == 0:
                 first_losses[provider] = float(loss.detach())
         seconds = statistics.median(times[warmup:])
         rows.append({"provider": provider, "batch": batch, "seq_len": seq_len, "ms_per_step": seconds * 1e3,
                      "tokens_per_s": batch * seq_len / seconds, "threads": torch.get_num_threads(),
+                     "clock": clock_name(device),
                      "first_loss": first_losses[provider]})
     if "compile" in first_losses and abs(first_losses["compile"] - first_losses["eager"]) > 1e-3:
         raise AssertionError(f"compiled and eager GPT losses disagree: {first_losses}")
@@ -201,9 +218,10 @@ def _lce_child(provider, n, d, v, device, threads, repeat) -> dict:
         peak = torch.cuda.max_memory_allocated() - base
     else:
         base = _reset_peak_rss()
-        start = time.perf_counter()
+        clock = _clock(device)
+        start = clock()
         _lce_step(provider, h, w, t)
-        first = time.perf_counter() - start
+        first = clock() - start
         peak = _peak_rss() - base
     if device.type == "cuda" or repeat > 0:
         first = _median_seconds(lambda: _lce_step(provider, h, w, t), max(repeat, 1), device)
@@ -253,7 +271,8 @@ def lce_rows(device, shape, repeat: int = 0) -> list[dict]:
              "peak_MiB": r["peak_bytes"] / 2 ** 20,
              "memory_ratio": out["materialised"]["peak_bytes"] / max(r["peak_bytes"], 1),
              "extra_MiB": extra[provider] / 2 ** 20, "extra_ratio": extra["materialised"] / extra[provider],
-             "speedup_vs_materialised": out["materialised"]["seconds"] / r["seconds"]}
+             "speedup_vs_materialised": out["materialised"]["seconds"] / r["seconds"],
+             "clock": clock_name(device)}
             for provider, r in out.items()]
 
 

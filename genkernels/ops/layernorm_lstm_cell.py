@@ -38,15 +38,32 @@ def layernorm_lstm_cell_ref(gates_x, gates_h, c_prev, weight_h, weight_c, bias_c
 
 
 def layernorm_lstm_cell_backward_ref(grad_h, grad_c, gates_x, gates_h, c_prev, weight_h, weight_c, bias_c, eps):
-    """The reference's gradients by autograd, computed in float32 (float64 for float64). Returns
-    (grad_gates_x, grad_gates_h, grad_c_prev, grad_weight_h, grad_weight_c, grad_bias_c)."""
+    """Closed-form gradients in float32 (float64 for float64): LnLstmCellBackward's twin
+    (csrc/lstm/lstm_math.h). Returns (grad_gates_x, grad_gates_h, grad_c_prev, grad_weight_h,
+    grad_weight_c, grad_bias_c) in the inputs' dtype."""
     acc = torch.promote_types(gates_x.dtype, torch.float32)
-    inputs = [t.detach().to(acc).requires_grad_(True)
-              for t in (gates_x, gates_h, c_prev, weight_h, weight_c, bias_c)]
-    with torch.enable_grad():
-        h, c = layernorm_lstm_cell_ref(*inputs, eps)
-        grads = torch.autograd.grad((h, c), inputs, (grad_h.to(acc), grad_c.to(acc)))
-    return tuple(g.to(gates_x.dtype).contiguous() for g in grads)
+    gx, gh, cp = gates_x.to(acc), gates_h.to(acc), c_prev.to(acc)
+    wh, wc, bc = weight_h.to(acc), weight_c.to(acc), bias_c.to(acc)
+
+    def normalise(x):
+        m = x.mean(-1, keepdim=True)
+        r = torch.rsqrt((x - m).square().mean(-1, keepdim=True) + eps)
+        return (x - m) * r, r
+
+    hh, rh = normalise(gh)
+    i, f, g, o = (gx + hh * wh).chunk(4, 1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    ch, rc = normalise(f * cp + i * g)
+    tc = torch.tanh(ch * wc + bc)
+    dh = grad_h.to(acc)
+    dcn = dh * o * (1 - tc * tc)
+    dch = dcn * wc
+    dct = grad_c.to(acc) + rc * (dch - dch.mean(-1, keepdim=True) - ch * (dch * ch).mean(-1, keepdim=True))
+    da = torch.cat([dct * g * i * (1 - i), dct * cp * f * (1 - f), dct * i * (1 - g * g), dh * tc * o * (1 - o)], 1)
+    dhh = da * wh
+    d_gh = rh * (dhh - dhh.mean(-1, keepdim=True) - hh * (dhh * hh).mean(-1, keepdim=True))
+    out = (da, d_gh, dct * f, (da * hh).sum(0), (dcn * ch).sum(0), dcn.sum(0))
+    return tuple(t.to(gates_x.dtype).contiguous() for t in out)
 
 
 # ---- host launchers (validate what only they see, allocate, launch) --------------------------

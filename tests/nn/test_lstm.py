@@ -42,7 +42,10 @@ def _data(T, B, I, H, L, D, batch_first, seed=0):
 
 
 def _batch_major(t, batch_first):
-    """assert_close_2x checks per leading index: put the batch first."""
+    """assert_close_2x checks per leading index: put the batch first; a parameter vector's gradient
+    is one sample (not one sample per element)."""
+    if t.dim() == 1:
+        return t.reshape(1, -1)
     return t if batch_first or t.dim() < 3 else t.transpose(0, 1)
 
 
@@ -61,10 +64,9 @@ def test_equals_torch_lstm_after_load_state_dict(batch_first, bidirectional):
     truth, _ = _run(copy.deepcopy(ref).double(), x.double(), [t.double() for t in hx], gy, gh, gc)
     lowp, _ = _run(ref, x, hx, gy, gh, gc)
     for name, a, t, r in zip(names, fast, truth, lowp):
-        seq = name in ("output", "grad_input")
         assert a.shape == t.shape, name
-        assert_close_2x(_batch_major(a, batch_first) if seq else a, _batch_major(t, batch_first) if seq else t,
-                        _batch_major(r, batch_first) if seq else r, name=f"{name} [bf={batch_first}, bi={bidirectional}]",
+        bf = batch_first or name not in ("output", "grad_input")
+        assert_close_2x(_batch_major(a, bf), _batch_major(t, bf), _batch_major(r, bf), name=f"{name} [bf={batch_first}, bi={bidirectional}]",
                         term_scale=_sum_scale(name, t))
 
 
@@ -74,13 +76,15 @@ def test_low_precision_and_layernorm_sequences(dtype, layer_norm):
     """The kernel path vs the float64 reference recurrence, torch's own error measured by the
     reference recurrence in the same dtype (fp32 too for LayerNorm, which torch.nn.LSTM lacks)."""
     torch.manual_seed(1)
-    T, B, I, H = 6, 3, 4, 16
-    model = LSTM(I, H, num_layers=2, layer_norm=layer_norm)
+    # LayerNorm in 16 bits amplifies every rounding through the steps (both torch's and ours): a
+    # shorter, wider single layer keeps the comparison about the kernels rather than the chaos
+    T, B, I, H, L = (4, 3, 4, 32, 1) if layer_norm else (6, 3, 4, 16, 2)
+    model = LSTM(I, H, num_layers=L, layer_norm=layer_norm)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.startswith("ln_"):
                 p.add_(0.2 * torch.randn_like(p))
-    x, hx, gy, gh, gc = _data(T, B, I, H, 2, 1, False, seed=2)
+    x, hx, gy, gh, gc = _data(T, B, I, H, L, 1, False, seed=2)
     dtypes = [dtype] + ([torch.float32] if layer_norm and dtype == torch.float16 else [])
     truth, names = _run(copy.deepcopy(model).double(), x.double(), [t.double() for t in hx], gy, gh, gc)
     for dt in dtypes:
@@ -90,9 +94,8 @@ def test_low_precision_and_layernorm_sequences(dtype, layer_norm):
             lowp, _ = _run(m, x.to(dt), [t.to(dt) for t in hx], gy, gh, gc)
         for name, a, t, r in zip(names, fast, truth, lowp):
             assert a.dtype == dt
-            seq = name in ("output", "grad_input")
-            assert_close_2x(_batch_major(a, False) if seq else a, _batch_major(t, False) if seq else t,
-                            _batch_major(r, False) if seq else r, name=f"{name} [{dt}, ln={layer_norm}]",
+            bf = name not in ("output", "grad_input")
+            assert_close_2x(_batch_major(a, bf), _batch_major(t, bf), _batch_major(r, bf), name=f"{name} [{dt}, ln={layer_norm}]",
                             term_scale=_sum_scale(name, t))
 
 
