@@ -113,7 +113,7 @@ def generation_rows(device, hiddens=None, timing=None, layers=2):
             outs = {k: f() for k, f in fns.items()}
         _check(f"generation step at hidden {H}", outs["genkernels.nn.LSTM"], outs["torch.nn.LSTM"], 1e-4)
         _check(f"cell step at hidden {H}", outs["genkernels.nn.LSTMCell"], outs["torch.nn.LSTMCell"], 1e-4)
-        times = measure_interleaved(fns, device, **{**timing, "min_time": max(timing.get("min_time", 0), 0.01)})
+        times = measure_interleaved(fns, device, **{**timing, "min_time": max(timing.get("min_time", 0), 0.02)})
         for name, seconds in times.items():
             base = times["torch.nn.LSTMCell" if "Cell" in name else "torch.nn.LSTM"]
             rows.append({"case": "generation step, batch 1", "provider": name, "hidden": H,

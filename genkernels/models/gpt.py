@@ -302,7 +302,10 @@ class GPT(GenerativeModel):
         if tokens.shape[1] > c.context + extra:
             raise ValueError(f"{name} has {tokens.shape[1]} positions, more than the context ({c.context})"
                              + (f" + {extra}" if extra else ""))
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= c.vocab_size):
+        # the value check reads two scalars back from the device: skipped while torch.compile traces
+        # (a graph break there costs more than the check; eager calls and the CLI keep it)
+        if tokens.numel() and not torch.compiler.is_compiling() and (
+                int(tokens.min()) < 0 or int(tokens.max()) >= c.vocab_size):
             raise ValueError(f"{name} must lie in [0, vocab_size = {c.vocab_size}), got values from "
                              f"{int(tokens.min())} to {int(tokens.max())}")
         return tokens

@@ -101,6 +101,15 @@ def attention_decode(q, k_cache, v_cache, cache_seqlens, scale=None, causal=Fals
                 f"cache_seqlens must lie in [0, {k_cache.shape[1]}] (the cache length of k_cache), got values "
                 f"from {low} to {high}"
             )
+        if low == high > 0 and q.shape[1] == 1 and not return_lse and not torch.compiler.is_compiling():
+            k_cache, v_cache = k_cache[:, :high], v_cache[:, :high]  # keys past the length are never read
+            # one new token per sequence, every sequence the same length (batch-1 generation): the
+            # whole sliced cache is visible (causal or not), so CPU SDPA needs no mask; this skips the
+            # masked reference's per-step overhead, which dominates a small model's decode step
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2),
+                scale=_check_scale(q.shape[-1], scale), enable_gqa=k_cache.shape[2] != q.shape[2])
+            return out.transpose(1, 2).contiguous()  # (B, 1, H, D)
     out, lse = attention_decode_op(q, k_cache, v_cache, cache_seqlens, _check_scale(q.shape[-1], scale), causal,
                                    allow_tf32)
     return (out, lse) if return_lse else out
