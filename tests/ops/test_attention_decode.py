@@ -144,3 +144,24 @@ def test_opcheck_decode_op():
     decode = torch.ops.genkernels.attention_decode.default
     torch.library.opcheck(decode, (q, k_cache, v_cache, torch.tensor([7, 3], dtype=torch.int32), 0.25, True, False),
                           test_utils=QUICK_OPCHECK)
+
+
+@pytest.mark.parametrize("num_kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_single_token_fast_path_matches_the_masked_reference(num_kv_heads, dtype):
+    """One new token at equal lengths takes SDPA over the sliced cache on the CPU; past the length
+    the cache holds NaN, which must never be read."""
+    from genkernels.ops.attention_decode import attention_decode_op
+
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 1, 4, 16, generator=gen).to(dtype)
+    k = torch.randn(2, 20, num_kv_heads, 16, generator=gen).to(dtype)
+    v = torch.randn(2, 20, num_kv_heads, 16, generator=gen).to(dtype)
+    k[:, 13:], v[:, 13:] = float("nan"), float("nan")
+    lengths = torch.tensor([13, 13])
+    for causal in (False, True):
+        fast = attention_decode(q, k, v, lengths, causal=causal)
+        masked, _ = attention_decode_op(q, k, v, lengths, 16 ** -0.5, causal, False)
+        assert fast.shape == masked.shape and fast.dtype == dtype and torch.isfinite(fast).all()
+        torch.testing.assert_close(fast.float(), masked.float(), rtol=2e-2 if dtype == torch.bfloat16 else 1e-5,
+                                   atol=2e-2 if dtype == torch.bfloat16 else 1e-6)
