@@ -19,7 +19,7 @@ generation  GPT.generate (greedy, KV cache through attention_decode: prefill onc
             2,063 tokens), so that row is the integrated one.
 lce         genkernels.ops.linear_cross_entropy (chunked, gradients formed in the forward; and the
             variant recomputing the logits in backward) against F.cross_entropy on the materialised
-            float32 logits, forward + backward at N = 512 tokens x D = 256 x V = 32k / 64k / 128k, each
+            float32 logits, forward + backward at N = 4096 tokens (a 16 x 256 batch) x D = 256 x V = 32k / 64k / 128k, each
             provider in a fresh subprocess: peak memory above the inputs of one call made after a tiny
             warm-up call that loads the kernels (transformer_ops.lce_rows' accounting: the growth of
             the peak resident set, VmHWM, on a CPU; torch.cuda.max_memory_allocated on CUDA). On a CPU
@@ -48,7 +48,7 @@ from genkernels.models.gpt import GPT, GPTConfig
 
 PROMPT = 16
 LENGTHS = (128, 512, 2048)
-LCE_SHAPES = ((512, 256, 32768), (512, 256, 65536), (512, 256, 131072))  # (N, D, V)
+LCE_SHAPES = ((4096, 256, 32768), (4096, 256, 65536), (4096, 256, 131072))  # (N, D, V): N = a 16 x 256 batch
 TRAIN = (8, 256)  # (batch, tokens per sequence) = the default GPT context
 TINY = {"lengths": (8, 24), "config": dict(dim=32, depth=2, num_heads=2), "lce": ((64, 16, 512),),
         "train": (2, 16), "points": 3}

@@ -39,7 +39,8 @@ class _Config:
     __slots__ = ("layer_norm", "eps", "p", "seed", "offset", "backend")
 
     def __init__(self, layer_norm, eps, p, seed, offset, backend):
-        self.layer_norm, self.eps, self.p, self.seed, self.offset, self.backend = layer_norm, eps, p, seed, offset, backend
+        self.layer_norm, self.eps, self.p = layer_norm, eps, p
+        self.seed, self.offset, self.backend = seed, offset, backend
 
 
 def _mask(cfg, B, H, device):
@@ -111,7 +112,8 @@ class _LSTMSequence(torch.autograd.Function):
         d_gh = torch.empty_like(d_gx) if cfg.layer_norm else d_gx
         if cfg.layer_norm:
             f32 = dict(dtype=torch.float32, device=dev)
-            terms_h, terms_c, terms_b = torch.empty(T, B, G, **f32), torch.empty(T, B, H, **f32), torch.empty(T, B, H, **f32)
+            terms_h = torch.empty(T, B, G, **f32)  # per-row fp32 terms of the LN parameters' gradients
+            terms_c, terms_b = torch.empty(T, B, H, **f32), torch.empty(T, B, H, **f32)
             w_h, w_c, b_c = ln
         p, seed, offset, backend = cfg.p, cfg.seed, cfg.offset, cfg.backend
         for t in range(T - 1, -1, -1):
@@ -338,7 +340,8 @@ class LSTM(nn.Module):
                 xg = self._input_gates(xin, layer, sfx)
                 ln = None
                 if self.layer_norm:
-                    ln = tuple(getattr(self, f"{n}_l{layer}{sfx}") for n in ("ln_weight_hh", "ln_weight_c", "ln_bias_c"))
+                    ln = tuple(getattr(self, f"{n}_l{layer}{sfx}")
+                               for n in ("ln_weight_hh", "ln_weight_c", "ln_bias_c"))
                 hs, h, c = lstm_sequence(xg, getattr(self, f"weight_hh_l{layer}{sfx}"), h0[idx], c0[idx], ln,
                                          eps=self.eps, p=p, seed=seed, offset=idx)
                 outs.append(hs if d == 0 else hs.flip(0))

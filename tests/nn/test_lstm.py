@@ -66,7 +66,8 @@ def test_equals_torch_lstm_after_load_state_dict(batch_first, bidirectional):
     for name, a, t, r in zip(names, fast, truth, lowp):
         assert a.shape == t.shape, name
         bf = batch_first or name not in ("output", "grad_input")
-        assert_close_2x(_batch_major(a, bf), _batch_major(t, bf), _batch_major(r, bf), name=f"{name} [bf={batch_first}, bi={bidirectional}]",
+        assert_close_2x(_batch_major(a, bf), _batch_major(t, bf), _batch_major(r, bf),
+                        name=f"{name} [bf={batch_first}, bi={bidirectional}]",
                         term_scale=_sum_scale(name, t))
 
 
@@ -95,7 +96,8 @@ def test_low_precision_and_layernorm_sequences(dtype, layer_norm):
         for name, a, t, r in zip(names, fast, truth, lowp):
             assert a.dtype == dt
             bf = name not in ("output", "grad_input")
-            assert_close_2x(_batch_major(a, bf), _batch_major(t, bf), _batch_major(r, bf), name=f"{name} [{dt}, ln={layer_norm}]",
+            assert_close_2x(_batch_major(a, bf), _batch_major(t, bf), _batch_major(r, bf),
+                            name=f"{name} [{dt}, ln={layer_norm}]",
                             term_scale=_sum_scale(name, t))
 
 

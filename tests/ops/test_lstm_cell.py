@@ -167,7 +167,7 @@ def test_in_kernel_dropout_matches_the_mask(backend, device, layer_norm):
         h_ref, c_ref = lstm_cell_ref(gx, cp)
     torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-6)
     assert torch.equal(h_rec, h * mask)
-    g_h, g_rec, g_c = torch.randn(B, H, device=device), torch.randn(B, H, device=device), torch.randn(B, H, device=device)
+    g_h, g_rec, g_c = (torch.randn(B, H, device=device) for _ in range(3))
     out = [torch.empty_like(gx), torch.empty_like(cp)]
     if layer_norm:
         f32 = dict(device=device)
