@@ -480,10 +480,13 @@ def _eval(args) -> int:
     groups = list(model.optimizer_groups())
     model.eval()
     with torch.no_grad():
+        own_pass = model.reports_validation_loss and not model.evaluate_reports_loss
         losses = (validation_losses(model, dataset, batch_size=args.batch_size, max_items=args.max_items,
                                     device=device, groups=groups if len(groups) > 1 else None)
-                  if model.reports_validation_loss else {})
+                  if own_pass else {})
         metrics = model.evaluate(dataset, max_items=args.max_items)
+        if model.evaluate_reports_loss:  # one pass over the split: the loss comes with the metrics
+            losses = {"loss": float(metrics.pop("loss"))}
     result = {"model": model.name, "checkpoint": str(path), "step": meta["step"], "data": str(data),
               "split": args.split, "losses": losses, "metrics": {k: float(v) for k, v in metrics.items()}}
     text = json.dumps(result, indent=2)

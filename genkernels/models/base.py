@@ -49,6 +49,9 @@ class GenerativeModel(nn.Module):
     data_kinds: ClassVar[tuple[str, ...]] = ()
     metric_units: ClassVar[dict[str, str]] = {}
     reports_validation_loss: ClassVar[bool] = True
+    # True when evaluate() already returns the mean validation "loss" (the CLI's eval then skips its
+    # own pass over the split for the losses)
+    evaluate_reports_loss: ClassVar[bool] = False
 
     def __init__(self, config):
         super().__init__()

@@ -241,6 +241,7 @@ class GPT(GenerativeModel):
     train_defaults = {"steps": 1800, "batch_size": 16, "lr": 2e-3, "warmup_steps": 100, "weight_decay": 0.1,
                       "min_lr_ratio": 0.1, "precision": _DEFAULT_PRECISION, "eval_every": 500,
                       "eval_max_items": 128, "num_samples": 4}
+    evaluate_reports_loss = True  # evaluate() returns the mean NLL as "loss": the CLI's eval makes one pass
     metric_units = {"loss": "nats/byte", "bits_per_byte": "bits/byte", "zlib_bits_per_byte": "bits/byte",
                     "lzma_bits_per_byte": "bits/byte"}
 
@@ -374,7 +375,7 @@ class GPT(GenerativeModel):
             inputs, targets = self._split(batch)
             total += float(self._nll(inputs, targets)) * targets.numel()
             num += targets.numel()
-        metrics = {"bits_per_byte": bits_per_byte(total / num)}
+        metrics = {"loss": total / num, "bits_per_byte": bits_per_byte(total / num)}
         data = getattr(dataset, "data", None)
         if isinstance(data, torch.Tensor) and data.dtype == torch.uint8:
             stride = getattr(dataset, "stride", dataset[0].numel() - 1)
@@ -401,7 +402,8 @@ class GPT(GenerativeModel):
             nats += float(self._nll(inputs, targets)) * targets.numel()
             num_tokens += targets.numel()
             num_bytes += int(token_bytes[targets].sum())
-        metrics = {"bits_per_byte": nats / num_bytes / math.log(2), "bits_per_token": nats / num_tokens / math.log(2),
+        metrics = {"loss": nats / num_tokens, "bits_per_byte": nats / num_bytes / math.log(2),
+                   "bits_per_token": nats / num_tokens / math.log(2),
                    "bytes_per_token": num_bytes / num_tokens}
         if getattr(dataset, "window_bytes", None) is not None:
             span = dataset.data[dataset.window_bytes(0)[0]:dataset.window_bytes(count - 1)[1]]

@@ -118,7 +118,7 @@ def test_evaluate_reports_bits_per_byte():
     model = _model()
     dataset = TextDataset("stdlib", "test", block_size=32, max_bytes=2000)
     metrics = model.evaluate(dataset, max_items=4, batch_size=2)
-    assert set(metrics) == {"bits_per_byte", "zlib_bits_per_byte", "lzma_bits_per_byte"}
+    assert set(metrics) == {"loss", "bits_per_byte", "zlib_bits_per_byte", "lzma_bits_per_byte"}
     assert 0 < metrics["bits_per_byte"] < 100
     config = GPT.config_for_data(dataset, {"dim": 32, "depth": 1, "num_heads": 4})
     assert config.context == 32 and config.vocab_size == 256
