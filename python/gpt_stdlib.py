@@ -1,5 +1,5 @@
-"""Train a byte-level GPT on the bundled Python-stdlib text with the default recipe of `genkernels
-train gpt`, report held-out test bits per byte beside zlib and lzma on the same bytes, continue a
+"""Train a GPT on the bundled Python-stdlib text with the default recipe of `genkernels
+train gpt` (a BPE fitted to the training split; --tokenizer byte for bytes), report held-out test bits per byte beside zlib and lzma on the same bytes, continue a
 prompt with the KV cache, and time cached generation against re-running the context per token.
 
     python python/gpt_stdlib.py                          # the default recipe; writes runs/examples/gpt_stdlib/
@@ -26,6 +26,8 @@ def parse_args():
     parser.add_argument("--dim", type=int, default=model.dim)
     parser.add_argument("--depth", type=int, default=model.depth)
     parser.add_argument("--heads", type=int, default=model.num_heads)
+    parser.add_argument("--tokenizer", choices=["bpe", "byte"], default=None,
+                        help="default: what GPT.config_for_data fits (a BPE for the megabytes of stdlib text)")
     parser.add_argument("--context", type=int, default=None, help="training window (default: the data's block size)")
     parser.add_argument("--batch-size", type=int, default=recipe.batch_size)
     parser.add_argument("--lr", type=float, default=recipe.lr)
@@ -44,14 +46,14 @@ def parse_args():
     return parser.parse_args()
 
 
-def stream_to_stdout():
-    """GPT.generate's stream callback: print sequence 0's bytes as they come, decoding UTF-8
-    incrementally so a multi-byte character is printed whole."""
+def stream_to_stdout(tokenizer):
+    """GPT.generate's stream callback: print sequence 0's token bytes as they come, decoding UTF-8
+    incrementally so a multi-byte character (split across tokens or bytes) is printed whole."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def stream(step, tokens):
         if int(tokens[0]) >= 0:
-            sys.stdout.write(decoder.decode(bytes([int(tokens[0])])))
+            sys.stdout.write(decoder.decode(tokenizer.token_bytes(int(tokens[0]))))
             sys.stdout.flush()
     return stream
 
@@ -66,9 +68,13 @@ def main():
     args = parse_args()
     block = {"block_size": args.context} if args.context else {}
     train, val, test = (get_dataset("text", split, **block) for split in ("train", "val", "test"))
-    config = GPT.config_for_data(train, dict(dim=args.dim, depth=args.depth, num_heads=args.heads))
+    overrides = dict(dim=args.dim, depth=args.depth, num_heads=args.heads)
+    if args.tokenizer:
+        overrides["tokenizer"] = args.tokenizer
+    config = GPT.config_for_data(train, overrides)
     torch.manual_seed(0)
     model = GPT(config)
+    train, val, test = (model.prepare_dataset(d) for d in (train, val, test))  # BPE: token windows
     steps = max(args.steps, 1)
     train_config = TrainConfig(**{
         **GPT.train_defaults, "steps": steps, "batch_size": args.batch_size, "lr": args.lr,
@@ -76,7 +82,8 @@ def main():
         "weight_decay": args.weight_decay, "precision": args.precision,
         "eval_every": min(TrainConfig(**GPT.train_defaults).eval_every, max(1, steps // 4)),
         "device": args.device, "out_dir": args.out})
-    print(f"GPT dim {config.dim}, depth {config.depth}, heads {config.num_heads}, context {config.context}, "
+    print(f"GPT ({config.tokenizer}, vocab {config.vocab_size}) dim {config.dim}, depth {config.depth}, "
+          f"heads {config.num_heads}, context {config.context} tokens, "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; {steps} steps of "
           f"{train_config.batch_size} windows, lr {train_config.lr:g}, {train_config.precision}")
     start = time.perf_counter()
@@ -95,10 +102,10 @@ def main():
               f"lzma {metrics['lzma_bits_per_byte']:.3f} on the same bytes "
               f"({time.perf_counter() - start:.0f} s)")
 
-        prompt = list(args.prompt.encode("utf-8"))
+        prompt = list(model.tokenizer.encode(args.prompt))
         new = min(args.new_tokens, config.context - len(prompt))
         print(f"\nsampled continuation (temperature {args.temperature}, KV cache):\n{args.prompt}", end="")
-        model.generate([prompt], new, temperature=args.temperature, top_k=None, seed=0, stream=stream_to_stdout())
+        model.generate([prompt], new, temperature=args.temperature, top_k=None, seed=0, stream=stream_to_stdout(model.tokenizer))
         cached, greedy = tokens_per_second(lambda: model.generate([prompt], new, temperature=0), new)
         uncached, reference = tokens_per_second(lambda: model.generate_uncached([prompt], new), new)
         print(f"\n\ngreedy, {new} new tokens: {cached:.0f} tokens/s with the KV cache, {uncached:.0f} tokens/s "

@@ -130,3 +130,16 @@ def test_cli_train_eval_sample(tmp_path, capsys):
     assert metrics["bytes_per_token"] > 1.5 and metrics["bits_per_byte"] < metrics["bits_per_token"]
     assert main(["sample", str(out), "-n", "1", "--device", "cpu", "--condition", "max_new_tokens=4"]) == 0
     assert (out / "samples" / "samples.txt").read_text().startswith("\n")
+
+
+def test_config_for_data_fits_a_bpe_to_megabytes_of_text_only():
+    from genkernels.data.text import TextDataset
+    from genkernels.models.gpt import BPE_AUTO_MIN_BYTES, GPT
+
+    small = TextDataset("stdlib", "val", block_size=32, max_bytes=5000)
+    assert GPT.config_for_data(small, {"dim": 32, "depth": 1, "num_heads": 4}).tokenizer == "byte"
+    large = TextDataset("stdlib", "val", block_size=32, max_bytes=BPE_AUTO_MIN_BYTES)
+    fitted = GPT.config_for_data(large, {"dim": 32, "depth": 1, "num_heads": 4, "bpe_vocab": 512})
+    assert fitted.tokenizer == "bpe" and fitted.vocab_size == 512 and fitted.tokenizer_json
+    kept = GPT.config_for_data(large, {"dim": 32, "depth": 1, "num_heads": 4, "tokenizer": "byte"})
+    assert kept.tokenizer == "byte" and kept.vocab_size == 256
