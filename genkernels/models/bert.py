@@ -54,7 +54,7 @@ from torch import nn
 from genkernels.models._validate import (check_bool, check_choice, check_int, check_real,
                                          evaluation_count)
 from genkernels.models.base import GenerativeModel
-from genkernels.nn.transformer_layers import LayerNorm
+from genkernels.nn.transformer_layers import LayerNorm, sinusoidal_table
 from genkernels.ops.attention import attention, attention_varlen
 from genkernels.ops.gelu_tanh import gelu_tanh
 from genkernels.ops.linear_cross_entropy import linear_cross_entropy
@@ -226,14 +226,8 @@ class BERT(GenerativeModel):
                 nn.init.normal_(module.weight, std=0.02)
             if isinstance(module, nn.Linear):
                 nn.init.zeros_(module.bias)
-        context, dim = self.pos_embed.weight.shape
-        position = torch.arange(context, dtype=torch.float64)[:, None]
-        frequency = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-        table = torch.zeros(context, dim, dtype=torch.float64)
-        table[:, 0::2] = (position * frequency).sin()
-        table[:, 1::2] = (position * frequency[:dim // 2]).cos()
         with torch.no_grad():
-            self.pos_embed.weight.copy_(table * 0.02 * math.sqrt(2))
+            self.pos_embed.weight.copy_(sinusoidal_table(*self.pos_embed.weight.shape) * (0.02 * math.sqrt(2)))
 
     # -- checks ----------------------------------------------------------------------------------
     def _check_ids(self, ids, name: str = "input_ids") -> torch.Tensor:

@@ -39,7 +39,7 @@ from genkernels.data.seq2seq_tasks import BOS, EOS, PAD, Seq2SeqTaskDataset, TAS
 from genkernels.models._validate import check_bool, check_choice, check_int, check_real, evaluation_count
 from genkernels.models.base import GenerativeModel
 from genkernels.nn.attention import CrossAttention, KVCache, SelfAttention
-from genkernels.nn.transformer_layers import GeluMLP, LayerNorm, RMSNorm, SwiGLU
+from genkernels.nn.transformer_layers import GeluMLP, LayerNorm, RMSNorm, SwiGLU, sinusoidal_table
 from genkernels.ops.linear_cross_entropy import linear_cross_entropy
 
 MLPS = ("swiglu", "gelu")
@@ -93,16 +93,6 @@ class Seq2SeqConfig:
         if len({self.pad_id, self.bos_id, self.eos_id}) != 3:
             raise ValueError(f"Seq2SeqConfig: pad_id, bos_id and eos_id must differ, got {self.pad_id}, "
                              f"{self.bos_id}, {self.eos_id}")
-
-
-def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
-    """(length, dim) float32: sin in the even columns, cos in the odd ones (Vaswani et al.)."""
-    position = torch.arange(length, dtype=torch.float64)[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
-    table = torch.zeros(length, dim, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(position * freq)
-    table[:, 1::2] = torch.cos(position * freq[:table[:, 1::2].shape[1]])
-    return table.float()
 
 
 def _norm(c: Seq2SeqConfig) -> nn.Module:
@@ -542,4 +532,4 @@ class Seq2SeqTransformer(GenerativeModel):
                 raise ValueError(f"{name} has {field} = {have}, more than this model's {getattr(c, field)}")
 
 
-__all__ = ["Seq2SeqTransformer", "Seq2SeqConfig", "EncoderLayer", "DecoderLayer", "sinusoidal_table"]
+__all__ = ["Seq2SeqTransformer", "Seq2SeqConfig", "EncoderLayer", "DecoderLayer"]

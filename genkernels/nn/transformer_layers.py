@@ -11,6 +11,7 @@ gelu_tanh, rotary):
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -21,6 +22,17 @@ from genkernels.ops.layer_norm import layer_norm
 from genkernels.ops.rms_norm import rms_norm
 from genkernels.ops.rotary import rotary, rotary_tables
 from genkernels.ops.swiglu import swiglu
+
+
+def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
+    """(length, dim) float32 position table of Vaswani et al.: sin in the even columns, cos in the
+    odd ones, frequencies 10000^(-2i/dim) (computed in float64)."""
+    position = torch.arange(length, dtype=torch.float64)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[:dim // 2])
+    return table.float()
 
 
 def _last_dim(normalized_shape) -> int:
