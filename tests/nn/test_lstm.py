@@ -9,6 +9,7 @@ import torch
 
 from genkernels import _ext, use_backend
 from genkernels.nn import LSTM, LSTMCell
+from genkernels.nn import lstm as lstm_module
 from genkernels.ops.lstm_cell import lstm_dropout_mask_ref
 from genkernels.testing import assert_close_2x
 
@@ -207,3 +208,66 @@ def test_errors():
         model(torch.zeros(0, 2, 3))
     with pytest.raises(ValueError, match=r"input must be \(B, 3\)"):
         LSTMCell(3, 4)(torch.zeros(2, 5))
+
+
+_PACKS = lstm_module._MKLDNN_LINEAR and torch.backends.mkldnn.is_available()
+
+
+@pytest.mark.skipif(not _PACKS, reason="torch built without oneDNN")
+def test_prepacked_recurrent_matmul_matches_torch():
+    """Sequences of >= 8 steps at batch >= 16 run the recurrent matmul through a prepacked oneDNN
+    weight (forward: W_hh, backward: W_hh^T): outputs and every gradient meet the 2x rule against
+    float64, as the addmm route does."""
+    torch.manual_seed(0)
+    T, B, I, H, L = 9, 16, 24, 32, 2
+    assert lstm_module._RecurrentMatmul(torch.zeros(4 * H, H), B, T).packed is not None  # the route under test
+    ref = torch.nn.LSTM(I, H, num_layers=L)
+    ours = LSTM(I, H, num_layers=L)
+    ours.load_state_dict(ref.state_dict())
+    x, hx, gy, gh, gc = _data(T, B, I, H, L, 1, False)
+    fast, names = _run(ours, x, hx, gy, gh, gc)
+    truth, _ = _run(copy.deepcopy(ref).double(), x.double(), [t.double() for t in hx], gy, gh, gc)
+    lowp, _ = _run(ref, x, hx, gy, gh, gc)
+    for name, a, t, r in zip(names, fast, truth, lowp):
+        assert_close_2x(_batch_major(a, False), _batch_major(t, False), _batch_major(r, False), name=name,
+                        term_scale=_sum_scale(name, t))
+
+
+@pytest.mark.skipif(not _PACKS, reason="torch built without oneDNN")
+def test_prepacked_layernorm_sequence_equals_addmm_route(monkeypatch):
+    """The LayerNorm-LSTM's recurrent matmul (gates_h = h W_hh^T, no bias) through the packed weight
+    gives what the addmm route gives, forward and backward, up to fp32 summation order."""
+    torch.manual_seed(0)
+    T, B, H = 9, 16, 32
+    model = LSTM(H, H, num_layers=2, layer_norm=True)
+    x, hx, gy, gh, gc = _data(T, B, H, H, 2, 1, False)
+    packed, names = _run(model, x, hx, gy, gh, gc)
+    monkeypatch.setattr(lstm_module, "_packable", lambda w, B: False)
+    plain, _ = _run(model, x, hx, gy, gh, gc)
+    for name, a, b in zip(names, packed, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()), msg=name)
+
+
+@pytest.mark.skipif(not _PACKS, reason="torch built without oneDNN")
+def test_packed_weight_cache_follows_parameter_updates():
+    """Step-by-step calls reuse the weight a long sequence packed while the parameter is unchanged; an
+    in-place update (an optimizer step, load_state_dict) must repack, never reuse a stale copy."""
+    torch.manual_seed(0)
+    B, H = 16, 32
+    ours, ref = LSTM(H, H).eval(), torch.nn.LSTM(H, H).eval()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(12, B, H)
+    with torch.no_grad():
+        y, state = ours(x[:8])  # packs (8 steps)
+        key = (id(ours.weight_hh_l0), False)
+        assert key in lstm_module._pack_cache
+        step, _ = ours(x[8:9], state)  # one step: the cached packed weight
+        torch.testing.assert_close(step, ref(x[:9])[0][8:], rtol=1e-5, atol=1e-6)
+        ours.weight_hh_l0.mul_(0.5)  # the version counter moves: the cache entry is stale
+        ref.weight_hh_l0.mul_(0.5)
+        again, _ = ours(x[8:9], state)
+        expected, _ = ref(x[8:9], tuple(t for t in state))
+        torch.testing.assert_close(again, expected, rtol=1e-5, atol=1e-6)
+        ours.load_state_dict(torch.nn.LSTM(H, H).state_dict())
+        ref.load_state_dict(ours.state_dict())
+        torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
