@@ -11,11 +11,16 @@ Names:
                   generated seq2seq problems (src, tgt) int64, kind "seq2seq" (genkernels.data.seq2seq_tasks)
   chorales        Bach's four-part chorales from the music21 wheel as int64 token windows, kind "music"
                   (genkernels.data.music; needs `pip install genkernels[music]`)
+  seasonal        synthetic hourly-like series (daily + weekly seasonality, trend, level shifts), windows
+                  of context + horizon float32 values split by time, kind "series" (genkernels.data.timeseries)
 
 Anything else is taken as a filesystem path: a folder (or file) of images, of text, of WAV
 audio or of MIDI files, decided by file extensions (pass kind="images" | "text" | "audio" |
 "music" to decide yourself).
-Every dataset has a `kind` attribute: "image", "image-levels", "points", "text", "audio" or "music".
+A .csv file is a time series (kind "series"): get_dataset("sales.csv", column="units"), or the CLI form
+"sales.csv:units" (column name or 0-based index after the last colon), reads one column.
+Every dataset has a `kind` attribute: "image", "image-levels", "points", "text", "audio", "music"
+or "series".
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from genkernels.data.images import IMAGE_EXTENSIONS, ImageFolderDataset
 from genkernels.data.music import MUSIC_EXTENSIONS, ChoralesDataset, MidiFolderDataset
 from genkernels.data.seq2seq_tasks import Seq2SeqTaskDataset
 from genkernels.data.text import TEXT_EXTENSIONS, TextDataset, load_text_bytes
+from genkernels.data.timeseries import CSVSeriesDataset, SeasonalSeriesDataset
 from genkernels.data.tokenizer import BPETokenizer, ByteTokenizer, tokenizer_from_json
 from genkernels.data.toy2d import TOY_DATASETS, ToyDataset, sample_toy, toy_dataset
 
@@ -48,6 +54,7 @@ _NAMED: dict[str, Callable[..., Dataset]] = {
     **{task: (lambda task: lambda split="train", **kwargs: Seq2SeqTaskDataset(task, split, **kwargs))(task)
        for task in ("arithmetic", "sort", "reverse")},
     "chorales": lambda split="train", **kwargs: ChoralesDataset(split, **kwargs),
+    "seasonal": lambda split="train", **kwargs: SeasonalSeriesDataset(split, **kwargs),
 }
 DATASETS: tuple[str, ...] = tuple(_NAMED)
 
@@ -88,6 +95,13 @@ def get_dataset(name_or_path: str | os.PathLike, split: str = "train", **kwargs)
     if name in _NAMED and kind is None:
         return _NAMED[name](split, **kwargs)
     path = Path(name).expanduser()
+    head, colon, column = name.rpartition(":")
+    if colon and not path.exists() and head.lower().endswith(".csv") and Path(head).expanduser().is_file():
+        if "column" in kwargs:  # "sales.csv:units": the column after the last colon
+            raise ValueError(f"data {name!r} names a column and column={kwargs['column']!r} is given too; pass one")
+        path, kind, kwargs["column"] = Path(head).expanduser(), kind or "series", column
+    if kind is None and path.is_file() and path.suffix.lower() == ".csv":
+        kind = "series"  # a CSV file is a time series (a folder of them stays text)
     if not path.exists():
         raise ValueError(f"unknown dataset {name!r}: not one of {', '.join(DATASETS)}, "
                          f"and no file or folder of that name exists")
@@ -100,7 +114,9 @@ def get_dataset(name_or_path: str | os.PathLike, split: str = "train", **kwargs)
         return AudioDataset(path, split, **kwargs)
     if kind == "music":
         return MidiFolderDataset(path, split, **kwargs)
-    raise ValueError(f"kind must be 'images', 'text', 'audio' or 'music', got {kind!r}")
+    if kind == "series":
+        return CSVSeriesDataset(path, split, **kwargs)
+    raise ValueError(f"kind must be 'images', 'text', 'audio', 'music' or 'series', got {kind!r}")
 
 
 __all__ = [
@@ -113,4 +129,5 @@ __all__ = [
     "ImageFolderDataset",
     "Seq2SeqTaskDataset",
     "ChoralesDataset", "MidiFolderDataset",
+    "SeasonalSeriesDataset", "CSVSeriesDataset",
 ]

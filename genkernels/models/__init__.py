@@ -18,6 +18,11 @@ REGISTRY["gpt"] = "genkernels.models.gpt:GPT"
 REGISTRY["seq2seq"] = "genkernels.models.seq2seq:Seq2SeqTransformer"
 REGISTRY["bert"] = "genkernels.models.bert:BERT"
 REGISTRY["diffusion"] = "genkernels.models.diffusion:Diffusion"
+REGISTRY["style"] = "genkernels.models.style_transfer:StyleTransfer"
+REGISTRY["forecast"] = "genkernels.models.forecast:LSTMForecaster"
+REGISTRY["music-lstm"] = "genkernels.models.music_lstm:MusicLSTM"
+REGISTRY["vqvae"] = "genkernels.models.vqvae:VQVAE"
+REGISTRY["lstm"] = "genkernels.models.char_lstm:CharLSTM"
 
 
 def get_model_class(name: str) -> type[GenerativeModel]:
@@ -28,3 +33,12 @@ def get_model_class(name: str) -> type[GenerativeModel]:
 
 
 __all__ = ["GenerativeModel", "ImageGenerativeModel", "REGISTRY", "get_model_class"]
+
+
+def __getattr__(name):
+    """A registered family's class by its class name (genkernels.models.StyleTransfer), imported on first use."""
+    for target in REGISTRY.values():
+        module, cls = target.split(":")
+        if cls == name:
+            return getattr(importlib.import_module(module), cls)
+    raise AttributeError(f"module 'genkernels.models' has no attribute {name!r}")

@@ -21,11 +21,13 @@ from genkernels.nn.transformer_layers import (  # noqa: F401
 from genkernels.nn.flow_layers import ActNorm, InvertibleConv1x1, Permute, Squeeze  # noqa: F401
 from genkernels.nn.flow_sequential import FlowSequential  # noqa: F401
 from genkernels.nn.swap import SwapReport, swap_layers  # noqa: F401
+from genkernels.nn.style import HookedFeatureExtractor, RandomFeatureExtractor, TransformerNet  # noqa: F401
 from genkernels.nn.gated import GatedActivation  # noqa: F401
 from genkernels.nn.latent import GaussianLatent  # noqa: F401
 from genkernels.nn.lstm import LSTM, LSTMCell  # noqa: F401
 from genkernels.nn.masked_conv import GatedMaskedConv2d, MaskedConv2d  # noqa: F401
 from genkernels.nn.norm import AdaLayerNorm, GroupNormAct, modulate  # noqa: F401
+from genkernels.nn.vq import VectorQuantizer  # noqa: F401
 from genkernels.nn.likelihoods import (  # noqa: F401
     BinomialLikelihood,
     CategoricalLikelihood,

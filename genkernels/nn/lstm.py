@@ -45,15 +45,14 @@ _ln = importlib.import_module("genkernels.ops.layernorm_lstm_cell")
 # step-by-step generation reuses the packed weight while the parameter is unchanged (same tensor object,
 # same version counter: an optimizer step or load_state_dict repacks it).
 _MKLDNN_LINEAR = (hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-                  and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+                  and hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available())
 _PACK_MIN_STEPS = 8  # a sequence this long packs; shorter ones use a packed weight only when cached
 _pack_cache: dict = {}  # id(weight) -> (weakref(weight), version, transpose, batch, packed)
 _PACK_CACHE_SIZE = 16
 
 
 def _packable(w: torch.Tensor, B: int) -> bool:
-    if not (_MKLDNN_LINEAR and w.device.type == "cpu" and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled):
+    if not (_MKLDNN_LINEAR and w.device.type == "cpu" and torch.backends.mkldnn.enabled):
         return False
     if w.dtype == torch.bfloat16:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -67,10 +66,12 @@ class _RecurrentMatmul:
 
     __slots__ = ("w", "transpose", "packed")
 
-    def __init__(self, w: torch.Tensor, B: int, steps: int, transpose: bool = False):
+    def __init__(self, w: torch.Tensor, B: int, steps: int, transpose: bool = False, reuse: bool = False):
+        """steps: the matmuls this object will run; reuse: inference, where the packed weight is kept
+        for later calls (step-by-step generation packs on its first step)."""
         self.w, self.transpose, self.packed = w, transpose, None
         if _packable(w, B):
-            self.packed = _cached_pack(w, B, transpose, create=steps >= _PACK_MIN_STEPS)
+            self.packed = _cached_pack(w, B, transpose, create=reuse or steps >= _PACK_MIN_STEPS)
 
     def __call__(self, x: torch.Tensor, other: torch.Tensor | None, out: torch.Tensor | None) -> torch.Tensor:
         """The result: `out` (B, N) when given and not packed; a new tensor from the packed path (the
@@ -120,7 +121,7 @@ def _mask(cfg, B, H, device):
     return _cell._lstm_dropout_mask_kernel(like, cfg.p, cfg.seed, cfg.offset)
 
 
-def _sequence_forward(xg, w_hh, h0, c0, ln, cfg):
+def _sequence_forward(xg, w_hh, h0, c0, ln, cfg, reuse=False):
     """Runs the recurrence with the kernels (no autograd). Returns (hs, cs, hr, gates, h0r, mask):
     hs, cs (T, B, H) every step's h and c; hr the recurrent inputs h * mask (hs itself without
     dropout); gates T tensors (B, 4H): the gates (plain) or gates_h = h_rec W_hh^T (LayerNorm), rows of
@@ -133,7 +134,7 @@ def _sequence_forward(xg, w_hh, h0, c0, ln, cfg):
     mask = _mask(cfg, B, H, xg.device) if drop else None
     hr = torch.empty_like(hs) if drop else hs
     h0r = (h0.float() * mask).to(xg.dtype) if drop else h0
-    matmul = _RecurrentMatmul(w_hh, B, T)
+    matmul = _RecurrentMatmul(w_hh, B, T, reuse=reuse)
     buf = None if matmul.packed is not None else torch.empty(T, B, G, dtype=xg.dtype, device=xg.device)
     gates = []
     h_prev, c_prev = h0r, c0
@@ -264,7 +265,7 @@ def lstm_sequence(xg, w_hh, h0, c0, ln=None, *, eps=1e-5, p=0.0, seed=0, offset=
     ln_args = tuple(t.contiguous() for t in ln) if ln is not None else (None, None, None)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xg, w_hh, h0, c0, *ln_args)):
         return _LSTMSequence.apply(xg, w_hh, h0, c0, *ln_args, cfg)
-    hs, cs, *_ = _sequence_forward(xg, w_hh, h0, c0, ln, cfg)
+    hs, cs, *_ = _sequence_forward(xg, w_hh, h0, c0, ln, cfg, reuse=True)
     return hs, hs[-1], cs[-1]
 
 
@@ -492,9 +493,15 @@ class LSTMCell(nn.Module):
             h1, c1 = _ln.ln_lstm_cell_op(gx, h @ self.weight_hh.t(), c, self.ln_weight_hh, self.ln_weight_c,
                                          self.ln_bias_c, self.eps)
         else:
-            gates = torch.addmm(F.linear(x, self.weight_ih, self.bias_ih), h, self.weight_hh.t())
-            if self.bias:
-                gates = gates + self.bias_hh
+            if not torch.is_grad_enabled() and _cell.backend_for(x) == "cpu" and h.dtype == self.weight_hh.dtype:
+                # inference (step-by-step generation): W_hh prepacked once and reused (see _RecurrentMatmul)
+                b = self.bias_ih + self.bias_hh if self.bias else None
+                gates = _RecurrentMatmul(self.weight_hh, B, 1, reuse=True)(h.contiguous(),
+                                                                            F.linear(x, self.weight_ih, b), None)
+            else:
+                gates = torch.addmm(F.linear(x, self.weight_ih, self.bias_ih), h, self.weight_hh.t())
+                if self.bias:
+                    gates = gates + self.bias_hh
             _cell.check_cell_inputs(gates, c)
             h1, c1 = _cell.lstm_cell_op(gates, c)
         if not batched:

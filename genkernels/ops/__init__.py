@@ -23,6 +23,7 @@ from genkernels.ops.reparam_kl import reparam_kl
 from genkernels.ops.rq_spline import rq_spline
 from genkernels.ops.sampler_step import ddim_step, ddpm_step
 from genkernels.ops.gelu_tanh import gelu_tanh
+from genkernels.ops.gram_style_loss import gram_matrix, gram_style_loss
 from genkernels.ops.layer_norm import layer_norm
 from genkernels.ops.linear_cross_entropy import linear_cross_entropy
 from genkernels.ops.lstm_cell import lstm_cell, lstm_dropout_mask
@@ -42,7 +43,7 @@ _LAZY = {
 __all__ = ["gated_activation", "affine_coupling", "actnorm",
            "q_sample", "diffusion_loss", "ddpm_step", "ddim_step", "philox_normal", "reparam_kl", "rq_spline",
            "group_norm_act", "adaln_modulate", "dpm_solver_step", "euler_step", "rms_norm", "layer_norm", "swiglu", "gelu_tanh", "rotary", "rotary_tables",
-           "linear_cross_entropy", "lstm_cell", "lstm_dropout_mask", "layernorm_lstm_cell", *_LAZY]
+           "linear_cross_entropy", "lstm_cell", "lstm_dropout_mask", "layernorm_lstm_cell", "gram_style_loss", "gram_matrix", *_LAZY]
 
 
 def __getattr__(name):
