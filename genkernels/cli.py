@@ -215,9 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("--out", default="stylized.png", metavar="FILE", help="output image (default stylized.png)")
     stylize.add_argument("--size", type=_positive_int, default=256, help="longer side of the result (default 256)")
     stylize.add_argument("--steps", type=_positive_int, default=200, help="optimisation steps (default 200)")
-    stylize.add_argument("--optimizer", choices=("adam", "lbfgs"), default="adam", help="default adam")
-    stylize.add_argument("--style-weight", type=float, default=10.0, help="default 10")
-    stylize.add_argument("--content-weight", type=float, default=1.0, help="default 1")
+    stylize.add_argument("--optimizer", choices=("adam", "lbfgs"), default="adam",
+                         help="adam, or lbfgs (a line search: several evaluations per step) (default adam)")
+    stylize.add_argument("--style-weight", type=float, default=10.0,
+                         help="weight of the Gram loss, relative to the style's own (default 10)")
+    stylize.add_argument("--content-weight", type=float, default=1.0,
+                         help="weight of the feature loss, relative to the content's own (default 1)")
     stylize.add_argument("--tv-weight", type=float, default=0.05, help="total variation weight (default 0.05)")
     stylize.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     stylize.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")

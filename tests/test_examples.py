@@ -41,6 +41,13 @@ def cache_dir(tmp_path_factory):
                                "--show", "2", "--beam-size", "2"], "test exact match: greedy"),
     ("gpt_stdlib.py", ["--steps", "4", "--dim", "32", "--depth", "1", "--heads", "2", "--test-items", "8",
                        "--new-tokens", "8"], "same tokens: True"),
+    ("forecast_seasonal.py", ["--quick"], "seasonal naive (m=24)"),
+    ("music_lstm_chorales.py", ["--quick"], "test NLL (nats/event): MusicLSTM"),
+    ("vqvae_compress.py", ["--steps", "4", "--prior-steps", "2", "--channels", "8", "16", "--num-codes", "16",
+                           "--code-dim", "4", "--prior-channels", "8", "--prior-layers", "2", "--test-items", "16"],
+     "lossless codes True"),
+    ("style_transfer.py", ["--size", "24", "--steps", "3"], "style loss"),
+    ("char_lstm_stdlib.py", ["--quick"], "same tokens: True"),
 ])
 def test_example_runs(tmp_path, cache_dir, script, extra, expect):
     args = [sys.executable, str(ROOT / "python" / script), *extra]

@@ -17,7 +17,7 @@ import os
 import torch
 
 SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv", "wavenet", "pixelcnn", "flow_memory", "flow",
-          "sampler", "unet", "norm", "transformer_ops", "generation", "lstm")
+          "sampler", "unet", "norm", "transformer_ops", "generation", "lstm", "style")
 DEFAULT_SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv")  # the model suites run when named
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -68,6 +68,9 @@ def main(argv=None) -> int:
                         help="diffusion ops to time (default: all)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
     parser.add_argument("--no-overhead", action="store_true", help="skip the per-call overhead table")
+    parser.add_argument("--style-size", type=int, default=256, help="style suite: image side (default 256)")
+    parser.add_argument("--style-steps", type=int, default=10,
+                        help="style suite: Gatys steps timed, reported per 100 (default 10)")
     parser.add_argument("--json", help="also write results (with device and versions) to this JSON file")
     args = parser.parse_args(argv)
     if args.numel < args.batch or args.numel % args.batch:
@@ -162,6 +165,13 @@ def main(argv=None) -> int:
         print("\nLSTM training steps (forward + backward, float32):\n" + format_table(rows["train"], lstm.TRAIN_COLUMNS))
         print("\nLSTM generation, one step at batch 1 (no grad, float32):\n"
               + format_table(rows["generation"], lstm.GEN_COLUMNS))
+    if "style" in args.suite:
+        from genkernels.bench import style
+
+        result["style"] = rows = style.run_suite(device, not args.no_compile, args.style_size, args.style_steps)
+        print("\nGram-matrix style loss, forward + backward:\n" + format_table(rows["gram"], style.GRAM_COLUMNS))
+        print("\nstyle transfer per image (Gatys optimisation and the fast network, float32):\n"
+              + format_table(rows["stylize"], style.STYLIZE_COLUMNS))
     if "flow_memory" in args.suite:
         from genkernels.bench import flow_memory
 

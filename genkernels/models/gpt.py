@@ -35,6 +35,13 @@ columns are the fused qkv rows) into a GPT with LayerNorm (eps 1e-5), GELU-tanh 
 learned positions, biases and tied embeddings, the config inferred from the tensors (num_heads
 from hf_config or an override); `to_hf_state_dict()` is the inverse. Logits then equal the
 `transformers` implementation's (tests/models/test_gpt_hf.py).
+
+Music mode: fitted to a music dataset (`genkernels train gpt --data chorales`), config_for_data sets
+GPTConfig.music_form ("events" / "grid") and the vocab (535 / 130); the tokens are used as they
+are (no tokenizer). loss reports nats and bits per token; sample(n) starts each piece from BOS
+and stops at the form's end token (padded rows); sample_files writes MIDI + WAV per sample,
+figures a piano roll, and evaluate the held-out NLL per token beside unigram / bigram baselines
+and the musical statistics of samples (genkernels.models._music, shared with MusicLSTM).
 """
 from __future__ import annotations
 
@@ -85,6 +92,7 @@ class GPTConfig:
     tokenizer: str = "byte"  # "byte" or "bpe" (see the module docstring)
     bpe_vocab: int = 4096  # BPE tokens config_for_data trains when tokenizer_json is None
     tokenizer_json: str | None = None  # the trained BPETokenizer.to_json() (set by config_for_data)
+    music_form: str | None = None  # music mode: "events" / "grid" tokens of genkernels.data.music (see GPT)
 
     def __post_init__(self):
         for name, minimum in (("vocab_size", 2), ("context", 1), ("dim", 1), ("depth", 1), ("num_heads", 1)):
@@ -107,6 +115,8 @@ class GPTConfig:
                             f"{type(self.tokenizer_json).__name__}")
         if self.tokenizer == "byte" and self.tokenizer_json is not None:
             raise ValueError("GPTConfig.tokenizer_json is only used with tokenizer='bpe', got tokenizer='byte'")
+        if self.music_form is not None:
+            self._check_music()
         if self.dim % self.num_heads:
             raise ValueError(f"GPTConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
         if self.num_heads % self.kv_heads:
@@ -115,6 +125,18 @@ class GPTConfig:
         if self.positions == "rope" and self.head_dim % 2:
             raise ValueError(f"GPTConfig: rotary positions need an even head dim, got dim / num_heads = "
                              f"{self.head_dim}")
+
+    def _check_music(self):
+        from genkernels.models._music import MUSIC_FORMS, music_tokens
+
+        self.music_form = check_choice("GPTConfig.music_form", self.music_form, MUSIC_FORMS)
+        if self.tokenizer != "byte":
+            raise ValueError(f"GPTConfig.music_form={self.music_form!r} takes music tokens as they are; "
+                             f"tokenizer must be 'byte' (no BPE), got {self.tokenizer!r}")
+        expected = music_tokens(self.music_form).vocab_size
+        if self.vocab_size != expected:
+            raise ValueError(f"GPTConfig.vocab_size must be {expected} for music_form={self.music_form!r}, "
+                             f"got {self.vocab_size}")
 
     @property
     def head_dim(self) -> int:
@@ -234,7 +256,7 @@ class GPT(GenerativeModel):
     name = "gpt"
     config_class = GPTConfig
     default_data = "text"
-    data_kinds = ("text",)
+    data_kinds = ("text", "music")  # music: GPT over genkernels.data.music tokens (music mode, below)
     # The default recipe (`genkernels train gpt`, about 18 min on 2 CPU cores): a 2x
     # higher peak lr than GPT-2's small-model value, which a 4-layer byte model takes with warm-up and
     # clipping; bf16 autocast where the CPU multiplies bf16 natively (AVX512-BF16 / AMX; 1.5x the
@@ -257,6 +279,8 @@ class GPT(GenerativeModel):
         self.head = None if c.tie_embeddings else nn.Linear(c.dim, c.vocab_size, bias=False)
         self._init_weights()
         self._init_tokenizer()
+        if c.music_form is not None:  # music mode: NLL per token, no bytes
+            self.metric_units = {"loss": "nats/token", "bits_per_token": "bits/token"}
 
     def _init_tokenizer(self):
         """self.tokenizer (ByteTokenizer or the config's BPETokenizer); for BPE, the bytes per token id."""
@@ -349,6 +373,8 @@ class GPT(GenerativeModel):
         (BPE: the batch's NLL over the bytes its target tokens stand for, and "bits_per_token")."""
         inputs, targets = self._split(batch)
         nll = self._nll(inputs, targets)
+        if self.config.music_form is not None:
+            return {"loss": nll, "bits_per_token": nll.detach() / math.log(2)}
         if self._token_bytes is None:
             return {"loss": nll, "bits_per_byte": nll.detach() / math.log(2)}
         num_bytes = self._token_bytes.to(targets.device)[targets].sum()
@@ -363,9 +389,12 @@ class GPT(GenerativeModel):
 
     @torch.no_grad()
     def evaluate(self, dataset, *, max_items: int | None = None, batch_size: int = 32) -> dict[str, float]:
-        """Held-out bits per byte over the windows, beside zlib and lzma on the same bytes."""
+        """Held-out bits per byte over the windows, beside zlib and lzma on the same bytes (music
+        mode: `evaluate_music`, the NLL per token beside n-gram baselines and musical statistics)."""
         from genkernels.metrics.text import bits_per_byte, compression_baselines
 
+        if self.config.music_form is not None:
+            return self.evaluate_music(dataset, max_items=max_items, batch_size=batch_size)
         if self._token_bytes is not None:
             return self._evaluate_bpe(dataset, max_items=max_items, batch_size=batch_size)
         count = evaluation_count(dataset, max_items, batch_size)
@@ -538,6 +567,11 @@ class GPT(GenerativeModel):
         prompt is empty) followed by the generated bytes. max_new_tokens None: fill the context."""
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        if self.config.music_form is not None:
+            if prompt:
+                raise ValueError("prompt: a music GPT starts from BOS; it takes no text prompt (use generate() "
+                                 "with token ids for a primer)")
+            return self.sample_music(n, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         start = list((prompt or "\n").encode("utf-8"))
         if self._token_bytes is not None:  # BPE
             start = self.tokenizer.encode(prompt or "\n")
@@ -552,6 +586,13 @@ class GPT(GenerativeModel):
         return torch.tensor([start + g for g in generated], dtype=torch.int64)
 
     def sample_files(self, samples: torch.Tensor) -> dict[str, bytes]:
+        if self.config.music_form is not None:
+            from genkernels.models._music import music_sample_files
+
+            return music_sample_files(samples, self.config.music_form)
+        return self._text_sample_files(samples)
+
+    def _text_sample_files(self, samples: torch.Tensor) -> dict[str, bytes]:
         """samples.txt: each sample's bytes decoded as UTF-8 (invalid bytes replaced); BPE token ids
         are decoded to their bytes first."""
         if self._token_bytes is not None:
@@ -609,6 +650,8 @@ class GPT(GenerativeModel):
             if values.setdefault("vocab_size", vocab_size) != vocab_size:
                 raise ValueError(f"vocab_size={values['vocab_size']} differs from the BPE tokenizer's {vocab_size}; "
                                  "leave vocab_size unset with tokenizer='bpe' (bpe_vocab sets it)")
+        if getattr(dataset, "kind", None) == "music":  # music mode: the dataset's token form
+            values.setdefault("music_form", getattr(dataset, "form", "events"))
         values.setdefault("vocab_size", int(getattr(dataset, "vocab_size", GPTConfig.vocab_size)))
         config = cls.config_class(**values)
         block = getattr(dataset, "block_size", None)
@@ -639,6 +682,7 @@ class GPT(GenerativeModel):
         windows, or another tokenizer)."""
         self.check_data(dataset, data_name)
         name = f"data {str(data_name)!r}" if data_name is not None else "the data"
+        self._check_music_dataset(dataset, name)
         given = getattr(dataset, "tokenizer", None)
         if self._token_bytes is not None:
             if given is None and getattr(dataset, "vocab_size", 256) == 256:
@@ -648,6 +692,56 @@ class GPT(GenerativeModel):
                 raise ValueError(f"{name} was encoded with another tokenizer than this GPT's")
         elif getattr(given, "kind", "byte") == "bpe":
             raise ValueError(f"{name} is BPE token windows, but this GPT is byte-level (tokenizer='byte')")
+
+    # -- music mode (config.music_form set; genkernels.models._music does the work) ----------------
+    def _check_music_dataset(self, dataset, name: str) -> None:
+        """Raise ValueError when music data meets a text GPT, text data a music GPT, or the forms differ."""
+        form, kind = self.config.music_form, getattr(dataset, "kind", None)
+        if form is None and kind == "music":
+            raise ValueError(f"{name} is music, but this GPT is a text model (music_form=None); train one on the "
+                             f"music (GPT.config_for_data sets music_form)")
+        if form is not None and kind != "music":
+            raise ValueError(f"{name} is {kind or 'of no known kind'}, but this GPT is a music model "
+                             f"(music_form={form!r})")
+        if form is not None and getattr(dataset, "form", form) != form:
+            raise ValueError(f"{name} is in form {dataset.form!r}, but this GPT was trained on form {form!r}")
+
+    @torch.no_grad()
+    def sample_music(self, n: int, max_new_tokens: int | None = None, temperature: float = 1.0,
+                     top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> torch.Tensor:
+        """Music mode: n pieces as int64 rows (n, L) from BOS to the stop token (EOS; the next piece's
+        BOS in form "grid"), padded (genkernels.models._music). max_new_tokens None: context - 1."""
+        from genkernels.models._music import music_tokens, pad_rows
+
+        tokens = music_tokens(self.config.music_form)
+        n = check_int("n", n, 1)
+        if max_new_tokens is None:
+            max_new_tokens = self.config.context - 1
+        generated = self.generate([[tokens.bos]] * n, max_new_tokens, temperature=temperature, top_k=top_k,
+                                  top_p=top_p, seed=seed, stop_tokens=[tokens.stop])
+        return pad_rows([[tokens.bos] + g for g in generated], tokens.pad)
+
+    @torch.no_grad()
+    def evaluate_music(self, dataset, *, max_items: int | None = None, batch_size: int = 32,
+                       num_samples: int = 16, seed: int = 0, train=None) -> dict[str, float]:
+        """Music mode: held-out NLL per token beside unigram / bigram baselines, and the musical
+        statistics of generated pieces vs the held-out ones (genkernels.models._music.evaluate_music)."""
+        from genkernels.models._music import evaluate_music
+
+        self.check_dataset(dataset)
+        return evaluate_music(dataset, self._nll, lambda k, s: self.sample_music(k, seed=s),
+                              form=self.config.music_form, vocab_size=self.config.vocab_size, max_items=max_items,
+                              batch_size=batch_size, num_samples=num_samples, seed=seed,
+                              device=self.head_weight.device, train=train)
+
+    @torch.no_grad()
+    def figures(self, samples: torch.Tensor, *, nrow: int | None = None) -> dict[str, Any]:
+        """Music mode: {"piano_roll": the first samples}; text: none."""
+        if self.config.music_form is not None:
+            from genkernels.models._music import music_figures
+
+            return music_figures(samples, self.config.music_form)
+        return super().figures(samples, nrow=nrow)
 
     # -- Hugging Face GPT-2 weights -----------------------------------------------------------------
     @classmethod

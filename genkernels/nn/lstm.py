@@ -47,6 +47,7 @@ _ln = importlib.import_module("genkernels.ops.layernorm_lstm_cell")
 _MKLDNN_LINEAR = (hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
                   and hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available())
 _PACK_MIN_STEPS = 8  # a sequence this long packs; shorter ones use a packed weight only when cached
+_PACK_MIN_HIDDEN = 256
 _pack_cache: dict = {}  # id(weight) -> (weakref(weight), version, transpose, batch, packed)
 _PACK_CACHE_SIZE = 16
 
@@ -54,10 +55,13 @@ _PACK_CACHE_SIZE = 16
 def _packable(w: torch.Tensor, B: int) -> bool:
     if not (_MKLDNN_LINEAR and w.device.type == "cpu" and torch.backends.mkldnn.enabled):
         return False
+    # below hidden 256 the matmul is too small to gain, and oneDNN splits it over the threads where
+    # aten's addmm runs it on one: on a loaded machine the split waits on descheduled threads
+    if min(w.shape) < _PACK_MIN_HIDDEN:
+        return False
     if w.dtype == torch.bfloat16:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    # small problems (hidden < 256 at small batch) run as fast through addmm
-    return w.dtype == torch.float32 and (w.shape[1] >= 256 or B >= 16) and min(w.shape) >= 16
+    return w.dtype == torch.float32
 
 
 class _RecurrentMatmul:

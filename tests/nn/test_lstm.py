@@ -219,7 +219,7 @@ def test_prepacked_recurrent_matmul_matches_torch():
     weight (forward: W_hh, backward: W_hh^T): outputs and every gradient meet the 2x rule against
     float64, as the addmm route does."""
     torch.manual_seed(0)
-    T, B, I, H, L = 9, 16, 24, 32, 2
+    T, B, I, H, L = 9, 4, 24, lstm_module._PACK_MIN_HIDDEN, 1
     assert lstm_module._RecurrentMatmul(torch.zeros(4 * H, H), B, T).packed is not None  # the route under test
     ref = torch.nn.LSTM(I, H, num_layers=L)
     ours = LSTM(I, H, num_layers=L)
@@ -238,9 +238,9 @@ def test_prepacked_layernorm_sequence_equals_addmm_route(monkeypatch):
     """The LayerNorm-LSTM's recurrent matmul (gates_h = h W_hh^T, no bias) through the packed weight
     gives what the addmm route gives, forward and backward, up to fp32 summation order."""
     torch.manual_seed(0)
-    T, B, H = 9, 16, 32
-    model = LSTM(H, H, num_layers=2, layer_norm=True)
-    x, hx, gy, gh, gc = _data(T, B, H, H, 2, 1, False)
+    T, B, H = 9, 4, lstm_module._PACK_MIN_HIDDEN
+    model = LSTM(H, H, layer_norm=True)
+    x, hx, gy, gh, gc = _data(T, B, H, H, 1, 1, False)
     packed, names = _run(model, x, hx, gy, gh, gc)
     monkeypatch.setattr(lstm_module, "_packable", lambda w, B: False)
     plain, _ = _run(model, x, hx, gy, gh, gc)
@@ -253,7 +253,7 @@ def test_packed_weight_cache_follows_parameter_updates():
     """Step-by-step calls reuse the weight a long sequence packed while the parameter is unchanged; an
     in-place update (an optimizer step, load_state_dict) must repack, never reuse a stale copy."""
     torch.manual_seed(0)
-    B, H = 16, 32
+    B, H = 4, lstm_module._PACK_MIN_HIDDEN
     ours, ref = LSTM(H, H).eval(), torch.nn.LSTM(H, H).eval()
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(12, B, H)
