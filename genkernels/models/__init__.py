@@ -8,6 +8,7 @@ from genkernels.models.base import GenerativeModel, ImageGenerativeModel
 # Families register here as they land (name -> "module:Class").
 REGISTRY: dict[str, str] = {}
 REGISTRY["vae"] = "genkernels.models.vae:VAE"
+REGISTRY["m2"] = "genkernels.models.m2:M2"
 REGISTRY["gan"] = "genkernels.models.gan:GAN"
 REGISTRY["pixelcnn"] = "genkernels.models.pixelcnn:PixelCNN"
 REGISTRY["wavenet"] = "genkernels.models.wavenet:WaveNet"
