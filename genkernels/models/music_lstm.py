@@ -283,7 +283,8 @@ class MusicLSTM(GenerativeModel):
         return _music.pad_rows([start + g for g in generated], self.tokens.pad)
 
     def sample_files(self, samples: torch.Tensor) -> dict[str, bytes]:
-        """sample_00.mid, sample_00.wav, ... (genkernels.data.music.events_to_midi / render_wav)."""
+        """sample_00.mid, sample_00.wav, ... (genkernels.data.music.events_to_midi / render_wav; WAV
+        renderings for the first 16 samples)."""
         return _music.music_sample_files(samples, self.config.form)
 
     @torch.no_grad()

@@ -89,7 +89,7 @@ def test_loss_drops_below_unigram(chorales):
     assert metrics["bits_per_token"] == pytest.approx(metrics["loss"] / np.log(2))
 
 
-@pytest.mark.parametrize("options", [{}, {"layer_norm": True}, {"num_layers": 1}])
+@pytest.mark.parametrize("options", [{}, {"layer_norm": True}, {"num_layers": 1}, {"num_layers": 1, "hidden_size": 256}])
 def test_stateful_generation_equals_rerunning_the_prefix(options):
     torch.manual_seed(0)
     model = shaken(MusicLSTM(MusicLSTMConfig(**{**TINY, **options})))
@@ -99,14 +99,16 @@ def test_stateful_generation_equals_rerunning_the_prefix(options):
     assert len({t for row in cached for t in row}) > 5  # not a constant sequence
     same = model.generate([[BOS, 100, 250, 4]] * 2, 24, temperature=0, stop_tokens=[])  # one-pass prompt path
     assert same == [cached[1]] * 2
-    # The carried state gives the logits of the whole-sequence forward at every step.
+    # The carried state gives the logits of the whole-sequence forward at every step (at the
+    # model's own init: the shaken weights above are chaotic, rounding differences grow in them).
+    model = MusicLSTM(MusicLSTMConfig(**{**TINY, **options})).eval()
     tokens = torch.randint(0, 535, (2, 30))
     full, _ = model(tokens)
     state, steps = None, []
     for t in range(tokens.shape[1]):
         logits, state = model(tokens[:, t:t + 1], state)
         steps.append(logits)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
 def test_sample_rows_stop_and_pad():
