@@ -9,11 +9,11 @@ dequantisation); the VAE's is -ELBO. Both are in nats per image, on the same lev
     python python/flow_anomaly.py --steps 3000 --flow realnvp
 """
 import argparse
-import math
 import time
 
 import torch
 
+from genkernels.anomaly import train_on_normal
 from genkernels.data import get_dataset, load_digits_tensors
 from genkernels.metrics import anomaly_auc, bits_per_dim
 from genkernels.models import get_model_class
@@ -41,24 +41,6 @@ def flow_model(name: str, args):
     return cls(cls.config_for_data(get_dataset("digits", "train"), overrides))  # shape and levels
 
 
-def train(model, images: torch.Tensor, steps: int, batch_size: int, lr: float, seed: int):
-    """Adam, cosine learning-rate decay, random batches of the (seen-class) training images."""
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-    model.train()
-    for _ in range(steps):
-        batch = images[torch.randint(0, len(images), (batch_size,), generator=generator)]
-        loss = model.loss(batch)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-        scheduler.step()
-    return model.eval()
-
-
 def main():
     args = parse_args()
     torch.manual_seed(args.seed)
@@ -77,7 +59,7 @@ def main():
     results = {}
     for name, (model, lr) in models.items():
         start = time.perf_counter()
-        train(model, inliers, args.steps, args.batch_size, lr, args.seed)
+        train_on_normal(model, inliers, args.steps, batch_size=args.batch_size, lr=lr, seed=args.seed)
         with torch.no_grad():
             scores = model.anomaly_score(images, num_samples=args.score_draws)  # nats per image
         results[name] = (anomaly_auc(scores[is_seen], scores[~is_seen]),

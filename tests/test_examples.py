@@ -26,6 +26,9 @@ def cache_dir(tmp_path_factory):
     ("flow_toy2d.py", ["--data", "moons", "--steps", "30", "--blocks", "2", "--hidden", "16", "--test-points", "200"],
      "held-out log-likelihood"),
     ("flow_anomaly.py", ["--steps", "20", "--hidden", "32", "--score-draws", "1"], "ROC AUC"),
+    ("anomaly_digits.py", ["--steps", "3", "--size", "tiny", "--test-items", "60", "--score-draws", "1"], "ROC AUC"),
+    ("semisupervised_digits.py", ["--steps", "5", "--labels", "50", "--alphas", "paper", "--seeds", "0", "1",
+                                  "--hidden", "16"], "labels-only"),
     ("diffusion_digits.py", ["--steps", "4", "--samples", "20", "--sample-steps", "2", "--eval-items", "4",
                              "--base-channels", "8", "--guidance", "1", "3"], "real digits (train vs test)"),
     ("diffusion_inpaint.py", ["--steps", "4", "--images", "16", "--sample-steps", "3", "--eval-items", "4",
@@ -48,6 +51,7 @@ def cache_dir(tmp_path_factory):
      "lossless codes True"),
     ("style_transfer.py", ["--size", "24", "--steps", "3"], "style loss"),
     ("char_lstm_stdlib.py", ["--quick"], "same tokens: True"),
+    ("latent_tools.py", ["--quick", "--real-per-class", "2", "--seeds", "0", "--synth-per-class", "2"], "real only"),
 ])
 def test_example_runs(tmp_path, cache_dir, script, extra, expect):
     args = [sys.executable, str(ROOT / "python" / script), *extra]

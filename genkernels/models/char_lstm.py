@@ -27,9 +27,14 @@ pending ones. `generate(..., return_state=True)` hands back that state, so
 have gone. The result equals re-running the whole prefix for every token (`generate_uncached`,
 tests/models/test_char_lstm.py checks it token for token). temperature=0 is greedy (as GPT).
 
-Tokens: bytes by default (vocab 256). A TextDataset encoded with a BPETokenizer gives its
-vocabulary to config_for_data and its JSON travels in the config (tokenizer_json), so samples are
-decoded and bits per byte count the bytes the predicted tokens stand for (as GPT does).
+Tokens: bytes (tokenizer="byte", vocab 256) or a byte-level BPE (tokenizer="bpe"), chosen as
+GPT chooses (genkernels.models._text.fit_tokenizer): config_for_data trains a BPETokenizer of
+bpe_vocab tokens on byte text of >= 1 MB (the stdlib train split, so `genkernels train lstm` is a
+BPE LSTM) or when tokenizer="bpe" is asked; smaller text and tokenizer="byte" keep bytes; a
+TextDataset encoded with a BPETokenizer gives its own. The tokenizer's JSON travels in the config
+(tokenizer_json), `context` then counts tokens (the data's 256-byte windows become 256-token ones,
+~2.5x more text per window and per step), prepare_dataset encodes byte text, samples are decoded and
+bits per byte count the bytes the predicted tokens stand for (as GPT does).
 """
 from __future__ import annotations
 
@@ -40,7 +45,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from genkernels.models._validate import check_bool, check_int, check_real, evaluation_count
+from genkernels.models._text import TOKENIZERS, fit_tokenizer
+from genkernels.models._validate import check_bool, check_choice, check_int, check_real, evaluation_count
 from genkernels.models.base import GenerativeModel
 from genkernels.models.gpt import _as_prompts, _filter_logits
 from genkernels.nn.lstm import LSTM
@@ -55,7 +61,9 @@ class CharLSTMConfig:
     dropout on the embeddings, between layers and before the head; recurrent_dropout = variational
     dropout on h_{t-1} (the same mask at every step); layer_norm = LayerNorm-LSTM cells;
     tie_embeddings shares the embedding with the head (through a projection when
-    hidden_size != embed_dim); tokenizer_json = a BPETokenizer.to_json() (None: bytes / raw ids)."""
+    hidden_size != embed_dim); tokenizer "byte" or "bpe" as GPTConfig's: tokenizer_json = the
+    BPETokenizer.to_json() (config_for_data trains one of bpe_vocab tokens when it is None). A config
+    with tokenizer_json and tokenizer "byte" (saved before the field existed) loads as "bpe"."""
 
     vocab_size: int = 256
     context: int = 256
@@ -66,7 +74,9 @@ class CharLSTMConfig:
     recurrent_dropout: float = 0.0
     layer_norm: bool = False
     tie_embeddings: bool = True
-    tokenizer_json: str | None = None
+    tokenizer: str = "byte"  # "byte" or "bpe" (bytes / raw ids, or a BPETokenizer's ids)
+    bpe_vocab: int = 1024  # BPE tokens config_for_data trains when tokenizer_json is None
+    tokenizer_json: str | None = None  # the BPETokenizer.to_json() (set by config_for_data)
 
     def __post_init__(self):
         for name, minimum in (("vocab_size", 2), ("context", 1), ("embed_dim", 1), ("hidden_size", 1),
@@ -79,9 +89,13 @@ class CharLSTMConfig:
             setattr(self, name, value)
         self.layer_norm = check_bool("CharLSTMConfig.layer_norm", self.layer_norm)
         self.tie_embeddings = check_bool("CharLSTMConfig.tie_embeddings", self.tie_embeddings)
+        self.tokenizer = check_choice("CharLSTMConfig.tokenizer", self.tokenizer, TOKENIZERS)
+        self.bpe_vocab = check_int("CharLSTMConfig.bpe_vocab", self.bpe_vocab, 256)
         if self.tokenizer_json is not None and not isinstance(self.tokenizer_json, str):
             raise TypeError(f"CharLSTMConfig.tokenizer_json must be a tokenizer JSON str or None, got "
                             f"{type(self.tokenizer_json).__name__}")
+        if self.tokenizer_json is not None:
+            self.tokenizer = "bpe"  # configs saved before the tokenizer field had only tokenizer_json
 
 
 class CharLSTM(GenerativeModel):
@@ -91,9 +105,16 @@ class CharLSTM(GenerativeModel):
     config_class = CharLSTMConfig
     default_data = "text"
     data_kinds = ("text",)
-    # The default recipe (`genkernels train lstm` on the stdlib text, windows of the data's 256
-    # bytes): about 8 min on 2 CPU cores, ~1.2 s per step for the default 2 x 384 network at batch
-    # 32 (fp32; the recurrence is matmul-bound, ~60 GFLOP/s on 2 cores).
+    # The default recipe (`genkernels train lstm` on the stdlib text): config_for_data fits a
+    # 1024-token BPE to the 4 MB train split (~3 s), so the data's 256-position windows hold ~2.5x
+    # more text (~640 bytes); 2 x 384 LSTM, batch 32, 400 steps. A BPE step cost ~1.13x a byte step
+    # (the 1024-way head; measured 1 thread each on a loaded machine), so ~1.4 s on 2 idle cores
+    # (bytes: ~1.2 s) and ~8-10 min in all (1 thread, machine near idle: 1.7 s per step). The full
+    # recipe reached 1.72 val and 1.86 test bits/byte (`genkernels eval RUN --split test --max-items
+    # 1024`: zlib 1.80 / lzma 1.46 on the same ~630 KB), against 2.73 for the earlier byte recipe
+    # with +-0.1 embeddings: close to zlib, still above it and lzma. At 150 steps: val 2.14 (256
+    # windows); the +-0.1 embeddings gave 2.89 (BPE) and 3.89 (bytes). On a shared machine set
+    # OMP_WAIT_POLICY=PASSIVE.
     train_defaults = {"steps": 400, "batch_size": 32, "lr": 3e-3, "warmup_steps": 40, "weight_decay": 0.01,
                       "min_lr_ratio": 0.1, "grad_clip": 1.0, "precision": "fp32", "ema_decay": 0.99,
                       "eval_every": 200, "eval_max_items": 64, "num_samples": 4}
@@ -117,7 +138,9 @@ class CharLSTM(GenerativeModel):
         self._init_tokenizer()
 
     def _init_weights(self):
-        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        # embeddings of unit range: inputs of the LSTM's scale (with +-0.1 they barely moved its gates
+        # and a BPE LSTM stayed at the unigram loss for ~100 steps of the default recipe)
+        nn.init.uniform_(self.embed.weight, -1.0, 1.0)
         h = self.config.hidden_size
         with torch.no_grad():
             for layer in range(self.config.num_layers):  # forget-gate bias 1 (gate order i, f, g, o)
@@ -130,9 +153,12 @@ class CharLSTM(GenerativeModel):
 
         c = self.config
         self._token_bytes = None  # (V,) int64 bytes per token id, BPE only
-        if c.tokenizer_json is None:
+        if c.tokenizer == "byte":
             self.tokenizer = ByteTokenizer() if c.vocab_size == 256 else None
             return
+        if c.tokenizer_json is None:
+            raise ValueError("CharLSTMConfig.tokenizer='bpe' needs tokenizer_json (a BPETokenizer.to_json()); "
+                             "build the config with CharLSTM.config_for_data(dataset, {'tokenizer': 'bpe'})")
         self.tokenizer = BPETokenizer.from_json(c.tokenizer_json)
         if self.tokenizer.vocab_size != c.vocab_size:
             raise ValueError(f"CharLSTMConfig.vocab_size ({c.vocab_size}) must equal the BPE tokenizer's vocab size "
@@ -403,20 +429,24 @@ class CharLSTM(GenerativeModel):
     @classmethod
     def config_for_data(cls, dataset, overrides: dict[str, Any] | None = None, *,
                         data_name: str | None = None) -> CharLSTMConfig:
-        """context from the dataset's windows (block_size), vocab_size from the dataset (256 bytes, or
-        its tokenizer's); a dataset encoded with a BPETokenizer gives its JSON (tokenizer_json)."""
+        """context from the dataset's windows (block_size; tokens with a BPE), vocab_size from the
+        dataset (256 bytes) or the tokenizer. The tokenizer as GPT.config_for_data picks it
+        (genkernels.models._text.fit_tokenizer): byte text of >= 1 MB (the stdlib train split) with
+        none of tokenizer / tokenizer_json / vocab_size given gets a BPE of bpe_vocab tokens trained
+        on its bytes, as does tokenizer="bpe"; tokenizer="byte" keeps bytes; a dataset encoded with a
+        BPETokenizer gives its tokenizer."""
         cls.check_data(dataset, data_name)
         values = dict(overrides or {})
         if getattr(dataset, "block_size", None):
             values.setdefault("context", int(dataset.block_size))
-        given = getattr(dataset, "tokenizer", None)
-        if getattr(given, "kind", "byte") == "bpe":
-            values.setdefault("tokenizer_json", given.to_json())
+        if values.get("tokenizer_json") is not None:  # a given tokenizer means BPE
+            if values.setdefault("tokenizer", "bpe") != "bpe":
+                raise ValueError(f"tokenizer_json is only used with tokenizer='bpe', got tokenizer="
+                                 f"{values['tokenizer']!r}")
+        fit_tokenizer(values, dataset, owner="CharLSTMConfig", default_bpe_vocab=CharLSTMConfig.bpe_vocab)
+        if values.get("tokenizer") == "bpe":
+            return cls.config_class(**values)  # vocab_size is the tokenizer's
         vocab = int(getattr(dataset, "vocab_size", CharLSTMConfig.vocab_size))
-        if values.get("tokenizer_json") is not None:
-            from genkernels.data.tokenizer import BPETokenizer
-
-            vocab = BPETokenizer.from_json(values["tokenizer_json"]).vocab_size
         if values.setdefault("vocab_size", vocab) != vocab:
             name = f"data {str(data_name)!r}" if data_name is not None else "the data"
             raise ValueError(f"vocab_size={values['vocab_size']} differs from {name}'s {vocab} tokens")

@@ -52,6 +52,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from genkernels.models._text import BPE_AUTO_MIN_BYTES, TOKENIZERS, fit_tokenizer  # noqa: F401 (re-exported)
 from genkernels.models._validate import (check_bool, check_choice, check_int, check_real,
                                          evaluation_count)
 from genkernels.models.base import GenerativeModel
@@ -62,11 +63,9 @@ from genkernels.ops.attention_decode import attention_decode
 from genkernels.ops.linear_cross_entropy import linear_cross_entropy
 
 MLPS = ("swiglu", "gelu")
-BPE_AUTO_MIN_BYTES = 1_000_000  # config_for_data picks a BPE for byte text at least this long
 # bf16 autocast for the default recipe only on CPU-only hosts whose CPU has fast bf16 matmuls
 _DEFAULT_PRECISION = ("bf16" if not torch.cuda.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
                       else "fp32")
-TOKENIZERS = ("byte", "bpe")
 NORMS = ("rms", "layer")
 POSITIONS = ("rope", "learned")
 
@@ -622,34 +621,10 @@ class GPT(GenerativeModel):
         values = dict(overrides or {})
         if getattr(dataset, "block_size", None):
             values.setdefault("context", int(dataset.block_size))
-        given = getattr(dataset, "tokenizer", None)
-        data = getattr(dataset, "data", None)
-        if (given is None and not {"tokenizer", "tokenizer_json", "vocab_size"} & values.keys()
-                and isinstance(data, torch.Tensor) and data.dtype == torch.uint8 and data.numel() >= BPE_AUTO_MIN_BYTES):
-            # fitting to megabytes of text: a BPE packs ~3 bytes into a token, so each step and each
-            # context sees ~3x more text (the default run beats zlib on the stdlib test split this
-            # way; bytes alone did not in the same time). Smaller text stays byte-level.
-            values["tokenizer"] = "bpe"
-        if getattr(given, "kind", "byte") == "bpe":
-            values.setdefault("tokenizer", "bpe")
-            if values["tokenizer"] == "bpe":
-                values.setdefault("tokenizer_json", given.to_json())
-        if values.get("tokenizer") == "bpe":
-            if values.get("tokenizer_json") is None:
-                data = getattr(dataset, "data", None)
-                if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8:
-                    raise ValueError("tokenizer='bpe' trains on the dataset's bytes (a TextDataset's data), but the "
-                                     "data has none; pass tokenizer_json")
-                from genkernels.data.tokenizer import BPETokenizer
-
-                vocab = check_int("GPTConfig.bpe_vocab", values.get("bpe_vocab", GPTConfig.bpe_vocab), 256)
-                values["tokenizer_json"] = BPETokenizer.train(data.numpy().tobytes(), vocab).to_json()
-            from genkernels.data.tokenizer import BPETokenizer
-
-            vocab_size = BPETokenizer.from_json(values["tokenizer_json"]).vocab_size
-            if values.setdefault("vocab_size", vocab_size) != vocab_size:
-                raise ValueError(f"vocab_size={values['vocab_size']} differs from the BPE tokenizer's {vocab_size}; "
-                                 "leave vocab_size unset with tokenizer='bpe' (bpe_vocab sets it)")
+        # fitting to megabytes of text: a BPE packs ~3 bytes into a token, so each step and each
+        # context sees ~3x more text (the default run beats zlib on the stdlib test split this
+        # way; bytes alone did not in the same time). Smaller text stays byte-level.
+        fit_tokenizer(values, dataset, owner="GPTConfig", default_bpe_vocab=GPTConfig.bpe_vocab)
         if getattr(dataset, "kind", None) == "music":  # music mode: the dataset's token form
             values.setdefault("music_form", getattr(dataset, "form", "events"))
         values.setdefault("vocab_size", int(getattr(dataset, "vocab_size", GPTConfig.vocab_size)))

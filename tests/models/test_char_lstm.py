@@ -1,6 +1,7 @@
 """CharLSTM: shapes, training on a tiny text, stateful generation (== re-running the prefix, prompts
-of different lengths, continuing from a returned state), sampling, config from data (bytes and
-BPE), config round trip, bad inputs, and the CLI train / sample --prompt / eval path."""
+of different lengths, continuing from a returned state), sampling, config from data (bytes, or a
+BPE: fitted, picked for megabytes of text, or given by the data), config round trip, bad inputs, and
+the CLI train / sample --prompt / eval path (bytes and BPE)."""
 import json
 import math
 
@@ -172,6 +173,39 @@ def test_bpe_encoded_dataset():
         model.generate_uncached([tokenizer.encode("def a"), tokenizer.encode("x")], 6)
 
 
+def test_config_for_data_picks_the_tokenizer(monkeypatch):
+    """Byte text at least BPE_AUTO_MIN_BYTES long (lowered here to the tiny text's length) gets a BPE
+    of bpe_vocab tokens trained on it, as GPT; tokenizer="byte" keeps bytes; shorter text stays bytes."""
+    pytest.importorskip("tokenizers")
+    import genkernels.models._text as text_module
+
+    data = TextDataset.from_bytes(TEXT, block_size=32)
+    sizes = {k: v for k, v in TINY.items() if k != "context"}
+    assert CharLSTM.config_for_data(data, {**sizes, "bpe_vocab": 300}).tokenizer == "byte"  # < 1 MB
+    monkeypatch.setattr(text_module, "BPE_AUTO_MIN_BYTES", len(TEXT))
+    config = CharLSTM.config_for_data(data, {**sizes, "bpe_vocab": 300})
+    assert config.tokenizer == "bpe" and config.context == 32 and config.tokenizer_json
+    assert 256 < config.vocab_size <= 300  # the tiny text runs out of merges before 300
+    byte = CharLSTM.config_for_data(data, {**sizes, "tokenizer": "byte", "bpe_vocab": 300})
+    assert byte.tokenizer == "byte" and byte.vocab_size == 256 and byte.tokenizer_json is None
+    assert CharLSTM.config_for_data(data, {**sizes, "vocab_size": 256}).tokenizer == "byte"
+    torch.manual_seed(0)
+    model = CharLSTM(config).eval()
+    prompts = [model.tokenizer.encode("def a"), model.tokenizer.encode("x"), model.tokenizer.encode("return a * b")]
+    assert model.generate(prompts, 8, temperature=0) == model.generate_uncached(prompts, 8)
+    metrics = model.evaluate(data, max_items=2)  # byte windows, encoded by prepare_dataset
+    assert metrics["bytes_per_token"] > 1 and metrics["bits_per_byte"] < metrics["bits_per_token"]
+    # a config saved before the tokenizer field (tokenizer_json only) loads as BPE
+    old = {k: v for k, v in model.config_dict().items() if k not in ("tokenizer", "bpe_vocab")}
+    assert CharLSTM.from_config_dict(json.loads(json.dumps(old))).config.tokenizer == "bpe"
+    with pytest.raises(ValueError, match="tokenizer_json is only used with tokenizer='bpe'"):
+        CharLSTM.config_for_data(data, {"tokenizer": "byte", "tokenizer_json": config.tokenizer_json})
+    with pytest.raises(ValueError, match="vocab_size=256 differs from the BPE"):
+        CharLSTM.config_for_data(data, {"tokenizer": "bpe", "bpe_vocab": 300, "vocab_size": 256})
+    with pytest.raises(ValueError, match="needs tokenizer_json"):
+        CharLSTM(CharLSTMConfig(tokenizer="bpe"))
+
+
 def test_bad_inputs_raise_clear_errors():
     model = tiny()
     with pytest.raises(TypeError, match="tokens"):
@@ -208,7 +242,8 @@ def test_bad_inputs_raise_clear_errors():
         model.loss(torch.zeros(2, 1, dtype=torch.int64))
     for field, value, error in (("hidden_size", 0, ValueError), ("dropout", 1.0, ValueError),
                                 ("num_layers", 1.5, TypeError), ("layer_norm", 1, TypeError),
-                                ("tokenizer_json", 3, TypeError)):
+                                ("tokenizer_json", 3, TypeError), ("tokenizer", "char", ValueError),
+                                ("bpe_vocab", 10, ValueError)):
         with pytest.raises(error, match=f"CharLSTMConfig.{field}"):
             CharLSTMConfig(**{field: value})
 
@@ -239,3 +274,23 @@ def test_cli_train_sample_eval(capsys, tmp_path):
     result = json.loads(out)
     assert {"bits_per_byte", "zlib_bits_per_byte", "lzma_bits_per_byte"} <= set(result["metrics"])
     assert result["model"] == "lstm" and "loss" in result["losses"]
+
+
+def test_cli_bpe_train_sample_prompt(capsys, tmp_path):
+    """`train lstm --set tokenizer=bpe` fits a BPE (saved in the config); `sample --prompt` decodes it."""
+    pytest.importorskip("tokenizers")
+    (tmp_path / "code.txt").write_bytes(TEXT * 3)
+    out_dir = tmp_path / "run"
+    code = main(["train", "lstm", "--data", str(tmp_path / "code.txt"), "--out", str(out_dir), "--set",
+                 "tokenizer=bpe", "--set", "bpe_vocab=300", "--set", "hidden_size=16", "--set", "embed_dim=8",
+                 "--set", "num_layers=1", "--set", "context=16", "--steps", "2", "--batch-size", "4",
+                 "--eval-every", "2", "--eval-max-items", "4", "--num-samples", "1", "--checkpoint-every", "0",
+                 "--no-progress", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    code = main(["sample", str(out_dir), "--prompt", "def mul(", "--max-new-tokens", "4", "--out",
+                 str(tmp_path / "s"), "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith("def mul(")
+    assert out == (tmp_path / "s" / "samples.txt").read_bytes().decode("utf-8") + "\n"
