@@ -51,4 +51,18 @@ def fit_tokenizer(values: dict[str, Any], dataset, *, owner: str, default_bpe_vo
     return values
 
 
-__all__ = ["BPE_AUTO_MIN_BYTES", "TOKENIZERS", "fit_tokenizer"]
+def encode_text_dataset(dataset, tokenizer, context: int):
+    """Byte text (a "text" dataset of uint8 `data` without a tokenizer) encoded with `tokenizer` into
+    windows of context + 1 tokens; any other dataset is returned as is (a text model's
+    prepare_dataset when it has a BPE)."""
+    data = getattr(dataset, "data", None)
+    if (getattr(dataset, "tokenizer", None) is not None or getattr(dataset, "kind", None) != "text"
+            or not isinstance(data, torch.Tensor) or data.dtype != torch.uint8):
+        return dataset
+    from genkernels.data.text import TextDataset
+
+    return TextDataset.from_bytes(data, block_size=context, tokenizer=tokenizer,
+                                  source=getattr(dataset, "source", "<bytes>"), split=getattr(dataset, "split", "all"))
+
+
+__all__ = ["BPE_AUTO_MIN_BYTES", "TOKENIZERS", "encode_text_dataset", "fit_tokenizer"]

@@ -45,7 +45,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from genkernels.models._text import TOKENIZERS, fit_tokenizer
+from genkernels.models._text import TOKENIZERS, encode_text_dataset, fit_tokenizer
 from genkernels.models._validate import check_bool, check_choice, check_int, check_real, evaluation_count
 from genkernels.models.base import GenerativeModel
 from genkernels.models.gpt import _as_prompts, _filter_logits
@@ -455,16 +455,9 @@ class CharLSTM(GenerativeModel):
     def prepare_dataset(self, dataset):
         """The dataset in this model's tokens: a BPE model encodes byte text (a TextDataset without a
         tokenizer) into windows of context + 1 tokens; anything else is returned as is."""
-        if self._token_bytes is None or getattr(dataset, "tokenizer", None) is not None:
+        if self._token_bytes is None:
             return dataset
-        data = getattr(dataset, "data", None)
-        if getattr(dataset, "kind", None) != "text" or not isinstance(data, torch.Tensor) or data.dtype != torch.uint8:
-            return dataset
-        from genkernels.data.text import TextDataset
-
-        return TextDataset.from_bytes(data, block_size=self.config.context, tokenizer=self.tokenizer,
-                                      source=getattr(dataset, "source", "<bytes>"),
-                                      split=getattr(dataset, "split", "all"))
+        return encode_text_dataset(dataset, self.tokenizer, self.config.context)
 
     def check_dataset(self, dataset, data_name: str | None = None) -> None:
         """Raise ValueError when the dataset's tokens are not this model's (vocabulary or tokenizer)."""

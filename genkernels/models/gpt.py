@@ -52,7 +52,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from genkernels.models._text import BPE_AUTO_MIN_BYTES, TOKENIZERS, fit_tokenizer  # noqa: F401 (re-exported)
+from genkernels.models._text import (BPE_AUTO_MIN_BYTES, TOKENIZERS,  # noqa: F401 (re-exported)
+                                     encode_text_dataset, fit_tokenizer)
 from genkernels.models._validate import (check_bool, check_choice, check_int, check_real,
                                          evaluation_count)
 from genkernels.models.base import GenerativeModel
@@ -641,16 +642,9 @@ class GPT(GenerativeModel):
         """The dataset in this model's tokens: byte text (a TextDataset without a tokenizer) is
         encoded with the BPE tokenizer into windows of context + 1 tokens; anything else, and every
         dataset of a byte-level model, is returned as is."""
-        if self._token_bytes is None or getattr(dataset, "tokenizer", None) is not None:
+        if self._token_bytes is None:
             return dataset
-        data = getattr(dataset, "data", None)
-        if getattr(dataset, "kind", None) != "text" or not isinstance(data, torch.Tensor) or data.dtype != torch.uint8:
-            return dataset
-        from genkernels.data.text import TextDataset
-
-        return TextDataset.from_bytes(data, block_size=self.config.context, tokenizer=self.tokenizer,
-                                      source=getattr(dataset, "source", "<bytes>"),
-                                      split=getattr(dataset, "split", "all"))
+        return encode_text_dataset(dataset, self.tokenizer, self.config.context)
 
     def check_dataset(self, dataset, data_name: str | None = None) -> None:
         """Raise ValueError when the dataset's tokens are not this model's (a BPE model meeting byte

@@ -37,6 +37,7 @@ from torch import nn
 from genkernels.models import _music
 from genkernels.models._validate import check_bool, check_choice, check_int, check_real
 from genkernels.models.base import GenerativeModel
+from genkernels.models.gpt import _filter_logits
 from genkernels.nn.lstm import LSTM
 from genkernels.ops.linear_cross_entropy import linear_cross_entropy
 
@@ -235,11 +236,8 @@ class MusicLSTM(GenerativeModel):
             if temperature == 0:
                 new = logits.argmax(dim=-1)
             else:
-                logits = logits / temperature
-                if top_k is not None and top_k < logits.shape[-1]:
-                    kth = logits.topk(top_k, dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                new = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
+                probs = _filter_logits(logits / temperature, top_k, None).softmax(dim=-1)
+                new = torch.multinomial(probs, 1, generator=generator)[:, 0]
             shown = []
             for b, t in enumerate(new.tolist()):
                 shown.append(t if alive[b] else -1)

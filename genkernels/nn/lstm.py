@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import weakref
 
 import torch
 import torch.nn as nn
@@ -93,8 +94,6 @@ class _RecurrentMatmul:
 
 
 def _cached_pack(w: torch.Tensor, B: int, transpose: bool, create: bool):
-    import weakref
-
     key = (id(w), transpose)
     entry = _pack_cache.get(key)
     if entry is not None:
