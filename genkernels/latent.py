@@ -20,11 +20,18 @@ Latent spaces, per family (`encode` / `decode`):
              by latent optimisation: z minimising mean (G(z) - x)^2 by Adam from a seeded N(0, I)
              start (`gan_steps`, `gan_lr`); the result is approximate (the generator may not be
              able to produce x at all). decode(z) = G(z) in [0, 1] (batch norm in eval mode).
+  VQ-VAE     z = the encoder's continuous output z_e (N, D, h, w), before quantisation; decode snaps
+             each position to its nearest code and decodes, so interpolating z_e walks through the
+             discrete code maps (decode also takes the integer code maps (N, h, w) `VQVAE.encode` gives).
   other      any object with its own `encode(x)` and `decode(z)` (a user autoencoder).
 
 Class-conditional models take `labels` in encode/decode (flows and GANs require them, class
 diffusion models encode with the null class when none are given). PixelCNN (and other models
 without a latent space) raise TypeError.
+
+`class_interpolation(model, a, b)` moves the class instead of the latent: the class embedding row
+is mixed, (1 - t) E[a] + t E[b], with the latent held fixed (one GAN z, one diffusion x_T decoded by
+deterministic DDIM), for class-conditional GANs and class diffusion models.
 
 Attribute vectors (White 2016; Larsen et al. 2016): v = mean_{attribute == a} z - mean_{attribute == b} z
 over a labelled set; `apply_attribute` decodes z(x) + s v for several scales s. On an unconditional
@@ -47,21 +54,24 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-LATENT_FAMILIES = ("VAE", "GAN", "RealNVP", "Glow", "MAF", "Diffusion")
+LATENT_FAMILIES = ("VAE", "GAN", "RealNVP", "Glow", "MAF", "Diffusion", "VQVAE")
 CONDITIONAL_FAMILIES = ("GAN", "RealNVP", "Glow", "MAF", "PixelCNN", "Diffusion (conditioning='class')")
 METHODS = ("slerp", "linear")
 
 
 # -- family dispatch ------------------------------------------------------------------------------
 def _family(model) -> str:
-    """"vae", "flow", "diffusion", "gan" or "custom"; TypeError for models without a latent space."""
+    """"vae", "flow", "diffusion", "gan", "vqvae" or "custom"; TypeError for models without a latent space."""
     from genkernels.models.diffusion import Diffusion
     from genkernels.models.flow_base import FlowModel
     from genkernels.models.gan import GAN
     from genkernels.models.vae import VAE
+    from genkernels.models.vqvae import VQVAE
 
     if isinstance(model, VAE):
         return "vae"
+    if isinstance(model, VQVAE):
+        return "vqvae"
     if isinstance(model, FlowModel):
         return "flow"
     if isinstance(model, Diffusion):
@@ -145,7 +155,8 @@ def encode(model, x: torch.Tensor, *, labels=None, steps: int = 50, gan_steps: i
     steps      diffusion: DDIM inversion steps
     gan_steps, gan_lr, seed
                GAN: Adam steps, learning rate and the seed of the start of the latent optimisation
-    Returns (N, D) latents for VAE, flows and GAN, (N, *item shape) for diffusion.
+    Returns (N, D) latents for VAE, flows and GAN, (N, *item shape) for diffusion, (N, D, h, w) for
+    a VQ-VAE (the encoder output before quantisation).
     """
     family = _family(model)
     x = _check_tensor("x", x)
@@ -153,6 +164,9 @@ def encode(model, x: torch.Tensor, *, labels=None, steps: int = 50, gan_steps: i
     with _eval_mode(model):
         if family == "custom":
             return model.encode(x) if labels is None else model.encode(x, labels=labels)
+        if family == "vqvae":
+            _labels(model, labels, n)
+            return model.encode_continuous(x).float()
         if family == "vae":
             _labels(model, labels, n)
             levels = model._levels(x)
@@ -201,6 +215,9 @@ def _invert_gan(model, x: torch.Tensor, labels, steps: int, lr: float, seed: int
 def decode(model, z: torch.Tensor, *, labels=None, steps: int = 50) -> torch.Tensor:
     """Items (N, *item shape) from latents z as `encode` returns them; images float32 in [0, 1]."""
     family = _family(model)
+    if family == "vqvae" and isinstance(z, torch.Tensor) and not z.is_floating_point() and z.ndim == 3:
+        with _eval_mode(model):
+            return model.decode_codes(z)  # integer code maps (N, h, w)
     if not isinstance(z, torch.Tensor) or not z.is_floating_point() or z.ndim < 2:
         raise TypeError(f"z must be a float tensor (N, ...), got "
                         f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
@@ -211,6 +228,13 @@ def decode(model, z: torch.Tensor, *, labels=None, steps: int = 50) -> torch.Ten
         if family == "vae":
             _labels(model, labels, n)
             return model.decoded_images(model.decode(z.to(_device(model))))
+        if family == "vqvae":
+            _labels(model, labels, n)
+            expected = (model.config.code_dim, *model.config.code_shape)
+            if z.ndim != 4 or tuple(z.shape[1:]) != expected:
+                raise ValueError(f"z must have shape (N, *{expected}) (or be code maps (N, "
+                                 f"*{model.config.code_shape}) of int64), got {tuple(z.shape)}")
+            return model.decode_codes(model.quantizer.nearest(z.to(model.device)))
         if family == "diffusion":
             return model.decode(z, steps=steps, labels=labels)
         if family == "flow":
@@ -346,6 +370,82 @@ def interpolation_figure(models, a: torch.Tensor, b: torch.Tensor, steps: int = 
         rows.append(interpolate(model, a, b, steps, method, **kw).float().cpu().clamp(0, 1))
         names.append(str(name))
     return image_grid(torch.cat(rows), steps, row_labels=names)
+
+
+class _MixedRows(torch.nn.Module):
+    """Stands in for a class embedding: row i of `rows` for label i (the class-interpolation path)."""
+
+    def __init__(self, rows: torch.Tensor):
+        super().__init__()
+        self.rows = rows
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.rows[labels]
+
+
+@contextlib.contextmanager
+def _swapped(owner, name: str, module):
+    original = getattr(owner, name)
+    setattr(owner, name, module)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+@torch.no_grad()
+def class_interpolation(model, a: int, b: int, steps: int = 8, *, z: torch.Tensor | None = None, seed: int = 0,
+                        ddim_steps: int = 50) -> torch.Tensor:
+    """Images (steps, C, H, W) in [0, 1] moving from class a to class b with the latent held fixed.
+
+    The class embedding row becomes (1 - t) E[a] + t E[b] for t = 0 .. 1 (linear: the embeddings
+    are learned vectors, not Gaussian draws), so the first image is class a and the last class b
+    for the same z. Class-conditional GANs (z: one latent (latent_dim,), default seeded N(0, I))
+    and class diffusion models (z: one x_T (*data_shape), default seeded N(0, I), decoded by
+    deterministic DDIM over ddim_steps model calls, no guidance).
+    """
+    from genkernels.models._validate import check_int
+
+    steps = check_int("steps", steps, 2)
+    family = _family(model)
+    k = num_classes(model)
+    if family not in ("gan", "diffusion") or k == 0:
+        raise TypeError(f"class_interpolation needs a class-conditional GAN or class diffusion model, got "
+                        f"{'an unconditional ' if k == 0 else ''}{type(model).__name__}")
+    a, b = check_int("a", a, 0), check_int("b", b, 0)
+    for name, value in (("a", a), ("b", b)):
+        if value >= k:
+            raise ValueError(f"{name} must be a class in [0, {k}), got {value}")
+    device = _device(model)
+    shape = (model.config.latent_dim,) if family == "gan" else tuple(model.config.data_shape)
+    if z is None:
+        z = torch.randn(shape, generator=torch.Generator(device="cpu").manual_seed(check_int("seed", seed, 0)))
+    if not isinstance(z, torch.Tensor) or not z.is_floating_point():
+        raise TypeError(f"z must be a float tensor of shape {shape}, got "
+                        f"{z.dtype if isinstance(z, torch.Tensor) else type(z).__name__}")
+    if z.ndim == len(shape) + 1 and z.shape[0] == 1:
+        z = z[0]
+    if tuple(z.shape) != shape:
+        raise ValueError(f"z must have shape {shape}, got {tuple(z.shape)}")
+    t = torch.linspace(0, 1, steps, device=device)[:, None]
+    with _eval_mode(model):
+        if family == "gan":
+            table = model.generator.embed.weight
+            rows = (1 - t) * table[a] + t * table[b]  # (steps, embed_dim)
+            with _swapped(model.generator, "embed", _MixedRows(rows)):
+                out = model.generator(z.to(device).expand(steps, -1), torch.arange(steps, device=device))
+            return ((out.float() + 1) / 2).clamp(0, 1)
+        embedding = model.denoiser.embed
+        table = embedding.label.weight
+        rows = (1 - t) * table[a] + t * table[b]
+        images = []
+        for start in range(0, steps, k):  # labels must be valid class ids: at most k rows per pass
+            chunk = rows[start:start + k]
+            with _swapped(embedding, "label", _MixedRows(chunk)):
+                x_T = z.to(device).float().expand(len(chunk), *shape)
+                images.append(model.decode(x_T, steps=check_int("ddim_steps", ddim_steps, 1),
+                                           labels=list(range(len(chunk)))))
+        return torch.cat(images)
 
 
 # -- attribute vectors ----------------------------------------------------------------------------
@@ -624,6 +724,7 @@ def format_gain_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["encode", "decode", "slerp", "lerp", "interpolate", "interpolation_figure", "attribute_vector",
+__all__ = ["encode", "decode", "slerp", "lerp", "interpolate", "interpolation_figure", "class_interpolation",
+           "attribute_vector",
            "apply_attribute", "ink_attribute", "augment", "augmentation_gain", "train_digits_classifier",
            "format_gain_table", "num_classes", "LATENT_FAMILIES", "CONDITIONAL_FAMILIES", "METHODS"]

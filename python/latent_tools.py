@@ -6,6 +6,8 @@ Trains small models quickly (or loads trained runs: --load NAME=RUN_DIR, e.g.
   interpolation.png   one row per family, a test "0" to a test "1" (slerp; flows exact at the ends,
                       the VAE's reconstructions, diffusion by DDIM inversion, GAN by latent optimisation;
                       the class-conditional RealNVP and GAN hold the label 0 along the path)
+  classes.png         class interpolation: the class-conditional GAN and diffusion model moving from
+                      one class to another (0->6, 1->7, 3->8) with the latent held fixed (the label embedding mixed)
   attributes.png      decode(encode(x) + s v) for s in -2..2: v = "thick minus thin" (ink above the
                       median) and "7 minus 1" on the VAE, "thick minus thin" on the class-conditional
                       RealNVP with each image's label held fixed
@@ -145,6 +147,17 @@ def main():
         error = torch.stack([path[0] - a, path[1] - b]).abs()
         print(f"{name:>9}: endpoints vs the inputs: max |error| {error.max():.2e}, mean {error.mean():.2e}")
 
+    # -- class interpolation: the label embedding moves from one class to another, the latent stays ---
+    class_rows, class_names = [], []
+    for name in ("gan", "diffusion"):
+        if name in models:
+            for c, d in ((0, 6), (1, 7), (3, 8)):
+                kw = {"ddim_steps": ddim} if name == "diffusion" else {}
+                class_rows.append(latent.class_interpolation(models[name], c, d, steps=8, seed=c, **kw))
+                class_names.append(f"{name} {c}->{d}")
+    if class_rows:
+        image_grid(torch.cat(class_rows).cpu(), 8, row_labels=class_names).save(out / "classes.png")
+
     # -- attribute vectors ------------------------------------------------------------------------
     train = load_digits_tensors("train", "float")
     inputs, input_labels = test_x[:6], test_y[:6]
@@ -163,7 +176,7 @@ def main():
     for name, images in blocks:
         print(f"{name}: mean ink at s = {', '.join(f'{s:g}' for s in scales)}: "
               + ", ".join(f"{ink(images[:, i]).mean():.3f}" for i in range(len(scales))))
-    print(f"figures:\n  {out / 'interpolation.png'}\n  {out / 'attributes.png'}")
+    print(f"figures:\n  {out / 'interpolation.png'}\n  {out / 'classes.png'}\n  {out / 'attributes.png'}")
 
     # -- augmentation gain ------------------------------------------------------------------------
     conditional = {k: models[k] for k in args.families}

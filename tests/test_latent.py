@@ -14,6 +14,7 @@ from genkernels.models.maf import MAF, MAFConfig
 from genkernels.models.pixelcnn import PixelCNN, PixelCNNConfig
 from genkernels.models.realnvp import RealNVP, RealNVPConfig
 from genkernels.models.vae import VAE, VAEConfig
+from genkernels.models.vqvae import VQVAE, VQVAEConfig
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +122,50 @@ def test_gan_latent_interpolation_and_inversion(digits):
     z = latent.encode(model, x[:2], gan_steps=60, gan_lr=0.05, seed=0)
     after = (latent.decode(model, z) - x[:2]).pow(2).mean()
     assert z.shape == (2, 32) and after < before  # latent optimisation lowers the reconstruction error
+
+
+# -- VQ-VAE: the continuous encoder output, snapped to codes on decoding ----------------------------
+def test_vqvae_latents_decode_through_the_codebook(digits):
+    torch.manual_seed(0)
+    model = VQVAE(VQVAEConfig(image_shape=(1, 8, 8), channels=(8, 8, 8))).eval()
+    x, _ = digits
+    z = latent.encode(model, x[:3])
+    assert z.shape == (3, model.config.code_dim, *model.config.code_shape) and z.is_floating_point()
+    recon = model.reconstruct(x[:3])
+    assert torch.equal(latent.decode(model, z), recon)  # nearest code per position = VQVAE.encode
+    assert torch.equal(latent.decode(model, model.encode(x[:3])), recon)  # integer code maps work too
+    path = latent.interpolate(model, x[0], x[1], steps=4, method="linear")
+    assert path.shape == (4, 1, 8, 8) and torch.equal(path[0], recon[0]) and torch.equal(path[-1], recon[1])
+    with pytest.raises(ValueError, match="z must have shape"):
+        latent.decode(model, torch.zeros(1, 3, 2, 2))
+
+
+# -- class interpolation: the class embedding moves, the latent stays --------------------------------
+def test_gan_class_interpolation_endpoints_are_the_two_classes():
+    torch.manual_seed(0)
+    model = GAN(GANConfig(channels=8, num_classes=10)).eval()
+    z = torch.randn(32)
+    row = latent.class_interpolation(model, 3, 8, steps=5, z=z)
+    with torch.no_grad():
+        ends = (model.generator(z.expand(2, -1), torch.tensor([3, 8])) + 1) / 2
+    assert row.shape == (5, 1, 8, 8)
+    torch.testing.assert_close(row[0], ends[0].clamp(0, 1))
+    torch.testing.assert_close(row[-1], ends[1].clamp(0, 1))
+    assert not torch.allclose(row[1], row[0]) and not torch.allclose(row[1], row[-1])
+
+
+def test_diffusion_class_interpolation_in_chunks_matches_plain_decoding():
+    model = _perturbed(_tiny_diffusion(conditioning="class", num_classes=4))
+    x_T = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(1))
+    row = latent.class_interpolation(model, 1, 2, steps=6, z=x_T, ddim_steps=3)  # 6 > 4 classes: two passes
+    ends = model.decode(x_T.expand(2, 1, 8, 8), steps=3, labels=[1, 2])
+    assert row.shape == (6, 1, 8, 8)
+    torch.testing.assert_close(row[0], ends[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(row[-1], ends[1], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="b must be a class"):
+        latent.class_interpolation(model, 0, 4)
+    with pytest.raises(TypeError, match="class-conditional"):
+        latent.class_interpolation(_tiny_diffusion(), 0, 1)
 
 
 # -- slerp ------------------------------------------------------------------------------------------
