@@ -50,6 +50,7 @@ def cache_dir(tmp_path_factory):
                            "--code-dim", "4", "--prior-channels", "8", "--prior-layers", "2", "--test-items", "16"],
      "lossless codes True"),
     ("style_transfer.py", ["--size", "24", "--steps", "3"], "style loss"),
+    ("fast_style.py", ["--quick"], "stylising a"),
     ("char_lstm_stdlib.py", ["--quick"], "same tokens: True"),
     ("latent_tools.py", ["--quick", "--real-per-class", "2", "--seeds", "0", "--synth-per-class", "2"], "real only"),
 ])
