@@ -203,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     evaluate.add_argument("--out", metavar="FILE", help="also write the JSON here")
     evaluate.add_argument("--live-weights", action="store_true", help="use the live weights instead of the EMA")
+    evaluate.add_argument("--metrics", default="model", choices=("model", "moses"),
+                          help="model: the family's losses and metrics on the split (default); moses: sample "
+                               "--num-samples molecules from a SMILES model and print the MOSES table beside the "
+                               "published rows and baselines (needs genkernels[chem])")
+    evaluate.add_argument("--num-samples", type=_positive_int, default=30_000,
+                          help="--metrics moses: molecules to sample (default 30000, as MOSES)")
+    evaluate.add_argument("--no-baselines", action="store_true",
+                          help="--metrics moses: skip the train-sample and n-gram baseline rows")
+    evaluate.add_argument("--n-jobs", type=_positive_int, default=1, help="--metrics moses: RDKit worker processes")
     evaluate.set_defaults(handler=_eval)
 
     stylize = commands.add_parser(
@@ -496,6 +505,8 @@ def _eval(args) -> int:
         args.checkpoint = str(Path(args.checkpoint) / "best")
     path, device, model = _load_for_inference(args)
     meta = load_checkpoint(path, weights_only=True).meta
+    if args.metrics == "moses":
+        return _eval_moses(args, model, path, meta, device)
     data = args.data or meta.get("metadata", {}).get("data") or model.default_data
     dataset = _prepared(model, _load_data(data, args.split))
     model.check_dataset(dataset, data)
@@ -517,6 +528,33 @@ def _eval(args) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
+    return 0
+
+
+def _eval_moses(args, model, path: Path, meta: dict, device) -> int:
+    """`eval --metrics moses`: the MOSES table of a SMILES model's samples, figures beside the JSON."""
+    from genkernels.figures import save_figures
+    from genkernels.molecules import BASELINES, moses_report, sample_figures
+
+    if not callable(getattr(model, "sample_smiles", None)):
+        raise UsageError(f"--metrics moses needs a SMILES model (smiles-lstm, smiles-gpt, smiles-vae), "
+                         f"not {model.name!r}")
+    model.eval()
+    report = moses_report(model, args.num_samples, baselines=() if args.no_baselines else BASELINES,
+                          seed=args.seed, n_jobs=args.n_jobs, device=str(device),
+                          progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(report["table"])
+    out_dir = Path(args.out).parent if args.out else _run_dir(path)
+    figures = sample_figures(report["generated"])
+    written = save_figures({f"moses_{name}": figure for name, figure in figures.items()}, out_dir)
+    result = {"model": model.name, "checkpoint": str(path), "step": meta["step"], "num_samples": args.num_samples,
+              "seconds": report["seconds"], "rows": report["rows"]}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "moses_samples.smi").write_text("\n".join(report["generated"]) + "\n")
+    print(f"genkernels eval: wrote {', '.join(str(p) for p in written)} and {out_dir / 'moses_samples.smi'}"
+          + (f" and {args.out}" if args.out else ""))
     return 0
 
 
