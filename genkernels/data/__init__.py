@@ -13,14 +13,19 @@ Names:
                   (genkernels.data.music; needs `pip install genkernels[music]`)
   seasonal        synthetic hourly-like series (daily + weekly seasonality, trend, level shifts), windows
                   of context + horizon float32 values split by time, kind "series" (genkernels.data.timeseries)
+  moses           the MOSES molecules (train / val / test / test_scaffolds) from the molsets wheel as int64
+                  SMILES token rows, kind "smiles" (genkernels.data.smiles; needs `pip install genkernels[chem]`
+                  and `pip install --no-deps molsets`); get_dataset("moses", split, max_items=..., form=...,
+                  properties=...)
 
 Anything else is taken as a filesystem path: a folder (or file) of images, of text, of WAV
 audio or of MIDI files, decided by file extensions (pass kind="images" | "text" | "audio" |
-"music" to decide yourself).
+"music" to decide yourself). A .smi / .smiles file (or kind="smiles") is a file of molecules, one
+SMILES per line (a .csv with kind="smiles" reads its SMILES column), split 90 / 5 / 5 by position.
 A .csv file is a time series (kind "series"): get_dataset("sales.csv", column="units"), or the CLI form
 "sales.csv:units" (column name or 0-based index after the last colon), reads one column.
-Every dataset has a `kind` attribute: "image", "image-levels", "points", "text", "audio", "music"
-or "series".
+Every dataset has a `kind` attribute: "image", "image-levels", "points", "text", "audio", "music",
+"series" or "smiles".
 """
 from __future__ import annotations
 
@@ -36,6 +41,8 @@ from genkernels.data.digits import NUM_CLASSES, NUM_LEVELS, DigitsDataset, load_
 from genkernels.data.images import IMAGE_EXTENSIONS, ImageFolderDataset
 from genkernels.data.music import MUSIC_EXTENSIONS, ChoralesDataset, MidiFolderDataset
 from genkernels.data.seq2seq_tasks import Seq2SeqTaskDataset
+from genkernels.data.smiles import (SMILES_EXTENSIONS, MosesDataset, SmilesDataset, SmilesFileDataset,
+                                    SmilesTokenizer, load_moses_smiles, read_smiles_file)
 from genkernels.data.text import TEXT_EXTENSIONS, TextDataset, load_text_bytes
 from genkernels.data.timeseries import CSVSeriesDataset, SeasonalSeriesDataset
 from genkernels.data.tokenizer import BPETokenizer, ByteTokenizer, tokenizer_from_json
@@ -55,6 +62,7 @@ _NAMED: dict[str, Callable[..., Dataset]] = {
        for task in ("arithmetic", "sort", "reverse")},
     "chorales": lambda split="train", **kwargs: ChoralesDataset(split, **kwargs),
     "seasonal": lambda split="train", **kwargs: SeasonalSeriesDataset(split, **kwargs),
+    "moses": lambda split="train", **kwargs: MosesDataset(split, **kwargs),
 }
 DATASETS: tuple[str, ...] = tuple(_NAMED)
 
@@ -86,9 +94,10 @@ def get_dataset(name_or_path: str | os.PathLike, split: str = "train", **kwargs)
 
     split is "train", "val" or "test" ("all" too for a path). Extra keyword arguments go to the
     dataset's constructor, e.g. block_size / max_bytes for text, n / seed for toy data, size /
-    channels for images, seconds / sample_rate / form for audio. For a path, kind="images" |
-    "text" | "audio" overrides the guess from file extensions. Raises ValueError for an unknown
-    name (listing the valid ones), a missing path, or data that cannot be read.
+    channels for images, seconds / sample_rate / form for audio, max_items / form / properties for
+    moses. For a path, kind="images" | "text" | "audio" | "music" | "series" | "smiles" overrides the
+    guess from file extensions. Raises ValueError for an unknown name (listing the valid ones), a
+    missing path, or data that cannot be read.
     """
     name = os.fspath(name_or_path)
     kind = kwargs.pop("kind", None)
@@ -100,6 +109,8 @@ def get_dataset(name_or_path: str | os.PathLike, split: str = "train", **kwargs)
         if "column" in kwargs:  # "sales.csv:units": the column after the last colon
             raise ValueError(f"data {name!r} names a column and column={kwargs['column']!r} is given too; pass one")
         path, kind, kwargs["column"] = Path(head).expanduser(), kind or "series", column
+    if kind is None and path.is_file() and path.suffix.lower() in SMILES_EXTENSIONS:
+        kind = "smiles"
     if kind is None and path.is_file() and path.suffix.lower() == ".csv":
         kind = "series"  # a CSV file is a time series (a folder of them stays text)
     if not path.exists():
@@ -116,7 +127,9 @@ def get_dataset(name_or_path: str | os.PathLike, split: str = "train", **kwargs)
         return MidiFolderDataset(path, split, **kwargs)
     if kind == "series":
         return CSVSeriesDataset(path, split, **kwargs)
-    raise ValueError(f"kind must be 'images', 'text', 'audio', 'music' or 'series', got {kind!r}")
+    if kind == "smiles":
+        return SmilesFileDataset(path, split, **kwargs)
+    raise ValueError(f"kind must be 'images', 'text', 'audio', 'music', 'series' or 'smiles', got {kind!r}")
 
 
 __all__ = [
@@ -130,4 +143,6 @@ __all__ = [
     "Seq2SeqTaskDataset",
     "ChoralesDataset", "MidiFolderDataset",
     "SeasonalSeriesDataset", "CSVSeriesDataset",
+    "SmilesTokenizer", "SmilesDataset", "MosesDataset", "SmilesFileDataset", "load_moses_smiles",
+    "read_smiles_file",
 ]

@@ -24,6 +24,9 @@ REGISTRY["forecast"] = "genkernels.models.forecast:LSTMForecaster"
 REGISTRY["music-lstm"] = "genkernels.models.music_lstm:MusicLSTM"
 REGISTRY["vqvae"] = "genkernels.models.vqvae:VQVAE"
 REGISTRY["lstm"] = "genkernels.models.char_lstm:CharLSTM"
+REGISTRY["smiles-lstm"] = "genkernels.models.smiles_lstm:SmilesLSTM"
+REGISTRY["smiles-gpt"] = "genkernels.models.smiles_gpt:SmilesGPT"
+REGISTRY["smiles-vae"] = "genkernels.models.smiles_vae:SmilesVAE"
 
 
 def get_model_class(name: str) -> type[GenerativeModel]:

@@ -11,12 +11,13 @@ from genkernels.data import DATASETS, get_dataset
 def test_every_name_resolves():
     expected_kinds = {"digits": "image", "digits-levels": "image-levels", "text": "text", "audio": "audio",
                       "arithmetic": "seq2seq", "sort": "seq2seq", "reverse": "seq2seq", "chorales": "music",
-                      "seasonal": "series"}
+                      "seasonal": "series", "moses": "smiles"}
     assert set(DATASETS) == {"digits", "digits-levels", "moons", "circles", "swissroll", "8gaussians",
                              "checkerboard", "text", "audio", "arithmetic", "sort", "reverse", "chorales",
-                             "seasonal"}
+                             "seasonal", "moses"}
     small = {"text": {"max_bytes": 5000}, "audio": {"n": 2, "seconds": 0.1},
-             "chorales": {"max_pieces": 2, "block_size": 32}, "seasonal": {"num_series": 2}}
+             "chorales": {"max_pieces": 2, "block_size": 32}, "seasonal": {"num_series": 2},
+             "moses": {"max_items": 100}}
     toy_names = ("moons", "circles", "swissroll", "8gaussians", "checkerboard")
     small.update({name: {"n": 10} for name in toy_names})
     for name in DATASETS:
