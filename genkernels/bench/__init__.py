@@ -17,7 +17,7 @@ import os
 import torch
 
 SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv", "wavenet", "pixelcnn", "flow_memory", "flow",
-          "sampler", "unet", "norm", "transformer_ops", "generation", "lstm", "style")
+          "sampler", "unet", "norm", "transformer_ops", "generation", "lstm", "style", "molecules")
 DEFAULT_SUITES = ("diffusion", "attention", "overhead", "conv", "masked_conv")  # the model suites run when named
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -71,6 +71,10 @@ def main(argv=None) -> int:
     parser.add_argument("--style-size", type=int, default=256, help="style suite: image side (default 256)")
     parser.add_argument("--style-steps", type=int, default=10,
                         help="style suite: Gatys steps timed, reported per 100 (default 10)")
+    parser.add_argument("--moses-molecules", type=int, default=30_000,
+                        help="molecules suite: MOSES test molecules whose metrics are timed (0: skip; default 30000)")
+    parser.add_argument("--sampling-batch", type=int, default=256,
+                        help="molecules suite: SMILES sampled per generate call (default 256)")
     parser.add_argument("--json", help="also write results (with device and versions) to this JSON file")
     args = parser.parse_args(argv)
     if args.numel < args.batch or args.numel % args.batch:
@@ -172,6 +176,15 @@ def main(argv=None) -> int:
         print("\nGram-matrix style loss, forward + backward:\n" + format_table(rows["gram"], style.GRAM_COLUMNS))
         print("\nstyle transfer per image (Gatys optimisation and the fast network, float32):\n"
               + format_table(rows["stylize"], style.STYLIZE_COLUMNS))
+    if "molecules" in args.suite:
+        from genkernels.bench import molecules
+
+        result["molecules"] = rows = molecules.run_suite(device, args.sampling_batch, args.moses_molecules)
+        print("\nSMILES sampling throughput (random weights of the default sizes, float32):\n"
+              + format_table(rows["sampling"], molecules.SAMPLING_COLUMNS))
+        if "metrics" in rows:
+            print("\nMOSES metrics of MOSES test molecules (precomputed test statistics):\n"
+                  + format_table(rows["metrics"], molecules.METRIC_COLUMNS))
     if "flow_memory" in args.suite:
         from genkernels.bench import flow_memory
 

@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from genkernels.bench import diffusion, main, overhead
@@ -225,3 +226,19 @@ def test_lstm_suite_runs_tiny(tmp_path, monkeypatch):
     assert {r["provider"] for r in rows["train"]} == {"torch.nn.LSTM", "eager LN-LSTM", "genkernels.nn.LSTM"}
     assert len(rows["generation"]) == 4 and all(r["us_per_step"] > 0 for r in rows["generation"])
     assert _bench_module("lstm").lstm is lstm
+
+
+def test_molecules_suite_runs_tiny(tmp_path, monkeypatch):
+    """`genkernels bench --suite molecules` end to end on tiny models: every provider draws the same
+    molecules from the same seed (checked) before it is timed; the metric timing is skipped here."""
+    pytest.importorskip("rdkit")
+    from genkernels.bench import molecules
+
+    original = molecules.sampling_rows
+    monkeypatch.setattr(molecules, "sampling_rows", lambda device, batch: original(device, batch, repeat=1, tiny=True))
+    out = tmp_path / "molecules.json"
+    assert main(["--device", "cpu", "--suite", "molecules", "--moses-molecules", "0", "--sampling-batch", "8",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["molecules"]["sampling"]
+    assert [r["model"] for r in rows] == ["smiles-lstm"] * 3 + ["smiles-gpt"] * 2
+    assert all(r["molecules_per_s"] > 0 and r["tokens_per_s"] > 0 for r in rows)
