@@ -51,6 +51,8 @@ def cache_dir(tmp_path_factory):
      "lossless codes True"),
     ("style_transfer.py", ["--size", "24", "--steps", "3"], "style loss"),
     ("fast_style.py", ["--quick"], "stylising a"),
+    ("molecules_moses.py", ["--quick", "--conditional"], "property-conditioned samples"),
+    ("molecules_moses.py", ["--quick", "--model", "smiles-vae"], "latent optimisation of QED"),
     ("char_lstm_stdlib.py", ["--quick"], "same tokens: True"),
     ("latent_tools.py", ["--quick", "--real-per-class", "2", "--seeds", "0", "--synth-per-class", "2"], "real only"),
 ])
