@@ -423,3 +423,30 @@ def test_delegated_commands_reach_their_module(capsys, monkeypatch, command, mod
     monkeypatch.setattr(target, "main", lambda argv=None: seen.setdefault("argv", argv) and 0)
     assert main([command, "--some", "flag"]) == 0
     assert seen["argv"] == ["--some", "flag"]
+
+
+def test_smiles_lstm_train_sample_and_moses_eval(capsys, tmp_path):
+    """`genkernels train smiles-lstm` on the MOSES data; sample with a temperature; `eval --metrics
+    moses` prints the MOSES table beside the published rows and writes the figures and the JSON."""
+    pytest.importorskip("rdkit")
+    pytest.importorskip("fcd_torch")
+    out_dir = tmp_path / "smiles"
+    code, _, err = run(capsys, "train", "smiles-lstm", "--out", str(out_dir), "--set", "hidden_size=16",
+                       "--set", "embed_dim=8", "--steps", "3", "--eval-every", "0", "--no-progress",
+                       "--num-samples", "4")
+    assert code == 0, err
+    code, _, err = run(capsys, "sample", str(out_dir), "-n", "3", "--condition", "temperature=0.5",
+                       "--out", str(tmp_path / "s"), "--device", "cpu")
+    assert code == 0, err
+    assert len((tmp_path / "s" / "samples.smi").read_text().splitlines()) == 3
+    code, out, err = run(capsys, "eval", str(out_dir), "--metrics", "moses", "--num-samples", "12", "--no-baselines",
+                         "--device", "cpu", "--out", str(tmp_path / "e" / "moses.json"))
+    assert code == 0, err
+    assert "CharRNN (MOSES)" in out and "smiles-lstm" in out
+    result = json.loads((tmp_path / "e" / "moses.json").read_text())
+    assert result["rows"]["smiles-lstm"]["valid"] >= 0 and (tmp_path / "e" / "moses_properties.png").exists()
+
+
+def test_moses_metrics_on_a_non_smiles_model_fail_in_one_line(capsys, vae_run):
+    code, _, err = run(capsys, "eval", str(vae_run), "--metrics", "moses", "--device", "cpu")
+    assert code == 2 and one_line_error(err) and "SMILES model" in err
