@@ -545,7 +545,10 @@ def _eval_moses(args, model, path: Path, meta: dict, device) -> int:
                           progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(report["table"])
     out_dir = Path(args.out).parent if args.out else _run_dir(path)
-    figures = sample_figures(report["generated"])
+    from genkernels.data.smiles import load_moses_smiles
+
+    figures = sample_figures(report["generated"][:10_000],
+                             reference={"MOSES test (5000)": load_moses_smiles("test")[:5000]})
     written = save_figures({f"moses_{name}": figure for name, figure in figures.items()}, out_dir)
     result = {"model": model.name, "checkpoint": str(path), "step": meta["step"], "num_samples": args.num_samples,
               "seconds": report["seconds"], "rows": report["rows"]}
