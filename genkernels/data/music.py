@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from genkernels._cache import cache_dir
 from genkernels.data._splits import FILE_SPLITS, check_split, split_indices
 
 MUSIC_EXTENSIONS = (".mid", ".midi")
@@ -94,14 +95,6 @@ def _import_mido():
     except ImportError as error:
         raise ImportError(f"MIDI files need mido: {_INSTALL_HINT} ({error})") from None
     return mido
-
-
-def cache_dir() -> Path:
-    """$GENKERNELS_CACHE, else $XDG_CACHE_HOME/genkernels, else ~/.cache/genkernels."""
-    if os.environ.get("GENKERNELS_CACHE"):
-        return Path(os.environ["GENKERNELS_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "genkernels"
 
 
 # -- pieces ----------------------------------------------------------------------------------

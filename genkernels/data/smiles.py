@@ -54,8 +54,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from genkernels._cache import cache_dir
 from genkernels.data._splits import FILE_SPLITS, check_split, split_indices
-from genkernels.data.music import cache_dir
 
 # Schwaller et al., "Molecular Transformer" (2019), plus "%(NNN)" ring bonds; the order of the
 # alternatives matters: "Br" / "Cl" before "B" / "C", "%NN" before a single digit.

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genkernels._cache import cache_dir
 from genkernels.data.digits import load_digits_tensors
 
 _FILE_STEM = "digits_classifier"
@@ -69,15 +70,6 @@ class DigitsClassifier(nn.Module):
 
 
 # -- training and caching --------------------------------------------------------------------
-def cache_dir() -> Path:
-    """$GENKERNELS_CACHE, else $XDG_CACHE_HOME/genkernels, else ~/.cache/genkernels."""
-    if os.environ.get("GENKERNELS_CACHE"):
-        return Path(os.environ["GENKERNELS_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "genkernels"
-    return Path.home() / ".cache" / "genkernels"
-
-
 def _random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Translate each image by its own random offset of up to max_shift pixels (zero fill)."""
     n = images.shape[0]
